@@ -1,0 +1,12 @@
+//! kp-torrent-core: the BitTorrent protocol engine, with no I/O.
+//!
+//! Everything here is a function from inputs to outputs. Nothing in this crate opens a socket or a
+//! file, reads a clock or draws from a global random number generator: time is an argument, and
+//! randomness comes from a seed given at construction. That makes every run reproducible from a
+//! recorded trace of its inputs.
+//!
+//! Modules:
+//! - [`bencode`]: strict decoder with exact byte spans, canonical encoder.
+#![forbid(unsafe_code)]
+
+pub mod bencode;

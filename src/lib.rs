@@ -1,0 +1,99 @@
+//! Shared support for kp-torrent's workspace-level tests and benchmarks.
+//!
+//! Integration tests that need a real program (opentracker, libtorrent, Transmission, aria2,
+//! mktorrent) find it through [`require_tool`]: on a developer machine without it the test is
+//! skipped with a message; in CI (`KP_REQUIRE_TOOLS=1`, set by `.ci/run`) a missing tool fails the test.
+
+use std::path::{Path, PathBuf};
+
+/// True when tests must fail instead of skipping for a missing tool (set by `.ci/run`).
+pub fn tools_required() -> bool {
+    std::env::var_os("KP_REQUIRE_TOOLS").is_some_and(|v| v == "1")
+}
+
+/// Finds an executable on PATH (or an absolute path that exists).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Returns the tool's path, or `None` after printing why the calling test is skipped.
+///
+/// # Panics
+/// When the tool is missing and [`tools_required`] is true, so CI cannot pass without it.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    match find_tool(name) {
+        Some(p) => Some(p),
+        None if tools_required() => {
+            panic!("{name} is required (KP_REQUIRE_TOOLS=1) but was not found")
+        }
+        None => {
+            eprintln!("skipping: {name} not installed");
+            None
+        }
+    }
+}
+
+/// True when Debian's /usr/bin/python3 can import libtorrent; panics in CI when it cannot.
+pub fn require_python_libtorrent() -> bool {
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import libtorrent"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if tools_required() {
+            panic!("python3-libtorrent is required (KP_REQUIRE_TOOLS=1) but /usr/bin/python3 cannot import it");
+        }
+        eprintln!("skipping: /usr/bin/python3 cannot import libtorrent");
+    }
+    ok
+}
+
+/// A fresh empty directory under the system temp dir, removed when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `$TMPDIR/kp-<label>-<pid>-<n>`.
+    pub fn new(label: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("kp-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Path of the built `kp-torrent` binary (built by cargo for integration tests of this package).
+pub fn kp_torrent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KP_TORRENT_BIN") {
+        return PathBuf::from(p);
+    }
+    // tests run from target/<profile>/deps/; the binary sits in target/<profile>/.
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    profile_dir.join("kp-torrent")
+}
