@@ -48,7 +48,9 @@ pub fn require_python_libtorrent() -> bool {
         .is_ok_and(|o| o.status.success());
     if !ok {
         if tools_required() {
-            panic!("python3-libtorrent is required (KP_REQUIRE_TOOLS=1) but /usr/bin/python3 cannot import it");
+            panic!(
+                "python3-libtorrent is required (KP_REQUIRE_TOOLS=1) but /usr/bin/python3 cannot import it"
+            );
         }
         eprintln!("skipping: /usr/bin/python3 cannot import libtorrent");
     }

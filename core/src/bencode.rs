@@ -100,7 +100,10 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             DecodeError::UnexpectedEnd { pos } => {
-                write!(f, "bencode truncated: input ends at byte {pos} inside a value")
+                write!(
+                    f,
+                    "bencode truncated: input ends at byte {pos} inside a value"
+                )
             }
             DecodeError::UnexpectedByte { pos, byte } => {
                 write!(f, "bencode: unexpected byte 0x{byte:02x} at byte {pos}")
@@ -129,7 +132,10 @@ impl fmt::Display for DecodeError {
                 write!(f, "bencode: too many values (limit reached at byte {pos})")
             }
             DecodeError::TrailingBytes { pos } => {
-                write!(f, "bencode: unexpected bytes after the value, from byte {pos}")
+                write!(
+                    f,
+                    "bencode: unexpected bytes after the value, from byte {pos}"
+                )
             }
         }
     }
@@ -452,7 +458,8 @@ impl<'a> Decoder<'a> {
             }
             Ok(acc)
         } else {
-            acc.checked_neg().ok_or(DecodeError::Overflow { pos: start })
+            acc.checked_neg()
+                .ok_or(DecodeError::Overflow { pos: start })
         }
     }
 
@@ -652,8 +659,14 @@ mod tests {
     #[test]
     fn structural_errors() {
         assert_eq!(decode(b""), Err(DecodeError::UnexpectedEnd { pos: 0 }));
-        assert_eq!(decode(b"i1ei2e"), Err(DecodeError::TrailingBytes { pos: 3 }));
-        assert_eq!(decode(b"di1ei2ee"), Err(DecodeError::NonStringKey { pos: 1 }));
+        assert_eq!(
+            decode(b"i1ei2e"),
+            Err(DecodeError::TrailingBytes { pos: 3 })
+        );
+        assert_eq!(
+            decode(b"di1ei2ee"),
+            Err(DecodeError::NonStringKey { pos: 1 })
+        );
         assert_eq!(decode(b"l"), Err(DecodeError::UnexpectedEnd { pos: 1 }));
         assert_eq!(decode(b"d1:a"), Err(DecodeError::UnexpectedEnd { pos: 4 }));
         assert_eq!(

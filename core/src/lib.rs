@@ -7,6 +7,12 @@
 //!
 //! Modules:
 //! - [`bencode`]: strict decoder with exact byte spans, canonical encoder.
+//! - [`bitfield`]: the set of pieces a peer has.
+//! - [`id`]: info-hashes and BEP 20 peer ids.
+//! - [`time`]: the virtual time every input carries.
 #![forbid(unsafe_code)]
 
 pub mod bencode;
+pub mod bitfield;
+pub mod id;
+pub mod time;
