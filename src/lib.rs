@@ -99,3 +99,26 @@ pub fn kp_torrent_bin() -> PathBuf {
         .expect("target profile dir");
     profile_dir.join("kp-torrent")
 }
+
+/// A quickcheck runner with a reproducible seed.
+///
+/// The seed is `KP_QC_SEED` when set, else a fixed default, so every run of the suite checks the
+/// same cases and a failure can be rerun exactly: the seed is printed to stderr (shown by the test
+/// harness on failure) with the command to repeat it. `KP_QC_TESTS` overrides the case count.
+pub fn quickcheck(name: &str, default_tests: u64) -> quickcheck::QuickCheck {
+    let seed = std::env::var("KP_QC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6b70_746f_7272_656e_u64);
+    let tests = std::env::var("KP_QC_TESTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_tests);
+    eprintln!(
+        "{name}: quickcheck seed {seed}, {tests} cases; rerun with KP_QC_SEED={seed} cargo test {name}"
+    );
+    quickcheck::QuickCheck::new()
+        .rng(quickcheck::Gen::from_size_and_seed(100, seed))
+        .tests(tests)
+        .max_tests(tests * 10)
+}
