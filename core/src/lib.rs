@@ -10,9 +10,11 @@
 //! - [`bitfield`]: the set of pieces a peer has.
 //! - [`id`]: info-hashes and BEP 20 peer ids.
 //! - [`time`]: the virtual time every input carries.
+//! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
 #![forbid(unsafe_code)]
 
 pub mod bencode;
 pub mod bitfield;
 pub mod id;
 pub mod time;
+pub mod wire;
