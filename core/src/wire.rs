@@ -277,6 +277,7 @@ mod id {
 
 /// The size rule of each message id: `(name, length prefix, exact)`; when `exact` is false the
 /// length is a minimum.
+#[inline]
 fn shape(message_id: u8) -> (&'static str, u32, bool) {
     match message_id {
         id::CHOKE => ("choke", 1, true),
@@ -299,6 +300,7 @@ fn shape(message_id: u8) -> (&'static str, u32, bool) {
     }
 }
 
+#[inline]
 fn check_length(message_id: u8, len: u32) -> Result<(), WireError> {
     let (message, size, exact) = shape(message_id);
     if exact && len != size {
@@ -318,6 +320,7 @@ fn check_length(message_id: u8, len: u32) -> Result<(), WireError> {
     }
 }
 
+#[inline]
 fn u32_at(payload: &[u8], at: usize) -> u32 {
     payload
         .get(at..)
@@ -325,6 +328,7 @@ fn u32_at(payload: &[u8], at: usize) -> u32 {
         .map_or(0, |b| u32::from_be_bytes(*b))
 }
 
+#[inline]
 fn block_at(payload: &[u8]) -> BlockRequest {
     BlockRequest {
         index: u32_at(payload, 0),
@@ -334,6 +338,7 @@ fn block_at(payload: &[u8]) -> BlockRequest {
 }
 
 /// Builds the message once its length has been checked by [`check_length`].
+#[inline]
 fn parse(message_id: u8, payload: &[u8]) -> Message<'_> {
     match message_id {
         id::CHOKE => Message::Choke,
