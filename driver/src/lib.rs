@@ -1,0 +1,3 @@
+//! The kp-torrent driver: everything that touches sockets, files, threads and clocks.
+
+pub mod tls;
