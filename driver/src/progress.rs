@@ -101,7 +101,10 @@ pub fn summary_line(name: &str, bytes: u64, elapsed: Duration, peers_used: usize
 
 enum Mode {
     Bar(ProgressBar),
-    Lines { every: Duration, last: Option<Instant> },
+    Lines {
+        every: Duration,
+        last: Option<Instant>,
+    },
     Quiet,
 }
 

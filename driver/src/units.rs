@@ -105,7 +105,15 @@ mod tests {
         assert_eq!(parse_size("16KiB"), Ok(16384));
         assert_eq!(parse_size("1M"), Ok(1 << 20));
         assert_eq!(parse_size("2g"), Ok(2 << 30));
-        for bad in ["", "k", "1.5M", "-1", "12q", "99999999999999999999", "17179869184G"] {
+        for bad in [
+            "",
+            "k",
+            "1.5M",
+            "-1",
+            "12q",
+            "99999999999999999999",
+            "17179869184G",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
         assert!(parse_size("x").unwrap_err().to_string().contains("\"x\""));
