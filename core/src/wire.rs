@@ -11,7 +11,8 @@
 //! that does not understand one should skip it and carry on, as Transmission does. The codec
 //! only frames bytes; whether an unexpected message is tolerated is the peer state machine's call,
 //! and returning it (rather than skipping it here) keeps "one message in, `used` bytes out" exact
-//! and lets a trace show what the peer sent.
+//! and lets a trace show what the peer sent. Likewise BEP 6 and BEP 10 messages decode whether or
+//! not the handshakes negotiated them: checking [`Handshake::supports_fast`] is the caller's job.
 
 mod extended;
 
