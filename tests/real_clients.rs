@@ -1,0 +1,190 @@
+//! The `kp_torrent_tests::real` harness proven between the real clients themselves: each test moves a
+//! few MiB from one real client to another on 127.0.0.1 and checks the bytes. When these pass, a
+//! failing end-to-end test of kp-torrent against the same harness points at kp-torrent.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kp_torrent_tests::TempDir;
+use kp_torrent_tests::real::{
+    Aria2, Libtorrent, LibtorrentOptions, Opentracker, Torrent, Transmission, content,
+};
+
+/// Generous bound for a few MiB on loopback; Transmission alone needs ~10 s to start a transfer.
+const DONE: Duration = Duration::from_secs(25);
+const SWARM: Duration = Duration::from_secs(10);
+
+/// 3 MiB and a partial last piece of 64 KiB pieces.
+const SIZE: usize = 3 * 1024 * 1024 + 12_345;
+
+/// One file `data.bin` of [`SIZE`] deterministic bytes in `dir/seed/`, its torrent (64 KiB pieces),
+/// and an opentracker for it; the returned torrent announces to `announce(&tracker)`.
+fn single_file(
+    dir: &TempDir,
+    seed: u64,
+    announce: fn(&Opentracker) -> String,
+) -> Option<(Vec<u8>, Torrent, Opentracker)> {
+    let data = content(SIZE, seed);
+    let seed_dir = dir.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    std::fs::write(seed_dir.join("data.bin"), &data).unwrap();
+    let bare = Torrent::create(
+        &seed_dir.join("data.bin"),
+        16,
+        &dir.path().join("bare.torrent"),
+    )?;
+    let tracker = Opentracker::start(&[bare.info_hash])?;
+    let torrent = bare.with_announce(&announce(&tracker), &dir.path().join("data.torrent"));
+    assert_eq!(torrent.info_hash, bare.info_hash);
+    Some((data, torrent, tracker))
+}
+
+fn http(t: &Opentracker) -> String {
+    t.http_announce_url()
+}
+
+fn udp(t: &Opentracker) -> String {
+    t.udp_announce_url()
+}
+
+fn assert_same_file(got: &Path, want: &[u8]) {
+    let got_bytes = std::fs::read(got).unwrap_or_else(|e| panic!("read {}: {e}", got.display()));
+    assert!(
+        got_bytes == want,
+        "{} differs from the source ({} bytes, expected {})",
+        got.display(),
+        got_bytes.len(),
+        want.len()
+    );
+}
+
+#[test]
+fn libtorrent_seeds_aria2_through_http_tracker() {
+    let dir = TempDir::new("rc-lt-aria2");
+    let Some((data, torrent, tracker)) = single_file(&dir, 1, http) else {
+        return;
+    };
+    let Some(_seeder) = Libtorrent::seed(
+        &torrent,
+        &dir.path().join("seed"),
+        &LibtorrentOptions::default(),
+    ) else {
+        return;
+    };
+    tracker.wait_for_swarm(&torrent.info_hash, SWARM, "one seeder", |s| s.seeders >= 1);
+    let dest = dir.path().join("dest");
+    let Some(mut leecher) = Aria2::download(&torrent, &dest, Some(&tracker.http_announce_url()))
+    else {
+        return;
+    };
+    leecher.wait_done(DONE);
+    assert_same_file(&dest.join("data.bin"), &data);
+}
+
+#[test]
+fn libtorrent_seeds_libtorrent_through_udp_tracker_multi_file() {
+    let dir = TempDir::new("rc-lt-lt");
+    // Several files, one smaller than a piece, so pieces span files and the last one is partial.
+    let root = dir.path().join("seed").join("album");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    let files = [
+        ("a.bin", 1_000_000, 2),
+        ("sub/b.bin", 30_000, 3),
+        ("sub/c.bin", 1_500_001, 4),
+    ];
+    for (name, len, seed) in files {
+        std::fs::write(root.join(name), content(len, seed)).unwrap();
+    }
+    let Some(bare) = Torrent::create(&root, 15, &dir.path().join("bare.torrent")) else {
+        return;
+    };
+    let Some(tracker) = Opentracker::start(&[bare.info_hash]) else {
+        return;
+    };
+    let torrent = bare.with_announce(
+        &tracker.udp_announce_url(),
+        &dir.path().join("album.torrent"),
+    );
+    assert_eq!(torrent.name, "album");
+    let Some(_seeder) = Libtorrent::seed(
+        &torrent,
+        &dir.path().join("seed"),
+        &LibtorrentOptions::default(),
+    ) else {
+        return;
+    };
+    tracker.wait_for_swarm(&torrent.info_hash, SWARM, "one seeder", |s| s.seeders >= 1);
+    let dest = dir.path().join("dest");
+    let mut leecher = Libtorrent::download(&torrent, &dest, &LibtorrentOptions::default())
+        .expect("libtorrent was available for the seeder");
+    leecher.wait_done(DONE);
+    for (name, len, seed) in files {
+        assert_same_file(&dest.join("album").join(name), &content(len, seed));
+    }
+}
+
+#[test]
+fn aria2_seeds_libtorrent() {
+    let dir = TempDir::new("rc-aria2-lt");
+    let Some((data, torrent, tracker)) = single_file(&dir, 5, http) else {
+        return;
+    };
+    let Some(_seeder) = Aria2::seed(&torrent, &dir.path().join("seed"), None) else {
+        return;
+    };
+    // aria2 announces only after checking every piece: the tracker says when it is a seeder.
+    tracker.wait_for_swarm(&torrent.info_hash, SWARM, "one seeder", |s| s.seeders >= 1);
+    let dest = dir.path().join("dest");
+    let Some(mut leecher) = Libtorrent::download(&torrent, &dest, &LibtorrentOptions::default())
+    else {
+        return;
+    };
+    leecher.wait_done(DONE);
+    assert_same_file(&dest.join("data.bin"), &data);
+}
+
+#[test]
+fn libtorrent_seeder_dials_transmission_leecher() {
+    let dir = TempDir::new("rc-lt-tr");
+    let Some((data, torrent, tracker)) = single_file(&dir, 6, http) else {
+        return;
+    };
+    let dest = dir.path().join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let Some(mut leecher) = Transmission::download(&torrent, &dest) else {
+        return;
+    };
+    // Transmission will not dial 127.0.0.1: the seeder must find it in its first announce reply
+    // (opentracker's interval is ~30 min, so there is no second chance).
+    tracker.wait_for_swarm(&torrent.info_hash, SWARM, "one leecher", |s| {
+        s.leechers >= 1
+    });
+    let Some(_seeder) = Libtorrent::seed(
+        &torrent,
+        &dir.path().join("seed"),
+        &LibtorrentOptions::default(),
+    ) else {
+        return;
+    };
+    leecher.wait_done(DONE);
+    assert_same_file(&dest.join("data.bin"), &data);
+}
+
+#[test]
+fn transmission_seeds_libtorrent() {
+    let dir = TempDir::new("rc-tr-lt");
+    let Some((data, torrent, tracker)) = single_file(&dir, 7, udp) else {
+        return;
+    };
+    let Some(_seeder) = Transmission::seed(&torrent, &dir.path().join("seed")) else {
+        return;
+    };
+    tracker.wait_for_swarm(&torrent.info_hash, SWARM, "one seeder", |s| s.seeders >= 1);
+    let dest = dir.path().join("dest");
+    let Some(mut leecher) = Libtorrent::download(&torrent, &dest, &LibtorrentOptions::default())
+    else {
+        return;
+    };
+    leecher.wait_done(DONE);
+    assert_same_file(&dest.join("data.bin"), &data);
+}
