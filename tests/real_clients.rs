@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kp_torrent_tests::TempDir;
 use kp_torrent_tests::real::{
-    Aria2, Libtorrent, LibtorrentOptions, Opentracker, Torrent, Transmission, content,
+    Aria2, Encryption, Libtorrent, LibtorrentOptions, Opentracker, Torrent, Transmission, content,
 };
 
 /// Generous bound for a few MiB on loopback; Transmission alone needs ~10 s to start a transfer.
@@ -183,6 +183,37 @@ fn transmission_seeds_libtorrent() {
     let dest = dir.path().join("dest");
     let Some(mut leecher) = Libtorrent::download(&torrent, &dest, &LibtorrentOptions::default())
     else {
+        return;
+    };
+    leecher.wait_done(DONE);
+    assert_same_file(&dest.join("data.bin"), &data);
+}
+
+#[test]
+fn libtorrent_dials_transmission_seeder_without_tracker() {
+    let dir = TempDir::new("rc-tr-lt-peer");
+    let data = content(SIZE, 8);
+    let seed_dir = dir.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    std::fs::write(seed_dir.join("data.bin"), &data).unwrap();
+    let Some(torrent) = Torrent::create(
+        &seed_dir.join("data.bin"),
+        16,
+        &dir.path().join("data.torrent"),
+    ) else {
+        return;
+    };
+    let Some(seeder) = Transmission::seed(&torrent, &seed_dir) else {
+        return;
+    };
+    let dest = dir.path().join("dest");
+    let opts = LibtorrentOptions {
+        peers: vec![seeder.addr()],
+        // Plaintext only, as kp-torrent speaks it: Transmission must accept it.
+        encryption: Encryption::Plaintext,
+        ..LibtorrentOptions::default()
+    };
+    let Some(mut leecher) = Libtorrent::download(&torrent, &dest, &opts) else {
         return;
     };
     leecher.wait_done(DONE);

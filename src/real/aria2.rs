@@ -117,6 +117,11 @@ impl Aria2 {
         self.port
     }
 
+    /// Its address, for another peer to dial.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// The running process (log, pid).
     pub fn process(&self) -> &RealProcess {
         &self.process
