@@ -1,0 +1,1 @@
+//! The BEP 12 multi-tracker announce cycle.

@@ -1,0 +1,1 @@
+//! UDP trackers (BEP 15).
