@@ -332,7 +332,9 @@ impl ResponseParser {
                                 }
                                 b'\r' if *seen == 1 => {}
                                 _ => {
-                                    return Err(TrackerError::BadHttp("chunk not followed by CRLF"));
+                                    return Err(TrackerError::BadHttp(
+                                        "chunk not followed by CRLF",
+                                    ));
                                 }
                             }
                         }
