@@ -584,9 +584,23 @@ impl TrackerManager {
             .map(|(&id, _)| id)
             .collect();
         for id in due {
-            if let Some(Transport::Http { conn, .. }) = self.jobs.get(&id).map(|j| &j.transport) {
-                self.actions
-                    .push_back(TrackerAction::CloseTcp { conn: *conn });
+            match self.jobs.get(&id) {
+                Some(Job {
+                    transport: Transport::Http { conn, .. },
+                    ..
+                }) => self
+                    .actions
+                    .push_back(TrackerAction::CloseTcp { conn: *conn }),
+                Some(Job {
+                    transport: Transport::UdpResolving,
+                    tracker,
+                    ..
+                }) => {
+                    // The driver never answered: ask again next time rather than wait forever.
+                    let t = *tracker;
+                    self.trackers[t.0].resolving = false;
+                }
+                _ => {}
             }
             self.finish_job(now, id, Err(TrackerError::Timeout));
         }
@@ -1663,6 +1677,86 @@ mod tests {
             log
         };
         assert_eq!(run(4), run(4));
+    }
+
+    #[test]
+    fn warning_and_tracker_id() {
+        let mut m = mgr(&[&["http://a/announce"]]);
+        let body: Owned = [
+            ("interval", Owned::Int(1800)),
+            ("tracker id", Owned::bytes("xyz")),
+            ("warning message", Owned::bytes("update your client")),
+        ]
+        .into_iter()
+        .collect();
+        announce_ok(&mut m, Time::ZERO, &http_ok(&body.encode()));
+        assert_eq!(
+            events(&mut m)[0],
+            TrackerEvent::Warning {
+                tracker: TrackerId(0),
+                url: "http://a/announce".into(),
+                message: "update your client".into()
+            }
+        );
+        m.handle_timeout(secs(1800));
+        let line = announce_ok(&mut m, secs(1800), &reply(Some(1800), None, &[]));
+        assert!(line.contains("&trackerid=xyz"), "{line}");
+    }
+
+    #[test]
+    fn silent_udp_tracker_falls_through_after_the_last_retransmission() {
+        let mut m = mgr(&[&["udp://127.0.0.1:1/announce"], &["http://b/announce"]]);
+        let mut sends = 0;
+        let mut opened_at = None;
+        for _ in 0..20 {
+            for a in actions(&mut m) {
+                match a {
+                    TrackerAction::SendUdp { .. } => sends += 1,
+                    TrackerAction::OpenTcp { host, .. } => opened_at = Some(host),
+                    other => panic!("{other:?}"),
+                }
+            }
+            if opened_at.is_some() {
+                break;
+            }
+            let t = m.poll_timeout().unwrap();
+            m.handle_timeout(t);
+        }
+        assert_eq!(opened_at.as_deref(), Some("b"));
+        assert_eq!(sends, 9, "one connect and eight retransmissions");
+        assert!(matches!(
+            events(&mut m).as_slice(),
+            [TrackerEvent::Error {
+                error: TrackerError::Timeout,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn unanswered_resolve_times_out_and_is_asked_again() {
+        let mut m = mgr(&[&["udp://t.example:1/announce"]]);
+        assert!(matches!(
+            actions(&mut m).as_slice(),
+            [TrackerAction::Resolve { .. }]
+        ));
+        m.handle_timeout(secs(30));
+        assert!(matches!(
+            events(&mut m).as_slice(),
+            [
+                TrackerEvent::Error {
+                    error: TrackerError::Timeout,
+                    ..
+                },
+                TrackerEvent::AllFailed { .. }
+            ]
+        ));
+        let retry = m.poll_timeout().unwrap();
+        m.handle_timeout(retry);
+        assert!(matches!(
+            actions(&mut m).as_slice(),
+            [TrackerAction::Resolve { .. }]
+        ));
     }
 
     #[test]
