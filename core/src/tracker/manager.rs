@@ -561,6 +561,14 @@ impl TrackerManager {
     /// A datagram that arrived on the tracker UDP socket from `from`.
     pub fn handle_udp_datagram(&mut self, now: Time, from: SocketAddr, data: &[u8]) {
         let now = self.tick(now);
+        // A dual-stack socket reports IPv4 senders as IPv4-mapped IPv6 addresses.
+        let from = match from.ip() {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(IpAddr::V4(v4), from.port()),
+                None => from,
+            },
+            IpAddr::V4(_) => from,
+        };
         for i in 0..self.trackers.len() {
             if self.trackers[i].udp_addr != Some(from) {
                 continue;
@@ -1566,9 +1574,10 @@ mod tests {
         let txid = &connect[12..16];
         let conn_reply = [&[0, 0, 0, 0][..], txid, &[0, 0, 0, 0, 0, 0, 0, 9]].concat();
         // The same bytes from another address are not the tracker's.
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:1337".parse().unwrap();
         m.handle_udp_datagram(Time::ZERO, "192.0.2.2:1337".parse().unwrap(), &conn_reply);
         assert!(actions(&mut m).is_empty());
-        m.handle_udp_datagram(Time::ZERO, addr, &conn_reply);
+        m.handle_udp_datagram(Time::ZERO, mapped, &conn_reply);
         let (_, ann) = udp_sent(&actions(&mut m));
         assert_eq!(
             (ann.len(), &ann[80..84]),
