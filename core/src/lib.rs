@@ -11,6 +11,7 @@
 //! - [`id`]: info-hashes and BEP 20 peer ids.
 //! - [`time`]: the virtual time every input carries.
 //! - [`tracker`]: HTTP(S) and UDP tracker announce and scrape, BEP 12 tiers and the announce cycle.
+//! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
 #![forbid(unsafe_code)]
 
 pub mod bencode;
@@ -18,3 +19,4 @@ pub mod bitfield;
 pub mod id;
 pub mod time;
 pub mod tracker;
+pub mod wire;
