@@ -34,7 +34,7 @@ pub struct Swarm {
 }
 
 impl Opentracker {
-    /// Starts opentracker for `info_hashes` on a free port and waits until it accepts connections;
+    /// Starts opentracker for `info_hashes` on a free port and waits until it accepts announces;
     /// `None` (skip) when opentracker is missing outside CI.
     pub fn start(info_hashes: &[InfoHash]) -> Option<Opentracker> {
         let program = require_tool("opentracker")?;
@@ -64,16 +64,16 @@ impl Opentracker {
             .map(|s| s.to_string())
             .collect();
             let mut process = RealProcess::spawn("opentracker", &program, &args, dir.path());
+            // Listening is not enough: it loads the whitelist in the background afterwards, and
+            // refuses announces until then.
+            let probe = info_hashes.first();
             let up = wait_for(START_TIMEOUT, || {
                 if process.exit_status().is_some() {
                     return Some(false);
                 }
-                TcpStream::connect_timeout(
-                    &SocketAddr::from(([127, 0, 0, 1], port)),
-                    Duration::from_millis(200),
-                )
-                .ok()
-                .map(|_| true)
+                probe
+                    .is_none_or(|h| whitelist_loaded(port, h))
+                    .then_some(true)
             });
             match up {
                 Some(true) => {
@@ -85,7 +85,7 @@ impl Opentracker {
                 }
                 // Exited: most likely the port was taken between free_port and bind; try another.
                 Some(false) => continue,
-                None => process.fail("did not accept TCP connections within 10 s"),
+                None => process.fail("did not accept announces within 10 s"),
             }
         }
         panic!("opentracker exited at start 5 times (ports taken?)");
@@ -115,18 +115,8 @@ impl Opentracker {
     /// request fails or the reply does not list the torrent.
     pub fn scrape(&self, info_hash: &InfoHash) -> Option<Swarm> {
         let escaped: String = info_hash.0.iter().map(|b| format!("%{b:02X}")).collect();
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(
-            s,
-            "GET /scrape?info_hash={escaped} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
-        )
-        .ok()?;
-        let mut reply = Vec::new();
-        s.read_to_end(&mut reply).ok()?;
-        let body_at = reply.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-        let value = bencode::decode(reply.get(body_at..)?).ok()?;
+        let body = http_get(self.port, &format!("/scrape?info_hash={escaped}"))?;
+        let value = bencode::decode(&body).ok()?;
         let stats = value
             .as_dict()?
             .get_dict(b"files")?
@@ -161,4 +151,36 @@ impl Opentracker {
             ))
         })
     }
+}
+
+/// True once opentracker answers an announce for `hash` without refusing it. The probe says
+/// `stopped`, so it leaves no peer behind.
+fn whitelist_loaded(port: u16, hash: &InfoHash) -> bool {
+    let escaped: String = hash.0.iter().map(|b| format!("%{b:02X}")).collect();
+    let path = format!(
+        "/announce?info_hash={escaped}&peer_id=kp-readiness-probe-0&port=1&uploaded=0\
+         &downloaded=0&left=0&event=stopped&compact=1"
+    );
+    http_get(port, &path).is_some_and(|body| {
+        bencode::decode(&body)
+            .ok()
+            .and_then(|v| v.as_dict().map(|d| d.get(b"failure reason").is_none()))
+            .unwrap_or(false)
+    })
+}
+
+/// The body of `GET path` from 127.0.0.1:`port`, or `None` on any failure (bounded by 2 s
+/// timeouts).
+fn http_get(port: u16, path: &str) -> Option<Vec<u8>> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).ok()?;
+    if !reply.starts_with(b"HTTP/1.") || reply.get(9..12) != Some(b"200") {
+        return None;
+    }
+    let body_at = reply.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    reply.get(body_at..).map(<[u8]>::to_vec)
 }
