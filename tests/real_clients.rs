@@ -124,19 +124,34 @@ fn libtorrent_seeds_libtorrent_through_udp_tracker_multi_file() {
 }
 
 #[test]
-fn aria2_seeds_libtorrent() {
+fn aria2_seeds_libtorrent_trackers_given_on_the_command_line() {
     let dir = TempDir::new("rc-aria2-lt");
-    let Some((data, torrent, tracker)) = single_file(&dir, 5, http) else {
+    let data = content(SIZE, 5);
+    let seed_dir = dir.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    std::fs::write(seed_dir.join("data.bin"), &data).unwrap();
+    // No tracker in the torrent: both peers get theirs as options.
+    let Some(torrent) = Torrent::create(
+        &seed_dir.join("data.bin"),
+        16,
+        &dir.path().join("data.torrent"),
+    ) else {
         return;
     };
-    let Some(_seeder) = Aria2::seed(&torrent, &dir.path().join("seed"), None) else {
+    let Some(tracker) = Opentracker::start(&[torrent.info_hash]) else {
+        return;
+    };
+    let Some(_seeder) = Aria2::seed(&torrent, &seed_dir, Some(&tracker.http_announce_url())) else {
         return;
     };
     // aria2 announces only after checking every piece: the tracker says when it is a seeder.
     tracker.wait_for_swarm(&torrent.info_hash, SWARM, "one seeder", |s| s.seeders >= 1);
     let dest = dir.path().join("dest");
-    let Some(mut leecher) = Libtorrent::download(&torrent, &dest, &LibtorrentOptions::default())
-    else {
+    let opts = LibtorrentOptions {
+        trackers: vec![tracker.udp_announce_url()],
+        ..LibtorrentOptions::default()
+    };
+    let Some(mut leecher) = Libtorrent::download(&torrent, &dest, &opts) else {
         return;
     };
     leecher.wait_done(DONE);
@@ -217,5 +232,39 @@ fn libtorrent_dials_transmission_seeder_without_tracker() {
         return;
     };
     leecher.wait_done(DONE);
+    assert_same_file(&dest.join("data.bin"), &data);
+}
+
+#[test]
+fn libtorrent_leecher_killed_midway_resumes_from_its_partial_data() {
+    let dir = TempDir::new("rc-lt-resume");
+    let Some((data, torrent, tracker)) = single_file(&dir, 9, http) else {
+        return;
+    };
+    // Slow enough that the leecher is seen with some but not all pieces.
+    let slow = LibtorrentOptions {
+        upload_limit: 1024 * 1024,
+        ..LibtorrentOptions::default()
+    };
+    let Some(_seeder) = Libtorrent::seed(&torrent, &dir.path().join("seed"), &slow) else {
+        return;
+    };
+    tracker.wait_for_swarm(&torrent.info_hash, SWARM, "one seeder", |s| s.seeders >= 1);
+    let dest = dir.path().join("dest");
+    let mut first = Libtorrent::download(&torrent, &dest, &LibtorrentOptions::default())
+        .expect("libtorrent was available for the seeder");
+    let (had, total) = first.wait_progress(DONE, "some but not all pieces", |have, total| {
+        have > 0 && have < total
+    });
+    first.kill();
+    let mut second = Libtorrent::download(&torrent, &dest, &LibtorrentOptions::default())
+        .expect("libtorrent was available for the seeder");
+    // Its file check keeps what the first one verified.
+    let (kept, _) = second.wait_progress(DONE, "checked", |have, _| have > 0);
+    assert!(
+        kept > 0 && kept < total,
+        "restart kept {kept} of {total} pieces (had {had})"
+    );
+    second.wait_done(DONE);
     assert_same_file(&dest.join("data.bin"), &data);
 }

@@ -44,7 +44,8 @@ pub struct LibtorrentOptions {
     /// Connection encryption policy.
     pub encryption: Encryption,
     /// Upload limit in bytes per second; 0 is unlimited. Useful to keep a transfer running long
-    /// enough to observe it.
+    /// enough to interrupt it. (libtorrent exempts local peers from limits by default; the script
+    /// moves 127.0.0.1 into the limited class.)
     pub upload_limit: u64,
     /// Listen port; `None` lets the system choose one, which cannot collide.
     pub port: Option<u16>,
@@ -176,6 +177,40 @@ impl Libtorrent {
         let rest = facts(&log).filter(|(k, _)| *k == "progress").last()?.1;
         let mut it = rest.split_whitespace().map(str::parse::<u32>);
         Some((it.next()?.ok()?, it.next()?.ok()?))
+    }
+
+    /// Waits until the latest reported `(pieces_have, pieces_total)` satisfies `pred` (for example
+    /// "some but not all", to interrupt a download midway) and returns it.
+    ///
+    /// # Panics
+    /// After `timeout`, or when the process ends first, with the peer's log.
+    pub fn wait_progress(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(u32, u32) -> bool,
+    ) -> (u32, u32) {
+        let found = wait_for(timeout, || {
+            if let Some((have, total)) = self.progress().filter(|&(h, t)| pred(h, t)) {
+                return Some(Some((have, total)));
+            }
+            self.process.exit_status().map(|_| None)
+        });
+        match found {
+            Some(Some(p)) => p,
+            Some(None) => self
+                .process
+                .fail(&format!("exited before progress \"{what}\"")),
+            None => self.process.fail(&format!(
+                "progress never reached \"{what}\" within {timeout:?}; last {:?}",
+                self.progress()
+            )),
+        }
+    }
+
+    /// Kills the peer at once (SIGKILL, like `kill -9`) and reaps it; what it wrote stays on disk.
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 
     /// Waits until every piece is verified; a leecher must also have exited successfully.

@@ -1,6 +1,8 @@
 # One libtorrent peer for kp-torrent's tests: seeds or downloads a single torrent on 127.0.0.1.
 # Written to a temp dir and run with Debian's /usr/bin/python3 by src/real/libtorrent.rs.
-# Output lines (stdout, flushed): "port N", "progress HAVE TOTAL STATE PEERS", "done", "error TEXT".
+# Output lines (stdout, flushed), each "SECONDS_SINCE_START KEYWORD ...": "infohash HEX",
+# "port N", "progress HAVE TOTAL STATE PEERS", "alert KIND: TEXT", "done" (every piece verified),
+# "error TEXT" (then exit status 2 or 3).
 import argparse
 import sys
 import time
@@ -53,15 +55,20 @@ settings = {
 # Settings at construction (not applied afterwards), or DHT and UPnP start for a moment; flags 0
 # leaves out the default plugins, so there is no PEX (ut_pex) either.
 ses = lt.session(settings, 0)
+if args.upload_limit:
+    # Rate limits skip the local peer class, which holds 127.0.0.0/8: put every address in the
+    # global class only, so the limit applies on loopback too.
+    everyone = lt.ip_filter()
+    everyone.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+    ses.set_peer_class_filter(everyone)
 
 ti = lt.torrent_info(args.torrent)
 atp = lt.add_torrent_params()
 atp.ti = ti
 atp.save_path = args.save
-if args.tracker:
-    atp.trackers = args.tracker
 h = ses.add_torrent(atp)
 if args.tracker:
+    # Before the first announce, which waits for the file check.
     h.replace_trackers([{"url": u, "tier": 0} for u in args.tracker])
 
 
@@ -123,7 +130,8 @@ while True:
         for p in peers:
             h.connect_peer(p)
         last_dial = now
-    line = "progress %d %d %s %d" % (s.num_pieces, ti.num_pieces(), str(s.state).split(".")[-1], s.num_peers)
+    state = str(s.state).split(".")[-1]
+    line = "progress %d %d %s %d" % (s.num_pieces, ti.num_pieces(), state, s.num_peers)
     if line != last_line or now - last_beat > 1.0:
         out(line)
         last_line = line
