@@ -258,3 +258,18 @@ fn save_resume_job_writes_the_file() {
     );
     assert_eq!(resume::plan(&path, &info_hash, &r.storage).have, have);
 }
+
+#[test]
+fn dropping_the_pool_finishes_queued_writes() {
+    let mut r = rig("drop", 1 << 12, 64, 1);
+    let data = bytes(64 << 12, 6);
+    for (p, chunk) in data.chunks(1 << 12).enumerate() {
+        r.pool.submit(Job::Write {
+            piece: p as u32,
+            begin: 0,
+            data: chunk.to_vec(),
+        });
+    }
+    drop(r.pool);
+    assert_eq!(std::fs::read(r.dir.join("data")).unwrap(), data);
+}
