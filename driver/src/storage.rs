@@ -154,7 +154,7 @@ impl Layout {
     /// inside the piece.
     fn block_offset(&self, piece: u32, begin: u32, length: usize) -> Option<u64> {
         let end = u64::from(begin).checked_add(length as u64)?;
-        (end <= self.piece_size(piece))
+        (piece < self.piece_count && end <= self.piece_size(piece))
             .then(|| u64::from(piece) * self.piece_length + u64::from(begin))
     }
 

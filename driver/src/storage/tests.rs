@@ -143,6 +143,9 @@ fn blocks_outside_their_piece_are_refused() {
         ));
     }
     assert!(s.hash_piece(2).is_err());
+    // Even an empty block must name a real piece.
+    assert!(s.read(2, 0, &mut []).is_err());
+    assert!(s.read(1, 13, &mut []).is_ok());
 }
 
 #[test]
