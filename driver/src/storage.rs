@@ -489,13 +489,17 @@ impl Storage {
         if !self.writable {
             return Ok(());
         }
+        let mut made: Option<&Path> = None;
         for (f, path) in self.layout.files.iter().zip(&self.paths) {
             if f.padding {
                 continue;
             }
-            if let Some(parent) = path.parent() {
+            if let Some(parent) = path.parent()
+                && made != Some(parent)
+            {
                 fs::create_dir_all(parent)
                     .map_err(|e| StorageError::io(Action::Create, parent, e))?;
+                made = Some(parent);
             }
             match fs::metadata(path) {
                 Ok(m) if !m.is_file() => return Err(StorageError::NotAFile(path.clone())),
