@@ -9,10 +9,12 @@
 //! - [`bencode`]: strict decoder with exact byte spans, canonical encoder.
 //! - [`bitfield`]: the set of pieces a peer has.
 //! - [`id`]: info-hashes and BEP 20 peer ids.
+//! - [`metainfo`]: reading and writing `.torrent` files, with safe file paths.
 //! - [`time`]: the virtual time every input carries.
 #![forbid(unsafe_code)]
 
 pub mod bencode;
 pub mod bitfield;
 pub mod id;
+pub mod metainfo;
 pub mod time;
