@@ -9,6 +9,7 @@
 //! - [`bencode`]: strict decoder with exact byte spans, canonical encoder.
 //! - [`bitfield`]: the set of pieces a peer has.
 //! - [`id`]: info-hashes and BEP 20 peer ids.
+//! - [`magnet`]: magnet URIs (`xt=urn:btih:` in hex or base32, `dn`, `tr`, `x.pe`).
 //! - [`metainfo`]: reading and writing `.torrent` files, with safe file paths.
 //! - [`time`]: the virtual time every input carries.
 #![forbid(unsafe_code)]
@@ -16,5 +17,6 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod id;
+pub mod magnet;
 pub mod metainfo;
 pub mod time;
