@@ -38,6 +38,14 @@ fn trim_trailing_dots_and_spaces(s: &mut String) {
 /// `_` after its stem (`CON.txt` → `CON_.txt`); a component over [`MAX_COMPONENT_BYTES`] is cut on
 /// a character boundary, keeping its extension.
 pub fn sanitize_component(raw: &[u8]) -> Option<String> {
+    // Nearly every real name needs no change: check that without allocating more than the result.
+    if let Ok(text) = std::str::from_utf8(raw)
+        && is_safe_component(text)
+        && !text.ends_with(['.', ' '])
+        && !is_reserved(text)
+    {
+        return Some(text.to_string());
+    }
     let lossy = String::from_utf8_lossy(raw);
     let mut s: String = lossy
         .chars()
@@ -47,12 +55,16 @@ pub fn sanitize_component(raw: &[u8]) -> Option<String> {
     if s.is_empty() {
         return None;
     }
-    let stem_len = s.find('.').unwrap_or(s.len());
-    let stem = s[..stem_len].trim_end_matches(' ');
-    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem)) {
-        s.insert(stem_len, '_');
+    if is_reserved(&s) {
+        s.insert(s.find('.').unwrap_or(s.len()), '_');
     }
     Some(shorten(&s, "", MAX_COMPONENT_BYTES))
+}
+
+/// True when the part before the first dot is a Windows device name (`CON`, `com1`, `NUL .txt`).
+fn is_reserved(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or(name).trim_end_matches(' ');
+    (3..=4).contains(&stem.len()) && RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem))
 }
 
 /// True when `component` is safe to join under a folder: not empty, `.` or `..`, and free of
@@ -62,7 +74,21 @@ pub fn is_safe_component(component: &str) -> bool {
         && component != "."
         && component != ".."
         && component.len() <= MAX_COMPONENT_BYTES
-        && !component.chars().any(is_forbidden)
+        && !has_forbidden_byte(component.as_bytes())
+}
+
+/// [`is_forbidden`] on UTF-8 bytes, faster than decoding: the only forbidden characters outside
+/// ASCII are the C1 controls U+0080..=U+009F, encoded as `C2 80`..=`C2 9F`.
+fn has_forbidden_byte(b: &[u8]) -> bool {
+    b.iter().enumerate().any(|(i, &c)| {
+        c < 0x20
+            || c == 0x7f
+            || matches!(
+                c,
+                b'/' | b'\\' | b'<' | b'>' | b':' | b'"' | b'|' | b'?' | b'*'
+            )
+            || (c == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
+    })
 }
 
 /// Splits `name` into stem and extension (with its dot); a leading dot (`.bashrc`) or a long
@@ -112,6 +138,9 @@ fn shorten(name: &str, suffix: &str, max: usize) -> String {
 /// extension (`a.txt` → `a.1.txt`). Folders are never renamed, so every file keeps its folder.
 pub(crate) fn disambiguate(paths: &mut [Vec<String>], skip: &[bool]) {
     let created = |i: usize| !skip.get(i).copied().unwrap_or(false);
+    if !has_conflict(paths, &created) {
+        return;
+    }
     let mut dirs: BTreeSet<Vec<String>> = BTreeSet::new();
     for (i, p) in paths.iter().enumerate() {
         if created(i) {
@@ -147,6 +176,29 @@ pub(crate) fn disambiguate(paths: &mut [Vec<String>], skip: &[bool]) {
         }
         used.insert(p.clone());
     }
+}
+
+/// Quick check for the common case of a torrent without collisions, in one sort.
+///
+/// Paths are joined with NUL, which no sanitized component holds and which sorts before every
+/// other byte: a path then sorts right before its duplicates and the paths inside it as a folder,
+/// so comparing neighbours finds every conflict.
+fn has_conflict(paths: &[Vec<String>], created: &impl Fn(usize) -> bool) -> bool {
+    let mut keys: Vec<String> = paths
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| created(*i))
+        .map(|(_, p)| p.join("\0"))
+        .collect();
+    keys.sort_unstable();
+    keys.windows(2).any(|w| match w {
+        [a, b] => {
+            b.len() >= a.len()
+                && b.starts_with(a.as_str())
+                && (b.len() == a.len() || b.as_bytes().get(a.len()) == Some(&0))
+        }
+        _ => false,
+    })
 }
 
 #[cfg(test)]
@@ -276,6 +328,19 @@ mod tests {
             .rng(quickcheck::Gen::from_size_and_seed(300, 0x7061_7468))
             .tests(2000)
             .quickcheck(prop as fn(Vec<u8>, Vec<u8>) -> bool);
+    }
+
+    #[test]
+    fn prop_byte_level_check_agrees_with_the_char_level_one() {
+        fn prop(s: String) -> bool {
+            has_forbidden_byte(s.as_bytes()) == s.chars().any(is_forbidden)
+        }
+        quickcheck::QuickCheck::new()
+            .rng(quickcheck::Gen::from_size_and_seed(50, 0x6279_7465))
+            .tests(3000)
+            .quickcheck(prop as fn(String) -> bool);
+        assert!(has_forbidden_byte("a\u{85}".as_bytes()));
+        assert!(!has_forbidden_byte("é\u{a0}".as_bytes()));
     }
 
     #[test]
