@@ -122,3 +122,94 @@ pub fn quickcheck(name: &str, default_tests: u64) -> quickcheck::QuickCheck {
         .tests(tests)
         .max_tests(tests * 10)
 }
+
+/// A throwaway certificate authority and a server certificate it signed, made with `openssl`.
+pub struct TestCa {
+    /// The CA certificate (PEM): give it to clients as their extra trust root.
+    pub ca_pem: PathBuf,
+    /// The server's certificate (PEM), valid for `localhost` and `127.0.0.1`.
+    pub cert_pem: PathBuf,
+    /// The server's private key (PEM, PKCS#8).
+    pub key_pem: PathBuf,
+}
+
+/// Makes a [`TestCa`] in `dir` with the `openssl` command; `None` (skip) when openssl is missing
+/// outside CI.
+pub fn make_test_ca(dir: &Path) -> Option<TestCa> {
+    let openssl = require_tool("openssl")?;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n\
+         subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("write ext file");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kp-torrent test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    Some(TestCa {
+        ca_pem: dir.join("ca.pem"),
+        cert_pem: dir.join("server.pem"),
+        key_pem: dir.join("server.key"),
+    })
+}

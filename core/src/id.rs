@@ -94,6 +94,19 @@ impl fmt::Debug for PeerId {
     }
 }
 
+/// A session's handle for one peer connection: an index into the session's slab of peers.
+///
+/// The driver maps it to a socket (a `mio::Token`); the core never sees sockets. A handle is
+/// reused after its connection closed, so the driver must drop its mapping when told to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerHandle(pub usize);
+
+impl fmt::Display for PeerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "peer {}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

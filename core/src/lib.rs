@@ -12,6 +12,7 @@
 //! - [`magnet`]: magnet URIs (`xt=urn:btih:` in hex or base32, `dn`, `tr`, `x.pe`).
 //! - [`metainfo`]: reading and writing `.torrent` files, with safe file paths.
 //! - [`time`]: the virtual time every input carries.
+//! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
 #![forbid(unsafe_code)]
 
 pub mod bencode;
@@ -20,3 +21,4 @@ pub mod id;
 pub mod magnet;
 pub mod metainfo;
 pub mod time;
+pub mod wire;

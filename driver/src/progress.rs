@@ -1,0 +1,235 @@
+//! What the user sees while a torrent runs: a live bar on a terminal, a status line every few
+//! seconds otherwise, and a summary at the end.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::units::{format_bytes, format_duration, format_rate};
+
+/// What a torrent is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Hashing data already on disk.
+    Checking,
+    /// Fetching pieces.
+    Downloading,
+    /// Complete, serving others.
+    Seeding,
+}
+
+impl Phase {
+    fn label(self) -> &'static str {
+        match self {
+            Phase::Checking => "checking",
+            Phase::Downloading => "downloading",
+            Phase::Seeding => "seeding",
+        }
+    }
+}
+
+/// One moment of a torrent's state, filled by the event loop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// What it is doing (`None` before the first update).
+    pub phase: Option<Phase>,
+    /// Bytes of wanted data in all.
+    pub total_bytes: u64,
+    /// Bytes verified (or checked, while checking).
+    pub done_bytes: u64,
+    /// Download rate, bytes per second.
+    pub download_rate: u64,
+    /// Upload rate, bytes per second.
+    pub upload_rate: u64,
+    /// Bytes uploaded so far.
+    pub uploaded: u64,
+    /// Connected peers.
+    pub peers: usize,
+    /// Of which seeds.
+    pub seeds: usize,
+}
+
+/// The one-line status, as printed when stderr is not a terminal.
+pub fn status_line(name: &str, s: &Snapshot) -> String {
+    let phase = s.phase.map_or("starting", Phase::label);
+    let pct = percent(s.done_bytes, s.total_bytes);
+    let mut line = format!(
+        "{name}: {phase} {pct:.1}% {}/{} down {} up {} peers {} (seeds {})",
+        format_bytes(s.done_bytes),
+        format_bytes(s.total_bytes),
+        format_rate(s.download_rate),
+        format_rate(s.upload_rate),
+        s.peers,
+        s.seeds,
+    );
+    if s.phase == Some(Phase::Downloading) {
+        line.push_str(" ETA ");
+        line.push_str(&eta(s).map_or_else(|| "-".to_owned(), format_duration));
+    }
+    line
+}
+
+/// Time left at the current download rate, if there is one.
+pub fn eta(s: &Snapshot) -> Option<Duration> {
+    let left = s.total_bytes.saturating_sub(s.done_bytes);
+    if left == 0 {
+        return Some(Duration::ZERO);
+    }
+    (s.download_rate > 0).then(|| Duration::from_secs(left.div_ceil(s.download_rate)))
+}
+
+fn percent(done: u64, total: u64) -> f64 {
+    if total == 0 {
+        100.0
+    } else {
+        done as f64 * 100.0 / total as f64
+    }
+}
+
+/// The end-of-run summary line.
+pub fn summary_line(name: &str, bytes: u64, elapsed: Duration, peers_used: usize) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    format!(
+        "{name}: done, {} in {} ({}), {peers_used} peer{} used",
+        format_bytes(bytes),
+        format_duration(elapsed),
+        format_rate((bytes as f64 / secs) as u64),
+        if peers_used == 1 { "" } else { "s" },
+    )
+}
+
+enum Mode {
+    Bar(ProgressBar),
+    Lines {
+        every: Duration,
+        last: Option<Instant>,
+    },
+    Quiet,
+}
+
+/// Shows a torrent's progress on stderr.
+pub struct Progress {
+    name: String,
+    mode: Mode,
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal, status lines every `every` otherwise, nothing when `quiet`.
+    pub fn new(name: &str, quiet: bool, every: Duration) -> Progress {
+        let mode = if quiet {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template(
+                "{prefix} {msg:11} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {wide_msg}",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.set_prefix(name.to_owned());
+            Mode::Bar(bar)
+        } else {
+            Mode::Lines { every, last: None }
+        };
+        Progress {
+            name: name.to_owned(),
+            mode,
+        }
+    }
+
+    /// Shows `s`; cheap to call on every loop turn (lines are rate limited, the bar redraws at
+    /// most 20 times a second).
+    pub fn update(&mut self, now: Instant, s: &Snapshot) {
+        match &mut self.mode {
+            Mode::Quiet => {}
+            Mode::Bar(bar) => {
+                bar.set_length(s.total_bytes);
+                bar.set_position(s.done_bytes);
+                bar.set_message(s.phase.map_or("starting", Phase::label));
+                let eta = eta(s).map_or_else(|| "-".to_owned(), format_duration);
+                bar.set_prefix(format!(
+                    "{} down {} up {} peers {} ({} seeds) ETA {eta}",
+                    self.name,
+                    format_rate(s.download_rate),
+                    format_rate(s.upload_rate),
+                    s.peers,
+                    s.seeds
+                ));
+            }
+            Mode::Lines { every, last } => {
+                if last.is_none_or(|t| now.saturating_duration_since(t) >= *every) {
+                    *last = Some(now);
+                    eprintln!("{}", status_line(&self.name, s));
+                }
+            }
+        }
+    }
+
+    /// Clears the bar and prints `line` (unless quiet).
+    pub fn finish(&mut self, line: &str) {
+        match &self.mode {
+            Mode::Quiet => return,
+            Mode::Bar(bar) => bar.finish_and_clear(),
+            Mode::Lines { .. } => {}
+        }
+        eprintln!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn downloading() -> Snapshot {
+        Snapshot {
+            phase: Some(Phase::Downloading),
+            total_bytes: 100 << 20,
+            done_bytes: 25 << 20,
+            download_rate: 5 << 20,
+            upload_rate: 1 << 10,
+            uploaded: 0,
+            peers: 3,
+            seeds: 1,
+        }
+    }
+
+    #[test]
+    fn status_line_shows_state_percent_rates_peers_and_eta() {
+        assert_eq!(
+            status_line("ubuntu.iso", &downloading()),
+            "ubuntu.iso: downloading 25.0% 25.0 MiB/100 MiB down 5.00 MiB/s up 1.00 KiB/s \
+             peers 3 (seeds 1) ETA 15s"
+        );
+    }
+
+    #[test]
+    fn eta_is_unknown_without_a_rate_and_zero_when_done() {
+        let mut s = downloading();
+        s.download_rate = 0;
+        assert_eq!(eta(&s), None);
+        assert!(status_line("x", &s).ends_with("ETA -"));
+        s.done_bytes = s.total_bytes;
+        assert_eq!(eta(&s), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn seeding_line_has_no_eta_and_empty_torrent_is_complete() {
+        let s = Snapshot {
+            phase: Some(Phase::Seeding),
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            status_line("empty", &s),
+            "empty: seeding 100.0% 0 B/0 B down 0 B/s up 0 B/s peers 0 (seeds 0)"
+        );
+    }
+
+    #[test]
+    fn summary_reports_average_rate() {
+        assert_eq!(
+            summary_line("f", 10 << 20, Duration::from_secs(2), 4),
+            "f: done, 10.0 MiB in 2s (5.00 MiB/s), 4 peers used"
+        );
+    }
+}
