@@ -9,6 +9,8 @@
 //! - [`bencode`]: strict decoder with exact byte spans, canonical encoder.
 //! - [`bitfield`]: the set of pieces a peer has.
 //! - [`id`]: info-hashes and BEP 20 peer ids.
+//! - [`magnet`]: magnet URIs (`xt=urn:btih:` in hex or base32, `dn`, `tr`, `x.pe`).
+//! - [`metainfo`]: reading and writing `.torrent` files, with safe file paths.
 //! - [`time`]: the virtual time every input carries.
 //! - [`tracker`]: HTTP(S) and UDP tracker announce and scrape, BEP 12 tiers and the announce cycle.
 //! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
@@ -17,6 +19,8 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod id;
+pub mod magnet;
+pub mod metainfo;
 pub mod time;
 pub mod tracker;
 pub mod wire;
