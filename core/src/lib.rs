@@ -9,6 +9,7 @@
 //! - [`bencode`]: strict decoder with exact byte spans, canonical encoder.
 //! - [`bitfield`]: the set of pieces a peer has.
 //! - [`id`]: info-hashes and BEP 20 peer ids.
+//! - [`picker`]: which blocks to request from which peer (rarest first, endgame, sequential).
 //! - [`time`]: the virtual time every input carries.
 //! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
 #![forbid(unsafe_code)]
@@ -16,5 +17,6 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod id;
+pub mod picker;
 pub mod time;
 pub mod wire;
