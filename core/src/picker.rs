@@ -459,8 +459,9 @@ impl Picker {
     }
 
     /// A request to `peer` will not be answered (we were choked, it was rejected or timed out):
-    /// the block may be picked again, by any peer. Returns false when there was no such request.
-    pub fn request_dropped(&mut self, peer: PeerHandle, block: Block) -> bool {
+    /// the block may be picked again, by any peer. A block that was not requested from `peer`
+    /// (or does not exist) is ignored; [`Picker::outstanding`] shows the effect.
+    pub fn request_dropped(&mut self, peer: PeerHandle, block: Block) {
         let removed = self
             .outstanding
             .get_mut(&peer)
@@ -468,7 +469,6 @@ impl Picker {
         if removed {
             self.unrequest(peer, block);
         }
-        removed
     }
 
     /// The hash check of `piece` finished. `ok`: we have it now. Not ok: its data is discarded

@@ -301,9 +301,11 @@ fn dropped_and_departed_requests_go_to_other_peers() {
     assert_eq!(p.availability(0), 2);
     let a = pick(&mut p, 0, &full, 4);
     assert_eq!(a.len(), 4);
-    assert!(p.request_dropped(PeerHandle(0), a[1]));
-    assert!(!p.request_dropped(PeerHandle(0), a[1]));
-    assert!(!p.request_dropped(PeerHandle(1), a[2]));
+    p.request_dropped(PeerHandle(0), a[1]);
+    assert_eq!(p.outstanding(PeerHandle(0)), 3);
+    p.request_dropped(PeerHandle(0), a[1]);
+    p.request_dropped(PeerHandle(1), a[2]);
+    assert_eq!(p.outstanding(PeerHandle(0)), 3);
     assert_eq!(pick(&mut p, 1, &full, 1), vec![a[1]]);
     // A block from a peer we did not ask is refused.
     assert_eq!(
@@ -369,7 +371,8 @@ fn out_of_range_input_is_refused_without_panicking() {
         },
     ] {
         assert_eq!(p.block_received(peer, bad), Received::NotRequested);
-        assert!(!p.request_dropped(peer, bad));
+        p.request_dropped(peer, bad);
+        assert_eq!(p.outstanding(peer), 1);
     }
     assert!(matches!(
         p.block_received(peer, b),
@@ -521,7 +524,8 @@ fn simulated_swarms_complete_without_duplicate_requests() {
                 8 => {
                     if let Some(&b) = owed[i].iter().next() {
                         owed[i].remove(&b);
-                        assert!(p.request_dropped(h, b));
+                        p.request_dropped(h, b);
+                        assert_eq!(owed[i].len(), p.outstanding(h));
                     }
                 }
                 _ => {
