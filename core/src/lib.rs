@@ -8,6 +8,7 @@
 //! Modules:
 //! - [`bencode`]: strict decoder with exact byte spans, canonical encoder.
 //! - [`bitfield`]: the set of pieces a peer has.
+//! - [`choker`]: which peers we upload to (tit-for-tat with an optimistic unchoke).
 //! - [`id`]: info-hashes and BEP 20 peer ids.
 //! - [`picker`]: which blocks to request from which peer (rarest first, endgame, sequential).
 //! - [`time`]: the virtual time every input carries.
@@ -16,6 +17,7 @@
 
 pub mod bencode;
 pub mod bitfield;
+pub mod choker;
 pub mod id;
 pub mod picker;
 pub mod time;
