@@ -11,6 +11,7 @@
 //! - [`choker`]: which peers we upload to (tit-for-tat with an optimistic unchoke).
 //! - [`id`]: info-hashes and BEP 20 peer ids.
 //! - [`picker`]: which blocks to request from which peer (rarest first, endgame, sequential).
+//! - [`rate`]: transfer rates over a sliding window.
 //! - [`time`]: the virtual time every input carries.
 //! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
 #![forbid(unsafe_code)]
@@ -20,5 +21,6 @@ pub mod bitfield;
 pub mod choker;
 pub mod id;
 pub mod picker;
+pub mod rate;
 pub mod time;
 pub mod wire;
