@@ -575,17 +575,15 @@ impl Picker {
             return self.candidates.iter().copied().find(|&p| peer_has.get(p));
         }
         if self.have.count() < self.config.random_first_pieces {
-            let n = self.candidates.iter().filter(|&&p| peer_has.get(p)).count();
-            if n == 0 {
-                return None;
-            }
-            let j = self.rng.random_range(0..n);
+            // The first eligible piece from a random index on, wrapping around: as cheap as the
+            // rarest-first walk, and random enough to spread newcomers over the torrent.
+            let from = self.rng.random_range(0..self.num_pieces.max(1));
             return self
                 .candidates
-                .iter()
+                .range(from..)
+                .chain(self.candidates.range(..from))
                 .copied()
-                .filter(|&p| peer_has.get(p))
-                .nth(j);
+                .find(|&p| peer_has.get(p));
         }
         // A peer that is not a seed counted itself in `avail` of each piece it has, so the pieces
         // nobody announced (often most of them early on) need not be walked.
