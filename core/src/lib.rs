@@ -13,6 +13,7 @@
 //! - [`picker`]: which blocks to request from which peer (rarest first, endgame, sequential).
 //! - [`rate`]: transfer rates over a sliding window.
 //! - [`time`]: the virtual time every input carries.
+//! - [`tracker`]: HTTP(S) and UDP tracker announce and scrape, BEP 12 tiers and the announce cycle.
 //! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
 #![forbid(unsafe_code)]
 
@@ -23,4 +24,5 @@ pub mod id;
 pub mod picker;
 pub mod rate;
 pub mod time;
+pub mod tracker;
 pub mod wire;
