@@ -1,20 +1,21 @@
-//! The tracker state machines against a real tracker: Debian's opentracker on 127.0.0.1, over HTTP
-//! and over UDP. A small blocking executor in this file carries out the manager's actions with std
-//! sockets; every loop is bounded in wall time.
+//! The tracker state machines and the driver's tracker sockets against a real tracker: Debian's
+//! opentracker on 127.0.0.1, over HTTP, UDP, and HTTPS through stunnel with a test CA. Every loop
+//! is bounded in wall time.
 
-use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kp_torrent::tracker_io::{Tokens, TrackerIo};
 use kp_torrent_core::id::{InfoHash, PeerId};
 use kp_torrent_core::time::Time;
-use kp_torrent_core::tracker::manager::{
-    ConnId, ManagerConfig, TrackerAction, TrackerEvent, TrackerId, TrackerManager,
-};
+use kp_torrent_core::tracker::manager::{ManagerConfig, TrackerEvent, TrackerId, TrackerManager};
 use kp_torrent_core::tracker::{AnnounceEvent, ScrapeCounts};
-use kp_torrent_tests::{TempDir, require_tool};
+use kp_torrent_tests::{TempDir, make_test_ca, require_tool};
+use mio::{Events, Poll, Token, Waker};
 
 /// A running opentracker, killed when dropped (also when the test panics).
 struct Opentracker {
@@ -105,23 +106,31 @@ fn whitelist_loaded(port: u16, hash: &InfoHash) -> bool {
     reply.starts_with("HTTP/1.1 200") && !reply.contains("failure reason")
 }
 
-/// Carries out one manager's actions with blocking std sockets.
+const WAKER: Token = Token(0);
+const TOKENS: Tokens = Tokens {
+    udp4: Token(1),
+    udp6: Token(2),
+    conn_base: 16,
+};
+
+/// One tracker manager driven through the driver's tracker sockets ([`TrackerIo`]) by a small
+/// mio loop, as the client's event loop does.
 struct Executor {
     manager: TrackerManager,
-    udp: UdpSocket,
-    tcp: BTreeMap<ConnId, TcpStream>,
+    io: TrackerIo,
+    poll: Poll,
     epoch: Instant,
 }
 
 impl Executor {
-    fn new(manager: TrackerManager, epoch: Instant) -> Executor {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        udp.set_read_timeout(Some(Duration::from_millis(5)))
-            .unwrap();
+    fn new(manager: TrackerManager, epoch: Instant, extra_ca: Option<PathBuf>) -> Executor {
+        let poll = Poll::new().expect("poll");
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).expect("waker"));
+        let io = TrackerIo::new(TOKENS, waker, None, extra_ca).expect("tracker io");
         Executor {
             manager,
-            udp,
-            tcp: BTreeMap::new(),
+            io,
+            poll,
             epoch,
         }
     }
@@ -130,106 +139,18 @@ impl Executor {
         Time::from_nanos(self.epoch.elapsed().as_nanos() as u64)
     }
 
-    fn act(&mut self) {
-        // Bounded: each action is carried out once; a handful per announce.
-        for _ in 0..1000 {
-            let Some(action) = self.manager.poll_action() else {
-                return;
-            };
-            let now = self.now();
-            match action {
-                TrackerAction::Resolve {
-                    tracker,
-                    host,
-                    port,
-                } => {
-                    let addrs: Vec<SocketAddr> = (host.as_str(), port)
-                        .to_socket_addrs()
-                        .map(|a| a.collect())
-                        .unwrap_or_default();
-                    self.manager.handle_resolved(now, tracker, &addrs);
-                }
-                TrackerAction::OpenTcp {
-                    conn,
-                    host,
-                    port,
-                    tls,
-                    ..
-                } => {
-                    assert!(!tls, "no TLS in this test");
-                    let addr = (host.as_str(), port)
-                        .to_socket_addrs()
-                        .ok()
-                        .and_then(|mut a| a.next());
-                    match addr.map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2))) {
-                        Some(Ok(s)) => {
-                            s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
-                            self.tcp.insert(conn, s);
-                            self.manager.handle_tcp_connected(now, conn);
-                        }
-                        Some(Err(e)) => {
-                            self.manager.handle_connect_failed(now, conn, e.to_string())
-                        }
-                        None => self
-                            .manager
-                            .handle_connect_failed(now, conn, "no address".into()),
-                    }
-                }
-                TrackerAction::SendTcp { conn, bytes } => {
-                    if let Some(s) = self.tcp.get_mut(&conn)
-                        && let Err(e) = s.write_all(&bytes)
-                    {
-                        self.tcp.remove(&conn);
-                        self.manager
-                            .handle_tcp_closed(now, conn, Some(e.to_string()));
-                    }
-                }
-                TrackerAction::CloseTcp { conn } => {
-                    self.tcp.remove(&conn);
-                }
-                TrackerAction::SendUdp { addr, bytes, .. } => {
-                    self.udp.send_to(&bytes, addr).expect("udp send");
-                }
-            }
-        }
-        panic!("the manager keeps asking for actions");
-    }
-
-    fn read(&mut self) {
-        let conns: Vec<ConnId> = self.tcp.keys().copied().collect();
-        let mut buf = vec![0u8; 64 * 1024];
-        for conn in conns {
-            let now = self.now();
-            let Some(s) = self.tcp.get_mut(&conn) else {
-                continue;
-            };
-            match s.read(&mut buf) {
-                Ok(0) => {
-                    self.tcp.remove(&conn);
-                    self.manager.handle_tcp_closed(now, conn, None);
-                }
-                Ok(n) => self.manager.handle_tcp_data(now, conn, &buf[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) => {
-                    self.tcp.remove(&conn);
-                    self.manager
-                        .handle_tcp_closed(now, conn, Some(e.to_string()));
-                }
-            }
-            self.act();
-        }
-        if let Ok((n, from)) = self.udp.recv_from(&mut buf) {
-            let now = self.now();
-            self.manager.handle_udp_datagram(now, from, &buf[..n]);
-        }
-    }
-
     /// Runs until `done` accepts an event (returned with all events seen), for at most 10 s.
     fn drive(&mut self, what: &str, done: impl Fn(&TrackerEvent) -> bool) -> Vec<TrackerEvent> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut seen = Vec::new();
+        let mut events = Events::with_capacity(64);
         while Instant::now() < deadline {
-            self.act();
+            let now = self.now();
+            if self.manager.poll_timeout().is_some_and(|t| t <= now) {
+                self.manager.handle_timeout(now);
+            }
+            self.io
+                .run_actions(self.poll.registry(), now, &mut self.manager);
             while let Some(e) = self.manager.poll_event() {
                 let finished = done(&e);
                 seen.push(e);
@@ -237,11 +158,21 @@ impl Executor {
                     return seen;
                 }
             }
-            self.read();
-            self.act();
+            let wait = self
+                .manager
+                .poll_timeout()
+                .map_or(Duration::from_millis(100), |t| t.saturating_since(now))
+                .min(Duration::from_millis(100));
+            self.poll.poll(&mut events, Some(wait)).expect("poll");
             let now = self.now();
-            if self.manager.poll_timeout().is_some_and(|t| t <= now) {
-                self.manager.handle_timeout(now);
+            for event in events.iter() {
+                if event.token() == WAKER {
+                    self.io
+                        .handle_wakeup(self.poll.registry(), now, &mut self.manager);
+                } else if self.io.owns(event.token()) {
+                    self.io
+                        .handle_event(self.poll.registry(), now, event, &mut self.manager);
+                }
             }
         }
         panic!("timed out waiting for {what}; events: {seen:?}");
@@ -265,6 +196,7 @@ fn client(
     port: u16,
     left: u64,
     epoch: Instant,
+    extra_ca: Option<PathBuf>,
 ) -> Executor {
     let mut m = TrackerManager::new(
         config(),
@@ -275,7 +207,7 @@ fn client(
         u64::from(id),
     );
     m.handle_stats(0, 0, left);
-    Executor::new(m, epoch)
+    Executor::new(m, epoch, extra_ca)
 }
 
 fn peers_contain(addr: SocketAddr) -> impl Fn(&TrackerEvent) -> bool {
@@ -291,14 +223,14 @@ fn no_error(events: &[TrackerEvent]) {
     }
 }
 
-fn two_clients_find_each_other(url: &str, info_hash: InfoHash) {
+fn two_clients_find_each_other(url: &str, info_hash: InfoHash, ca: Option<PathBuf>) {
     let epoch = Instant::now();
     let (port_a, port_b) = (42001, 42002);
     let addr_a = SocketAddr::from(([127, 0, 0, 1], port_a));
     let addr_b = SocketAddr::from(([127, 0, 0, 1], port_b));
     // A seeds, B downloads: the scrape must count one of each.
-    let mut a = client(url, info_hash, b'a', port_a, 0, epoch);
-    let mut b = client(url, info_hash, b'b', port_b, 1000, epoch);
+    let mut a = client(url, info_hash, b'a', port_a, 0, epoch, ca.clone());
+    let mut b = client(url, info_hash, b'b', port_b, 1000, epoch, ca.clone());
 
     let ev = a.drive("A's started announce", |e| {
         matches!(e, TrackerEvent::Announced { .. })
@@ -352,7 +284,7 @@ fn two_clients_find_each_other(url: &str, info_hash: InfoHash) {
             "{ev:?}"
         );
     }
-    let mut c = client(url, info_hash, b'c', 42003, 1000, epoch);
+    let mut c = client(url, info_hash, b'c', 42003, 1000, epoch, ca);
     let ev = c.drive("the newcomer's announce", |e| {
         matches!(e, TrackerEvent::Announced { .. })
     });
@@ -381,10 +313,21 @@ fn opentracker_http_and_udp() {
     };
     let http_hash = InfoHash([0x5a; 20]);
     let udp_hash = InfoHash([0xa5; 20]);
-    let tracker = start_opentracker(&bin, &[http_hash, udp_hash]);
+    let named_hash = InfoHash([0x7e; 20]);
+    let tracker = start_opentracker(&bin, &[http_hash, udp_hash, named_hash]);
     let port = tracker.port;
-    two_clients_find_each_other(&format!("http://127.0.0.1:{port}/announce"), http_hash);
-    two_clients_find_each_other(&format!("udp://127.0.0.1:{port}/announce"), udp_hash);
+    two_clients_find_each_other(
+        &format!("http://127.0.0.1:{port}/announce"),
+        http_hash,
+        None,
+    );
+    two_clients_find_each_other(&format!("udp://127.0.0.1:{port}/announce"), udp_hash, None);
+    // By name: the lookup goes through the resolver thread.
+    two_clients_find_each_other(
+        &format!("udp://localhost:{port}/announce"),
+        named_hash,
+        None,
+    );
 }
 
 #[test]
@@ -394,10 +337,103 @@ fn opentracker_refusal_is_reported_with_its_text() {
     };
     let tracker = start_opentracker(&bin, &[InfoHash([1; 20])]);
     let url = format!("http://127.0.0.1:{}/announce", tracker.port);
-    let mut x = client(&url, InfoHash([2; 20]), b'x', 42010, 10, Instant::now());
+    let mut x = client(
+        &url,
+        InfoHash([2; 20]),
+        b'x',
+        42010,
+        10,
+        Instant::now(),
+        None,
+    );
     let ev = x.drive("an error", |e| matches!(e, TrackerEvent::Error { .. }));
     let Some(TrackerEvent::Error { error, .. }) = ev.last() else {
         unreachable!()
     };
     assert!(error.to_string().contains("not authorized"), "{error}");
+}
+
+/// stunnel in front of opentracker: TLS with a certificate from a CA the test made.
+struct Stunnel {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_stunnel(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    ca: &kp_torrent_tests::TestCa,
+    backend: u16,
+) -> Stunnel {
+    for _attempt in 0..10 {
+        let Some(port) = free_port() else { continue };
+        let conf = dir.join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\noutput = {log}\n[tracker]\naccept = 127.0.0.1:{port}\n\
+                 connect = 127.0.0.1:{backend}\ncert = {cert}\nkey = {key}\n",
+                log = dir.join("stunnel.log").display(),
+                cert = ca.cert_pem.display(),
+                key = ca.key_pem.display(),
+            ),
+        )
+        .expect("write stunnel.conf");
+        let child = Command::new(bin)
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn stunnel");
+        let mut tunnel = Stunnel { child, port };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = tunnel.child.try_wait() {
+                break;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return tunnel;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("stunnel did not start");
+}
+
+#[test]
+fn opentracker_over_https_through_stunnel() {
+    let (Some(tracker_bin), Some(stunnel_bin)) =
+        (require_tool("opentracker"), require_tool("stunnel4"))
+    else {
+        return;
+    };
+    let dir = TempDir::new("https-tracker");
+    let Some(ca) = make_test_ca(dir.path()) else {
+        return;
+    };
+    let hash = InfoHash([0x3c; 20]);
+    let tracker = start_opentracker(&tracker_bin, &[hash]);
+    let tunnel = start_stunnel(&stunnel_bin, dir.path(), &ca, tracker.port);
+    // `localhost` is the name the certificate covers; it may resolve to ::1 first, where nothing
+    // listens, so this also checks that the next address is tried.
+    let url = format!("https://localhost:{}/announce", tunnel.port);
+    two_clients_find_each_other(&url, hash, Some(ca.ca_pem.clone()));
+
+    // Without the test CA the certificate is refused and the user is told why.
+    let mut x = client(&url, hash, b'y', 42020, 10, Instant::now(), None);
+    let ev = x.drive("a certificate error", |e| {
+        matches!(e, TrackerEvent::Error { .. })
+    });
+    let Some(TrackerEvent::Error { error, .. }) = ev.last() else {
+        unreachable!()
+    };
+    assert!(error.to_string().contains("certificate"), "{error}");
 }

@@ -7,10 +7,12 @@
 pub mod conn;
 pub mod disk;
 pub mod progress;
+pub mod resolver;
 pub mod resume;
 pub mod signals;
 pub mod storage;
 pub mod tls;
+pub mod tracker_io;
 pub mod units;
 
 #[cfg(test)]
