@@ -10,7 +10,8 @@
 //! Padding files (BEP 47) are never created: reads of them give zeros, writes to them are dropped.
 //!
 //! Every file path is joined under the chosen folder only after each component was checked to be
-//! a plain name, a last defence behind the metainfo's own sanitizing.
+//! a plain name, a last defence behind the metainfo's own sanitizing. The check is on names
+//! only: a symbolic link the user placed inside the folder is followed.
 //!
 //! A [`Storage`] for downloading is made in two steps: [`Storage::new`] only computes paths (so
 //! the resume plan can look at the files as they were), then [`Storage::allocate`] creates the
