@@ -1,6 +1,9 @@
 //! The kp-torrent driver: everything that touches sockets, files, threads and clocks.
 
+pub mod cmd;
 pub mod conn;
+pub mod hasher;
+pub mod json;
 pub mod progress;
 pub mod resolver;
 pub mod signals;
