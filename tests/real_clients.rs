@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use kp_torrent_core::metainfo::{TorrentSpec, hash_pieces};
 use kp_torrent_tests::TempDir;
 use kp_torrent_tests::real::{
     Aria2, Encryption, Libtorrent, LibtorrentOptions, Opentracker, Torrent, Transmission, content,
@@ -84,20 +85,34 @@ fn libtorrent_seeds_aria2_through_http_tracker() {
 #[test]
 fn libtorrent_seeds_libtorrent_through_udp_tracker_multi_file() {
     let dir = TempDir::new("rc-lt-lt");
-    // Several files, one smaller than a piece, so pieces span files and the last one is partial.
-    let root = dir.path().join("seed").join("album");
-    std::fs::create_dir_all(root.join("sub")).unwrap();
-    let files = [
-        ("a.bin", 1_000_000, 2),
-        ("sub/b.bin", 30_000, 3),
-        ("sub/c.bin", 1_500_001, 4),
+    // Pieces span files, one file is smaller than a piece, one is empty, the last piece is partial.
+    let files: [(&[&str], usize, u64); 4] = [
+        (&["a.bin"], 1_000_000, 2),
+        (&["sub", "b.bin"], 30_000, 3),
+        (&["sub", "empty"], 0, 0),
+        (&["sub", "c.bin"], 1_500_001, 4),
     ];
-    for (name, len, seed) in files {
-        std::fs::write(root.join(name), content(len, seed)).unwrap();
+    let root = dir.path().join("seed").join("album");
+    let mut all = Vec::new();
+    for (path, len, seed) in files {
+        let file = path.iter().fold(root.clone(), |p, c| p.join(c));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let bytes = content(len, seed);
+        std::fs::write(&file, &bytes).unwrap();
+        all.extend_from_slice(&bytes);
     }
-    let Some(bare) = Torrent::create(&root, 15, &dir.path().join("bare.torrent")) else {
-        return;
+    let piece_length = 32 * 1024;
+    let spec = TorrentSpec {
+        name: "album".into(),
+        piece_length,
+        files: files
+            .iter()
+            .map(|(path, len, _)| (path.iter().map(|c| c.to_string()).collect(), *len as u64))
+            .collect(),
+        piece_hashes: hash_pieces(&all, piece_length),
+        ..TorrentSpec::default()
     };
+    let bare = Torrent::from_spec(&spec, &dir.path().join("bare.torrent"));
     let Some(tracker) = Opentracker::start(&[bare.info_hash]) else {
         return;
     };
@@ -105,7 +120,6 @@ fn libtorrent_seeds_libtorrent_through_udp_tracker_multi_file() {
         &tracker.udp_announce_url(),
         &dir.path().join("album.torrent"),
     );
-    assert_eq!(torrent.name, "album");
     let Some(_seeder) = Libtorrent::seed(
         &torrent,
         &dir.path().join("seed"),
@@ -118,8 +132,9 @@ fn libtorrent_seeds_libtorrent_through_udp_tracker_multi_file() {
     let mut leecher = Libtorrent::download(&torrent, &dest, &LibtorrentOptions::default())
         .expect("libtorrent was available for the seeder");
     leecher.wait_done(DONE);
-    for (name, len, seed) in files {
-        assert_same_file(&dest.join("album").join(name), &content(len, seed));
+    for (path, len, seed) in files {
+        let file = path.iter().fold(dest.join("album"), |p, c| p.join(c));
+        assert_same_file(&file, &content(len, seed));
     }
 }
 

@@ -7,7 +7,8 @@
 //! and is printed to stderr when a harness is dropped during a panic, so a CI failure can be read
 //! without rerunning it.
 //!
-//! The usual flow: make content and a torrent ([`Torrent::create`]), start an [`Opentracker`] with the
+//! The usual flow: make content and a torrent ([`Torrent::from_spec`], or [`Torrent::create`] with
+//! mktorrent), start an [`Opentracker`] with the
 //! torrent's info-hash, point the torrent at it ([`Torrent::with_announce`]), then start peers.
 //! Facts about these clients that shape the settings are in `/work/shared/INTEROP.md` and in
 //! comments next to each setting. Measured here, and worth knowing for kp-torrent itself:
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use kp_torrent_core::bencode;
 use kp_torrent_core::id::InfoHash;
+use kp_torrent_core::metainfo::TorrentSpec;
 
 use crate::{TempDir, find_tool, require_tool};
 
@@ -81,6 +83,13 @@ impl Torrent {
             String::from_utf8_lossy(&output.stderr)
         );
         Some(Torrent::load(out))
+    }
+
+    /// Writes `spec` (the core's torrent builder) to `out`: no tool needed, any layout (empty
+    /// files, odd piece sizes) the test wants.
+    pub fn from_spec(spec: &TorrentSpec, out: &Path) -> Torrent {
+        std::fs::write(out, spec.to_bytes()).expect("write torrent");
+        Torrent::load(out)
     }
 
     /// Reads a torrent file and computes its info-hash.
