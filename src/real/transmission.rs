@@ -119,6 +119,11 @@ impl Transmission {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// Kills it at once (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
     /// The running process (log, pid).
     pub fn process(&self) -> &RealProcess {
         &self.process
