@@ -180,7 +180,6 @@ fn libtorrent_seeder_dials_transmission_leecher() {
         return;
     };
     let dest = dir.path().join("dest");
-    std::fs::create_dir_all(&dest).unwrap();
     let Some(mut leecher) = Transmission::download(&torrent, &dest) else {
         return;
     };

@@ -50,6 +50,7 @@ impl Transmission {
     fn start(name: &str, torrent: &Torrent, data_dir: &Path) -> Option<Transmission> {
         let program = require_tool("transmission-cli")?;
         let data_dir = std::path::absolute(data_dir).expect("absolute data dir");
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
         let torrent_path = std::path::absolute(&torrent.path).expect("absolute torrent path");
         for _attempt in 0..3 {
             let dir = work_dir(name);
