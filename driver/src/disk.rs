@@ -5,6 +5,14 @@
 //! construction. On that wake-up the loop drains [`DiskPool::poll_completion`] until `None` and
 //! feeds each completion to the core as an ordinary timestamped input (so traces replay it).
 //!
+//! Mapping to the core's session: `Action::WriteBlock`, `ReadBlock` and `HashPiece` become
+//! [`Job::Write`], [`Job::Read`] and [`Job::Hash`]; [`Completion::Written`], `WriteFailed` (its
+//! error's `Display` is the user's message), `Read`, `ReadFailed` and `Hashed` become the inputs
+//! of the same names. The session has no "hash failed" input: report [`Completion::HashFailed`]
+//! as a hash that cannot match (the piece is fetched again) and log the error. At start, the
+//! valid pieces of [`Completion::Checked`] plus the resume plan's `have` are the session's
+//! initial bitfield.
+//!
 //! Ordering: jobs start in submission order, but with several workers they may finish in any
 //! order. One guarantee matters to the core: a [`Job::Hash`] of a piece waits until every
 //! [`Job::Write`] to that piece submitted before it has completed, so the hash sees the data.

@@ -4,8 +4,11 @@
 //! SHA-1 on a small worker pool so the event loop never blocks on the disk, and [`resume`] keeps
 //! the verified-piece bitfield across restarts.
 
+pub mod cmd;
 pub mod conn;
 pub mod disk;
+pub mod hasher;
+pub mod json;
 pub mod progress;
 pub mod resolver;
 pub mod resume;

@@ -10,7 +10,8 @@
 //! Padding files (BEP 47) are never created: reads of them give zeros, writes to them are dropped.
 //!
 //! Every file path is joined under the chosen folder only after each component was checked to be
-//! a plain name, a last defence behind the metainfo's own sanitizing.
+//! a plain name, a last defence behind the metainfo's own sanitizing. The check is on names
+//! only: a symbolic link the user placed inside the folder is followed.
 //!
 //! A [`Storage`] for downloading is made in two steps: [`Storage::new`] only computes paths (so
 //! the resume plan can look at the files as they were), then [`Storage::allocate`] creates the
@@ -25,6 +26,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use kp_torrent_core::metainfo::Info;
 use sha1::{Digest, Sha1};
 
 /// Open files kept by default: far below the usual descriptor limit, enough for the files a
@@ -61,7 +63,7 @@ pub struct Layout {
 impl Layout {
     /// Builds a layout from `(path, length, padding)` in torrent order; offsets are computed.
     /// Returns `None` for a zero piece length, no data, too many pieces or an overflowing length.
-    /// Use [`Layout::from_info`] for a parsed torrent.
+    /// Use [`Layout::from_info`] for a parsed torrent; this one is for tests and tools.
     pub fn new(
         name: &str,
         multi_file: bool,
@@ -93,6 +95,27 @@ impl Layout {
             piece_count,
             files: out,
         })
+    }
+
+    /// The layout of a parsed torrent (already validated by the metainfo parser).
+    pub fn from_info(info: &Info) -> Layout {
+        Layout {
+            name: info.name.clone(),
+            multi_file: info.multi_file,
+            piece_length: info.piece_length,
+            total_length: info.total_length,
+            piece_count: info.piece_count(),
+            files: info
+                .files
+                .iter()
+                .map(|f| LayoutFile {
+                    path: f.path.clone(),
+                    length: f.length,
+                    offset: f.offset,
+                    padding: f.padding,
+                })
+                .collect(),
+        }
     }
 
     /// The torrent's name: the single file's name, or the top folder of a multi-file torrent.

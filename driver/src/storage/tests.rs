@@ -298,3 +298,38 @@ fn a_full_device_is_reported_as_disk_full() {
     assert!(err.is_disk_full(), "{err}");
     assert!(err.to_string().starts_with("disk full writing "), "{err}");
 }
+
+#[test]
+fn layout_of_a_parsed_torrent_round_trips_its_data() {
+    use kp_torrent_core::metainfo::{Metainfo, TorrentSpec, hash_pieces};
+    let files: Vec<(Vec<String>, u64)> = vec![
+        (path(&["a.txt"]), 10),
+        (path(&["empty"]), 0),
+        (path(&["sub", "b.bin"]), 23),
+        (path(&["sub", "deeper", "c"]), 7),
+    ];
+    let bytes = data(40, 2);
+    let spec = TorrentSpec {
+        name: "multi".into(),
+        piece_length: 16,
+        files: files.clone(),
+        piece_hashes: hash_pieces(&bytes, 16),
+        ..Default::default()
+    };
+    let meta = Metainfo::from_bytes(&spec.to_bytes()).unwrap();
+    let layout = Layout::from_info(&meta.info);
+    assert_eq!(layout.piece_count(), meta.info.piece_count());
+    assert_eq!(layout.piece_size(2), meta.info.piece_size(2));
+    let dir = TestDir::new("frominfo");
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 2).unwrap();
+    s.allocate().unwrap();
+    write_all(&s, &bytes, 5);
+    for p in 0..3 {
+        assert_eq!(s.hash_piece(p).unwrap(), meta.info.pieces[p as usize]);
+    }
+    assert_eq!(
+        fs::read(dir.path().join("multi/sub/b.bin")).unwrap(),
+        bytes[10..33]
+    );
+    assert!(dir.path().join("multi/empty").is_file());
+}
