@@ -11,10 +11,12 @@
 //! - [`id`]: info-hashes and BEP 20 peer ids.
 //! - [`time`]: the virtual time every input carries.
 //! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
+//! - [`peer`]: one peer connection's protocol state machine (handshake, flags, timers, pipelining).
 #![forbid(unsafe_code)]
 
 pub mod bencode;
 pub mod bitfield;
 pub mod id;
+pub mod peer;
 pub mod time;
 pub mod wire;
