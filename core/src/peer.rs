@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::bitfield::Bitfield;
 use crate::id::{InfoHash, PeerId};
+use crate::rate::Rate;
 use crate::time::Time;
 use crate::wire::{self, BlockRequest, ExtendedHandshake, Handshake, Message};
 
@@ -38,6 +39,9 @@ pub const SNUB_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_PIPELINE: usize = 250;
 /// Requests outstanding with a peer whose rate is not yet known.
 pub const MIN_PIPELINE: usize = 4;
+/// Rates are averaged over this window: long enough to be stable, short enough to follow a
+/// peer that speeds up or stalls.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
 /// Seconds of the peer's measured rate we keep in flight (the bandwidth-delay product with slack).
 const PIPELINE_SECONDS: f64 = 1.5;
 /// Our `v` in the extended handshake. We advertise no extension messages, so `m` stays empty.
@@ -132,71 +136,6 @@ struct Outstanding {
     sent: Time,
 }
 
-/// Bytes per second over the last few seconds, in per-second buckets so no timer is needed.
-#[derive(Debug, Clone, Default)]
-pub struct RateMeter {
-    buckets: [u64; RateMeter::BUCKETS],
-    /// The second (since the origin) the newest bucket counts.
-    current: u64,
-    total: u64,
-    started: Option<Time>,
-}
-
-impl RateMeter {
-    const BUCKETS: usize = 6;
-    /// Seconds averaged over (the newest, partial bucket is excluded).
-    const WINDOW: u64 = RateMeter::BUCKETS as u64 - 1;
-
-    fn roll(&mut self, now: Time) {
-        let sec = now.as_nanos() / 1_000_000_000;
-        if sec > self.current {
-            let steps = (sec - self.current).min(RateMeter::BUCKETS as u64);
-            for k in 1..=steps {
-                let i = ((self.current + k) % RateMeter::BUCKETS as u64) as usize;
-                self.buckets[i] = 0;
-            }
-            self.current = sec;
-        }
-    }
-
-    /// Counts `bytes` transferred at `now`.
-    pub fn add(&mut self, now: Time, bytes: u64) {
-        self.started.get_or_insert(now);
-        self.roll(now);
-        let i = (self.current % RateMeter::BUCKETS as u64) as usize;
-        self.buckets[i] = self.buckets[i].saturating_add(bytes);
-        self.total = self.total.saturating_add(bytes);
-    }
-
-    /// Bytes per second at `now`: the last [`RateMeter::WINDOW`] complete seconds plus the current
-    /// one, over the time they span (shorter for a young meter, so a new peer's rate shows at once).
-    pub fn rate(&self, now: Time) -> u64 {
-        let Some(started) = self.started else {
-            return 0;
-        };
-        let nanos = now.as_nanos();
-        let sec = nanos / 1_000_000_000;
-        let mut sum = 0u64;
-        for back in 0..=RateMeter::WINDOW {
-            let Some(s) = sec.checked_sub(back) else {
-                break;
-            };
-            if s <= self.current && self.current - s < RateMeter::BUCKETS as u64 {
-                sum = sum.saturating_add(self.buckets[(s % RateMeter::BUCKETS as u64) as usize]);
-            }
-        }
-        let frac = (nanos % 1_000_000_000) as f64 / 1e9;
-        let age = now.saturating_since(started).as_secs_f64();
-        let span = (RateMeter::WINDOW as f64 + frac).min(age).max(0.5);
-        (sum as f64 / span) as u64
-    }
-
-    /// All bytes counted.
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-}
-
 /// One peer connection's protocol state machine.
 #[derive(Debug)]
 pub struct Peer {
@@ -233,8 +172,9 @@ pub struct Peer {
     /// which are themselves a sign of a snub).
     waiting_since: Option<Time>,
     snubbed: bool,
-    down: RateMeter,
-    up: RateMeter,
+    self_connection: bool,
+    down: Rate,
+    up: Rate,
 }
 
 impl Peer {
@@ -270,8 +210,9 @@ impl Peer {
             last_sent: now,
             waiting_since: None,
             snubbed: false,
-            down: RateMeter::default(),
-            up: RateMeter::default(),
+            self_connection: false,
+            down: Rate::new(RATE_WINDOW),
+            up: Rate::new(RATE_WINDOW),
         };
         if outgoing {
             p.send_handshake(now);
@@ -357,17 +298,21 @@ impl Peer {
     pub fn is_snubbed(&self) -> bool {
         self.snubbed
     }
+    /// True when the handshake showed this connection leads back to us.
+    pub fn is_self_connection(&self) -> bool {
+        self.self_connection
+    }
     /// When the connection opened.
     pub fn opened(&self) -> Time {
         self.opened
     }
     /// Payload bytes per second the peer sends us.
     pub fn download_rate(&self, now: Time) -> u64 {
-        self.down.rate(now)
+        self.down.bytes_per_sec(now)
     }
     /// Payload bytes per second we send the peer.
     pub fn upload_rate(&self, now: Time) -> u64 {
-        self.up.rate(now)
+        self.up.bytes_per_sec(now)
     }
     /// Payload bytes received from the peer.
     pub fn downloaded(&self) -> u64 {
@@ -384,7 +329,8 @@ impl Peer {
         if self.snubbed {
             return 1;
         }
-        let blocks = (self.down.rate(now) as f64 * PIPELINE_SECONDS / wire::BLOCK_SIZE as f64)
+        let blocks = (self.down.bytes_per_sec(now) as f64 * PIPELINE_SECONDS
+            / wire::BLOCK_SIZE as f64)
             .ceil() as usize;
         let cap = self
             .reqq
@@ -606,7 +552,7 @@ impl Peer {
             return false;
         };
         self.serve_queue.remove(pos);
-        self.up.add(now, data.len() as u64);
+        self.up.record(now, data.len() as u64);
         self.push(now, &Message::Piece { index, begin, data });
         true
     }
@@ -688,6 +634,7 @@ impl Peer {
             return;
         }
         if h.peer_id == self.config.our_id {
+            self.self_connection = true;
             self.close("connected to ourselves".into());
             return;
         }
@@ -853,7 +800,7 @@ impl Peer {
                 if let Some(p) = pos {
                     self.requests.swap_remove(p);
                 }
-                self.down.add(now, data.len() as u64);
+                self.down.record(now, data.len() as u64);
                 self.waiting_since = (!self.requests.is_empty()).then_some(now);
                 if self.snubbed {
                     self.snubbed = false;

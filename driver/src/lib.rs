@@ -2,6 +2,8 @@
 
 pub mod conn;
 pub mod progress;
+pub mod resolver;
 pub mod signals;
 pub mod tls;
+pub mod tracker_io;
 pub mod units;

@@ -553,16 +553,3 @@ fn garbage_never_panics() {
         events(&mut p);
     }
 }
-
-#[test]
-fn rate_meter_averages_over_the_window() {
-    let mut m = RateMeter::default();
-    assert_eq!(m.rate(t(0)), 0);
-    for s in 0..10 {
-        m.add(t(s), 1000);
-    }
-    assert_eq!(m.rate(t(9) + Duration::from_millis(999)), 1000);
-    assert_eq!(m.total(), 10_000);
-    // Idle for longer than the window: the rate falls to zero.
-    assert_eq!(m.rate(t(30)), 0);
-}

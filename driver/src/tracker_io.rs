@@ -1,0 +1,501 @@
+//! Carries out the tracker manager's actions on real sockets inside the mio loop: name lookups,
+//! TCP connections (plain or TLS) for HTTP(S) trackers, and UDP datagrams for BEP 15 trackers.
+//!
+//! The manager ([`TrackerManager`]) decides everything; this module only moves bytes and reports
+//! what the sockets did, through the manager's `handle_*` calls.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kp_torrent_core::time::Time;
+use kp_torrent_core::tracker::manager::{ConnId, TrackerAction, TrackerId, TrackerManager};
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Interest, Registry, Token, Waker};
+use slab::Slab;
+
+use crate::conn::{ReadOutcome, SendQueue, read_budgeted};
+use crate::resolver::{self, LookupKey, Resolver};
+use crate::tls::{self, ReadState, TlsStream};
+
+/// Most tracker TCP connections open at once; the tokens `conn_base..conn_base + MAX_CONNS` are ours.
+pub const MAX_CONNS: usize = 1024;
+
+/// The mio tokens this module may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Tokens {
+    /// The IPv4 UDP socket.
+    pub udp4: Token,
+    /// The IPv6 UDP socket.
+    pub udp6: Token,
+    /// First token of the TCP connections.
+    pub conn_base: usize,
+}
+
+enum Lookup {
+    Udp { tracker: TrackerId, port: u16 },
+    Tcp { key: usize },
+}
+
+enum State {
+    Resolving,
+    Connecting {
+        stream: TcpStream,
+        /// Addresses still to try if this one fails.
+        rest: Vec<SocketAddr>,
+    },
+    Open {
+        stream: TcpStream,
+    },
+}
+
+struct TcpConn {
+    id: ConnId,
+    host: String,
+    tls_wanted: bool,
+    tls: Option<TlsStream>,
+    state: State,
+    out: SendQueue,
+}
+
+/// The tracker sockets of one client.
+pub struct TrackerIo {
+    tokens: Tokens,
+    conns: Slab<TcpConn>,
+    by_id: BTreeMap<ConnId, usize>,
+    udp4: Option<UdpSocket>,
+    udp6: Option<UdpSocket>,
+    bind_ip: Option<IpAddr>,
+    resolver: Resolver,
+    lookups: BTreeMap<LookupKey, Lookup>,
+    next_lookup: LookupKey,
+    extra_ca: Option<PathBuf>,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
+    buf: Vec<u8>,
+}
+
+impl TrackerIo {
+    /// Sets up lookups (answers wake `waker`) and remembers the tokens to use. `bind_ip` is the
+    /// local address for outgoing sockets (`--bind`); `extra_ca` adds trust roots for HTTPS.
+    pub fn new(
+        tokens: Tokens,
+        waker: Arc<Waker>,
+        bind_ip: Option<IpAddr>,
+        extra_ca: Option<PathBuf>,
+    ) -> io::Result<TrackerIo> {
+        Ok(TrackerIo {
+            tokens,
+            conns: Slab::new(),
+            by_id: BTreeMap::new(),
+            udp4: None,
+            udp6: None,
+            bind_ip,
+            resolver: Resolver::new(waker)?,
+            lookups: BTreeMap::new(),
+            next_lookup: 0,
+            extra_ca,
+            tls_config: None,
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    /// True when `token` belongs to a tracker socket.
+    pub fn owns(&self, token: Token) -> bool {
+        token == self.tokens.udp4
+            || token == self.tokens.udp6
+            || (self.tokens.conn_base..self.tokens.conn_base + MAX_CONNS).contains(&token.0)
+    }
+
+    /// Drains the manager's actions and carries them out.
+    pub fn run_actions(&mut self, registry: &Registry, now: Time, mgr: &mut TrackerManager) {
+        while let Some(action) = mgr.poll_action() {
+            self.execute(registry, now, action, mgr);
+        }
+    }
+
+    fn execute(
+        &mut self,
+        registry: &Registry,
+        now: Time,
+        action: TrackerAction,
+        mgr: &mut TrackerManager,
+    ) {
+        match action {
+            TrackerAction::Resolve {
+                tracker,
+                host,
+                port,
+            } => match resolver::literal(&host, port) {
+                Some(addr) => mgr.handle_resolved(now, tracker, &[addr]),
+                None => {
+                    let key = self.lookup_key(Lookup::Udp { tracker, port });
+                    self.resolver.resolve(key, &host, port);
+                }
+            },
+            TrackerAction::OpenTcp {
+                conn,
+                host,
+                port,
+                tls,
+                ..
+            } => {
+                if self.conns.len() >= MAX_CONNS {
+                    mgr.handle_connect_failed(now, conn, "too many tracker connections".into());
+                    return;
+                }
+                let key = self.conns.insert(TcpConn {
+                    id: conn,
+                    host: host.clone(),
+                    tls_wanted: tls,
+                    tls: None,
+                    state: State::Resolving,
+                    out: SendQueue::default(),
+                });
+                self.by_id.insert(conn, key);
+                match resolver::literal(&host, port) {
+                    Some(addr) => self.connect(registry, now, key, vec![addr], mgr),
+                    None => {
+                        let lookup = self.lookup_key(Lookup::Tcp { key });
+                        self.resolver.resolve(lookup, &host, port);
+                    }
+                }
+            }
+            TrackerAction::SendTcp { conn, bytes } => {
+                let Some(&key) = self.by_id.get(&conn) else {
+                    return;
+                };
+                let c = &mut self.conns[key];
+                let queued = match &mut c.tls {
+                    Some(t) => t.write_plaintext(&bytes).map_err(|e| e.to_string()),
+                    None => {
+                        c.out.push(bytes);
+                        Ok(())
+                    }
+                };
+                match queued {
+                    Ok(()) => self.flush(registry, now, key, mgr),
+                    Err(e) => self.fail_open(registry, now, key, e, mgr),
+                }
+            }
+            TrackerAction::CloseTcp { conn } => {
+                if let Some(key) = self.by_id.remove(&conn) {
+                    self.drop_conn(registry, key);
+                }
+            }
+            TrackerAction::SendUdp { addr, bytes, .. } => {
+                match self.udp_socket(registry, addr) {
+                    // A datagram lost to a full buffer is retransmitted by the manager's timer.
+                    Ok(sock) => {
+                        let _ = sock.send_to(&bytes, addr);
+                    }
+                    Err(e) => log::warn!("tracker UDP socket for {addr}: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Takes lookup answers after the loop's waker fired.
+    pub fn handle_wakeup(&mut self, registry: &Registry, now: Time, mgr: &mut TrackerManager) {
+        while let Some(answer) = self.resolver.try_take() {
+            match self.lookups.remove(&answer.key) {
+                Some(Lookup::Udp { tracker, port }) => {
+                    let addrs: Vec<SocketAddr> = answer
+                        .result
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|a| SocketAddr::new(a.ip(), port))
+                        .collect();
+                    mgr.handle_resolved(now, tracker, &addrs);
+                }
+                Some(Lookup::Tcp { key }) => {
+                    if !self.conns.contains(key) {
+                        continue;
+                    }
+                    match answer.result {
+                        Ok(addrs) => self.connect(registry, now, key, addrs, mgr),
+                        Err(e) => {
+                            let id = self.conns[key].id;
+                            self.forget(registry, key);
+                            mgr.handle_connect_failed(now, id, e);
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        self.run_actions(registry, now, mgr);
+    }
+
+    /// Handles readiness of one of our tokens.
+    pub fn handle_event(
+        &mut self,
+        registry: &Registry,
+        now: Time,
+        event: &mio::event::Event,
+        mgr: &mut TrackerManager,
+    ) {
+        let token = event.token();
+        if token == self.tokens.udp4 || token == self.tokens.udp6 {
+            self.read_udp(now, token == self.tokens.udp6, mgr);
+        } else {
+            let key = token.0 - self.tokens.conn_base;
+            if self.conns.contains(key) {
+                if matches!(self.conns[key].state, State::Connecting { .. }) {
+                    self.finish_connect(registry, now, key, mgr);
+                }
+                if self.conns.contains(key) && matches!(self.conns[key].state, State::Open { .. }) {
+                    self.flush(registry, now, key, mgr);
+                    if self.conns.contains(key) {
+                        self.read_tcp(registry, now, key, mgr);
+                    }
+                }
+            }
+        }
+        self.run_actions(registry, now, mgr);
+    }
+
+    fn lookup_key(&mut self, lookup: Lookup) -> LookupKey {
+        let key = self.next_lookup;
+        self.next_lookup += 1;
+        self.lookups.insert(key, lookup);
+        key
+    }
+
+    fn connect(
+        &mut self,
+        registry: &Registry,
+        now: Time,
+        key: usize,
+        mut addrs: Vec<SocketAddr>,
+        mgr: &mut TrackerManager,
+    ) {
+        addrs.reverse();
+        let mut last_err = String::from("no address");
+        while let Some(addr) = addrs.pop() {
+            match self.start_connect(registry, key, addr) {
+                Ok(stream) => {
+                    self.conns[key].state = State::Connecting {
+                        stream,
+                        rest: addrs,
+                    };
+                    return;
+                }
+                Err(e) => last_err = format!("{addr}: {e}"),
+            }
+        }
+        let id = self.conns[key].id;
+        self.forget(registry, key);
+        mgr.handle_connect_failed(now, id, last_err);
+    }
+
+    fn start_connect(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        addr: SocketAddr,
+    ) -> io::Result<TcpStream> {
+        let mut stream = TcpStream::connect(addr)?;
+        registry.register(
+            &mut stream,
+            Token(self.tokens.conn_base + key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        Ok(stream)
+    }
+
+    fn finish_connect(
+        &mut self,
+        registry: &Registry,
+        now: Time,
+        key: usize,
+        mgr: &mut TrackerManager,
+    ) {
+        let c = &mut self.conns[key];
+        let State::Connecting { stream, rest } = &mut c.state else {
+            return;
+        };
+        let failure = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e.to_string()),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => None,
+                // Spurious wake-up: still connecting.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        match failure {
+            Some(e) => {
+                let rest = std::mem::take(rest);
+                let _ = registry.deregister(stream);
+                if rest.is_empty() {
+                    let id = c.id;
+                    self.forget(registry, key);
+                    mgr.handle_connect_failed(now, id, e);
+                } else {
+                    self.connect(registry, now, key, rest, mgr);
+                }
+            }
+            None => {
+                let State::Connecting { stream, .. } =
+                    std::mem::replace(&mut c.state, State::Resolving)
+                else {
+                    return;
+                };
+                c.state = State::Open { stream };
+                if c.tls_wanted {
+                    let started = self
+                        .tls_config()
+                        .and_then(|cfg| TlsStream::new(cfg, &self.conns[key].host));
+                    match started {
+                        Ok(t) => self.conns[key].tls = Some(t),
+                        Err(e) => {
+                            let id = self.conns[key].id;
+                            self.forget(registry, key);
+                            mgr.handle_connect_failed(now, id, e.to_string());
+                            return;
+                        }
+                    }
+                }
+                mgr.handle_tcp_connected(now, self.conns[key].id);
+            }
+        }
+    }
+
+    fn tls_config(&mut self) -> Result<Arc<rustls::ClientConfig>, tls::TlsError> {
+        if let Some(cfg) = &self.tls_config {
+            return Ok(cfg.clone());
+        }
+        let cfg = tls::client_config(self.extra_ca.as_deref())?;
+        self.tls_config = Some(cfg.clone());
+        Ok(cfg)
+    }
+
+    fn flush(&mut self, registry: &Registry, now: Time, key: usize, mgr: &mut TrackerManager) {
+        let c = &mut self.conns[key];
+        let State::Open { stream } = &mut c.state else {
+            return;
+        };
+        let result = match &mut c.tls {
+            Some(t) => t.write_tls_to(stream).map_err(|e| e.to_string()),
+            None => c
+                .out
+                .flush_to(stream)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            self.fail_open(registry, now, key, e, mgr);
+        }
+    }
+
+    fn read_tcp(&mut self, registry: &Registry, now: Time, key: usize, mgr: &mut TrackerManager) {
+        let c = &mut self.conns[key];
+        let State::Open { stream } = &mut c.state else {
+            return;
+        };
+        let id = c.id;
+        let mut data = Vec::new();
+        let outcome = match &mut c.tls {
+            Some(t) => match t.read_tls_from(stream, &mut data) {
+                Ok(ReadState::WouldBlock) => Ok(false),
+                Ok(ReadState::Closed) => Ok(true),
+                Err(e) => Err(e.to_string()),
+            },
+            None => read_budgeted(stream, &mut self.buf, usize::MAX, |chunk| {
+                data.extend_from_slice(chunk)
+            })
+            .map(|o| o == ReadOutcome::Closed)
+            .map_err(|e| e.to_string()),
+        };
+        // A TLS session may need to answer (key updates, alerts) after reading.
+        if outcome.is_ok() {
+            self.flush(registry, now, key, mgr);
+        }
+        if !data.is_empty() {
+            mgr.handle_tcp_data(now, id, &data);
+        }
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => {
+                if self.by_id.get(&id) == Some(&key) {
+                    self.forget(registry, key);
+                    mgr.handle_tcp_closed(now, id, None);
+                }
+            }
+            Err(e) => {
+                if self.by_id.get(&id) == Some(&key) {
+                    self.fail_open(registry, now, key, e, mgr);
+                }
+            }
+        }
+    }
+
+    fn fail_open(
+        &mut self,
+        registry: &Registry,
+        now: Time,
+        key: usize,
+        why: String,
+        mgr: &mut TrackerManager,
+    ) {
+        let id = self.conns[key].id;
+        self.forget(registry, key);
+        mgr.handle_tcp_closed(now, id, Some(why));
+    }
+
+    /// Drops a connection and its id mapping.
+    fn forget(&mut self, registry: &Registry, key: usize) {
+        let id = self.conns[key].id;
+        self.by_id.remove(&id);
+        self.drop_conn(registry, key);
+    }
+
+    fn drop_conn(&mut self, registry: &Registry, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let c = self.conns.remove(key);
+        if let State::Connecting { mut stream, .. } | State::Open { mut stream } = c.state {
+            let _ = registry.deregister(&mut stream);
+        }
+    }
+
+    fn udp_socket(&mut self, registry: &Registry, to: SocketAddr) -> io::Result<&UdpSocket> {
+        let v6 = to.is_ipv6();
+        let (slot, token) = if v6 {
+            (&mut self.udp6, self.tokens.udp6)
+        } else {
+            (&mut self.udp4, self.tokens.udp4)
+        };
+        if slot.is_none() {
+            let ip = match self.bind_ip {
+                Some(ip) if ip.is_ipv6() == v6 => ip,
+                _ if v6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            };
+            let mut sock = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+            registry.register(&mut sock, token, Interest::READABLE)?;
+            *slot = Some(sock);
+        }
+        slot.as_ref()
+            .ok_or_else(|| io::Error::other("UDP socket missing"))
+    }
+
+    fn read_udp(&mut self, now: Time, v6: bool, mgr: &mut TrackerManager) {
+        let sock = if v6 { &self.udp6 } else { &self.udp4 };
+        let Some(sock) = sock else {
+            return;
+        };
+        // Readiness is edge-triggered: read until the socket is empty. Each datagram costs the
+        // manager a lookup at most, so a flood cannot make this expensive.
+        loop {
+            match sock.recv_from(&mut self.buf) {
+                Ok((n, from)) => mgr.handle_udp_datagram(now, from, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
