@@ -21,7 +21,8 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use kp_torrent_core::bitfield::Bitfield;
@@ -102,6 +103,10 @@ pub struct Options {
     pub status_every: Duration,
     /// Turn Ctrl-C and SIGTERM into a clean shutdown (off when several clients share a process).
     pub handle_signals: bool,
+    /// Told the listening address once the socket is open (for `demo` and tests using port 0).
+    pub on_listen: Option<mpsc::Sender<SocketAddr>>,
+    /// Set from another thread to end the run cleanly (as Ctrl-C does).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// How a run ended.
@@ -129,8 +134,6 @@ pub struct Summary {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The torrent's layout is unusable.
-    Layout(String),
     /// Creating, opening, reading or writing the data failed.
     Storage(StorageError),
     /// The listening socket could not be opened.
@@ -167,10 +170,12 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Layout(why) => write!(f, "unusable torrent layout: {why}"),
             ClientError::Storage(e) => write!(f, "{e}"),
             ClientError::Listen { addr, error } if error.kind() == io::ErrorKind::AddrInUse => {
-                write!(f, "cannot listen on {addr}: port in use (choose another with --port)")
+                write!(
+                    f,
+                    "cannot listen on {addr}: port in use (choose another with --port)"
+                )
             }
             ClientError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             ClientError::Io(e) => write!(f, "event loop: {e}"),
@@ -226,7 +231,6 @@ struct Client {
     listen_addr: SocketAddr,
     signals: Option<ShutdownSignals>,
     disk: DiskPool,
-    storage: Arc<Storage>,
     peers: Vec<Option<PeerSock>>,
     /// Sockets with bytes left after their read budget, or paused by a limit.
     read_pending: BTreeSet<usize>,
@@ -245,31 +249,17 @@ struct Client {
     complete_at: Option<Instant>,
 }
 
-/// Builds the storage layout of a parsed torrent.
-pub fn layout_of(metainfo: &Metainfo) -> Result<Layout, ClientError> {
-    let info = &metainfo.info;
-    Layout::new(
-        &info.name,
-        info.multi_file,
-        info.piece_length,
-        info.files
-            .iter()
-            .map(|f| (f.path.clone(), f.length, f.padding)),
-    )
-    .ok_or_else(|| ClientError::Layout("no data, zero piece length or too many pieces".into()))
-}
-
 /// Runs one torrent until it is done (downloaded, or seeding stopped), interrupted, or failed.
 pub fn run(opts: Options) -> Result<Summary, ClientError> {
     let started = Instant::now();
-    let layout = layout_of(&opts.metainfo)?;
+    let layout = Layout::from_info(&opts.metainfo.info);
     let storage = Storage::new(
         layout,
         opts.location.clone(),
         crate::storage::DEFAULT_OPEN_FILES,
     )
     .map_err(ClientError::Storage)?;
-    let poll = Poll::new().map_err(ClientError::Io)?;
+    let mut poll = Poll::new().map_err(ClientError::Io)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ClientError::Io)?);
     let mut signals = if opts.handle_signals {
         Some(ShutdownSignals::register(poll.registry(), SIGNALS).map_err(ClientError::Io)?)
@@ -302,8 +292,8 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
         storage.allocate().map_err(ClientError::Storage)?;
     }
     let storage = Arc::new(storage);
-    let mut disk =
-        DiskPool::new(storage.clone(), waker.clone(), disk::DEFAULT_WORKERS).map_err(ClientError::Io)?;
+    let mut disk = DiskPool::new(storage.clone(), waker.clone(), disk::DEFAULT_WORKERS)
+        .map_err(ClientError::Io)?;
     let name = opts.metainfo.info.name.clone();
     let mut progress = Progress::new(&name, opts.quiet, opts.status_every);
 
@@ -349,6 +339,9 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
         .map_err(ClientError::Io)?;
     if !opts.quiet {
         eprintln!("{name}: listening on {listen_addr}");
+    }
+    if let Some(tx) = &opts.on_listen {
+        let _ = tx.send(listen_addr);
     }
 
     let epoch = Instant::now();
@@ -398,7 +391,6 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
         listen_addr,
         signals,
         disk,
-        storage,
         peers: Vec::new(),
         read_pending: BTreeSet::new(),
         buf: vec![0; 64 * 1024],
@@ -432,7 +424,7 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
     if summary.complete && !summary.interrupted {
         client.progress.finish(&summary_line(
             &client.name,
-            summary.downloaded.max(if summary.downloaded == 0 { 0 } else { 0 }),
+            summary.downloaded,
             summary.elapsed,
             summary.peers_used,
         ));
@@ -943,17 +935,17 @@ impl Client {
                 Completion::HashFailed { piece, error } => {
                     log::warn!("hashing piece {piece}: {error}");
                     // An unreadable piece cannot match: report a digest that fails the check.
-                    let digest = self
-                        .opts
-                        .metainfo
-                        .info
-                        .pieces
-                        .get(piece as usize)
-                        .map_or([0; 20], |h| {
-                            let mut d = *h;
-                            d[0] ^= 0xff;
-                            d
-                        });
+                    let digest =
+                        self.opts
+                            .metainfo
+                            .info
+                            .pieces
+                            .get(piece as usize)
+                            .map_or([0; 20], |h| {
+                                let mut d = *h;
+                                d[0] ^= 0xff;
+                                d
+                            });
                     self.input(now, Input::PieceHashed { piece, digest });
                 }
                 Completion::ResumeFailed { path, error } => {
@@ -999,6 +991,14 @@ impl Client {
 
     /// True when the run should end now (before shutdown).
     fn should_stop(&mut self, started: Instant) -> bool {
+        if self
+            .opts
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            self.interrupted = true;
+        }
         if self.fatal.is_some() || self.interrupted {
             return true;
         }
@@ -1112,8 +1112,8 @@ impl Client {
             {
                 wait = wait.min(refill.saturating_duration_since(wall));
             }
-            let paused = self.down.available() == 0
-                || self.disk.queued_write_bytes() > WRITE_BACKLOG_LIMIT;
+            let paused =
+                self.down.available() == 0 || self.disk.queued_write_bytes() > WRITE_BACKLOG_LIMIT;
             if !self.read_pending.is_empty() && !paused {
                 wait = Duration::ZERO;
             } else if paused {
@@ -1130,25 +1130,26 @@ impl Client {
             let now = self.now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => {
-                        if stopping.is_none() {
-                            self.accept(now);
-                        }
-                    }
+                    LISTENER if stopping.is_none() => self.accept(now),
                     WAKER => {
                         self.disk_completions(now);
-                        self.tracker_io
-                            .handle_wakeup(self.poll.registry(), now, &mut self.trackers);
+                        self.tracker_io.handle_wakeup(
+                            self.poll.registry(),
+                            now,
+                            &mut self.trackers,
+                        );
                         self.pump(now);
                     }
-                    SIGNALS => {
-                        if self.signals.as_mut().is_some_and(ShutdownSignals::take) {
-                            self.interrupted = true;
-                        }
+                    SIGNALS if self.signals.as_mut().is_some_and(ShutdownSignals::take) => {
+                        self.interrupted = true;
                     }
                     t if self.tracker_io.owns(t) => {
-                        self.tracker_io
-                            .handle_event(self.poll.registry(), now, event, &mut self.trackers);
+                        self.tracker_io.handle_event(
+                            self.poll.registry(),
+                            now,
+                            event,
+                            &mut self.trackers,
+                        );
                         self.pump(now);
                     }
                     Token(t) if t >= PEER_BASE => self.peer_event(now, t - PEER_BASE, event),
