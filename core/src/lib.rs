@@ -12,8 +12,10 @@
 //! - [`id`]: info-hashes and BEP 20 peer ids.
 //! - [`magnet`]: magnet URIs (`xt=urn:btih:` in hex or base32, `dn`, `tr`, `x.pe`).
 //! - [`metainfo`]: reading and writing `.torrent` files, with safe file paths.
+//! - [`peer`]: one peer connection's protocol state machine (handshake, flags, timers, pipelining).
 //! - [`picker`]: which blocks to request from which peer (rarest first, endgame, sequential).
 //! - [`rate`]: transfer rates over a sliding window.
+//! - [`session`]: one torrent's swarm: peers, picker, choker, verification, the driver's API.
 //! - [`time`]: the virtual time every input carries.
 //! - [`tracker`]: HTTP(S) and UDP tracker announce and scrape, BEP 12 tiers and the announce cycle.
 //! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
@@ -25,8 +27,10 @@ pub mod choker;
 pub mod id;
 pub mod magnet;
 pub mod metainfo;
+pub mod peer;
 pub mod picker;
 pub mod rate;
+pub mod session;
 pub mod time;
 pub mod tracker;
 pub mod wire;

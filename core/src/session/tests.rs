@@ -1,0 +1,737 @@
+//! Session tests: a session driven with hand-built wire bytes and a virtual clock.
+
+use super::*;
+use crate::wire::{Handshake, Message};
+use sha1::Digest;
+
+const INFO: InfoHash = InfoHash([7; 20]);
+const PIECE: u64 = 32 * 1024;
+/// Two full pieces and a half one: five blocks.
+const TOTAL: u64 = 2 * PIECE + 16 * 1024;
+const BLOCK: u32 = wire_block();
+
+const fn wire_block() -> u32 {
+    crate::wire::BLOCK_SIZE
+}
+
+use crate::id::InfoHash;
+
+fn t(secs: u64) -> Time {
+    Time::from_secs(secs)
+}
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::new(
+        core::net::IpAddr::V4(core::net::Ipv4Addr::new(10, 0, 0, n)),
+        6881,
+    )
+}
+
+fn content() -> Vec<u8> {
+    (0..TOTAL).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn torrent() -> Torrent {
+    let data = content();
+    Torrent {
+        info_hash: INFO,
+        piece_length: PIECE,
+        total_length: TOTAL,
+        piece_hashes: data
+            .chunks(PIECE as usize)
+            .map(|c| sha1::Sha1::digest(c).into())
+            .collect(),
+        files: vec![
+            FileSpan {
+                offset: 0,
+                length: PIECE,
+                padding: false,
+            },
+            FileSpan {
+                offset: PIECE,
+                length: TOTAL - PIECE,
+                padding: false,
+            },
+        ],
+    }
+}
+
+fn session_with(have: Bitfield, config: SessionConfig) -> Session {
+    let mut s = Session::new(config, torrent(), have, t(0));
+    drain(&mut s);
+    s
+}
+
+/// A leecher that picks pieces in order, so tests know what it asks for.
+fn leecher() -> Session {
+    session_with(
+        Bitfield::new(3),
+        SessionConfig {
+            seed: 1,
+            sequential: true,
+            ..SessionConfig::default()
+        },
+    )
+}
+
+fn seeder() -> Session {
+    session_with(
+        Bitfield::full(3),
+        SessionConfig {
+            seed: 2,
+            ..SessionConfig::default()
+        },
+    )
+}
+
+fn drain(s: &mut Session) -> (Vec<Action>, Vec<Event>) {
+    (
+        std::iter::from_fn(|| s.poll_action()).collect(),
+        std::iter::from_fn(|| s.poll_event()).collect(),
+    )
+}
+
+fn msg(m: Message<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    m.encode(&mut out);
+    out
+}
+
+fn hs(id: u8, fast: bool) -> Vec<u8> {
+    let mut h = Handshake::new(INFO, PeerId([id; 20]));
+    if !fast {
+        h.reserved[7] &= !0x04;
+    }
+    h.reserved[5] &= !0x10;
+    let mut out = Vec::new();
+    h.encode(&mut out);
+    out
+}
+
+/// Readable descriptions of the messages sent to `peer` in `actions` (handshakes skipped).
+fn sent_to(actions: &[Action], peer: PeerHandle) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in actions {
+        let Action::Send { peer: p, bytes } = a else {
+            continue;
+        };
+        if *p != peer {
+            continue;
+        }
+        let mut rest = &bytes[..];
+        if Handshake::decode(rest).is_ok_and(|h| h.is_some()) {
+            rest = &rest[Handshake::LEN..];
+        }
+        while let Ok(Some((m, used))) = crate::wire::decode(rest, 1 << 20) {
+            out.push(match m {
+                Message::Have(i) => format!("have {i}"),
+                Message::Request(r) => format!("request {}:{}", r.index, r.begin),
+                Message::Cancel(r) => format!("cancel {}:{}", r.index, r.begin),
+                Message::Reject(r) => format!("reject {}:{}", r.index, r.begin),
+                Message::Piece { index, begin, .. } => format!("piece {index}:{begin}"),
+                other => other.name().to_string(),
+            });
+            rest = &rest[used..];
+        }
+    }
+    out
+}
+
+fn closes(actions: &[Action]) -> Vec<(PeerHandle, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Close { peer, reason } => Some((*peer, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Accepts a connection from peer `id` and completes its handshake.
+fn incoming(s: &mut Session, now: Time, id: u8, fast: bool) -> (PeerHandle, Vec<Action>) {
+    let h = s.handle_incoming(now, addr(id));
+    s.handle_received(now, h, &hs(id, fast));
+    let (actions, _) = drain(s);
+    (h, actions)
+}
+
+/// A seeder peer `id` that has unchoked the leecher `s`; returns its requests.
+fn unchoking_seed(s: &mut Session, now: Time, id: u8) -> (PeerHandle, Vec<String>) {
+    let (h, _) = incoming(s, now, id, true);
+    s.handle_received(
+        now,
+        h,
+        &[msg(Message::HaveAll), msg(Message::Unchoke)].concat(),
+    );
+    let (actions, _) = drain(s);
+    (h, sent_to(&actions, h))
+}
+
+fn block(piece: u32, begin: u32) -> Vec<u8> {
+    let start = (u64::from(piece) * PIECE + u64::from(begin)) as usize;
+    let end = (start + BLOCK as usize).min(TOTAL as usize);
+    content()[start..end].to_vec()
+}
+
+fn piece_msg(piece: u32, begin: u32, data: &[u8]) -> Vec<u8> {
+    msg(Message::Piece {
+        index: piece,
+        begin,
+        data,
+    })
+}
+
+fn digest(piece: u32) -> [u8; 20] {
+    torrent().piece_hashes[piece as usize]
+}
+
+/// Delivers both blocks of `piece` (0 or 1) from `h` and completes their writes; returns the
+/// actions of the writes' completion (the hash request).
+fn deliver_piece(
+    s: &mut Session,
+    now: Time,
+    h: PeerHandle,
+    piece: u32,
+    corrupt: bool,
+) -> Vec<Action> {
+    for begin in [0, BLOCK] {
+        let mut data = block(piece, begin);
+        if corrupt {
+            data[0] ^= 1;
+        }
+        s.handle_received(now, h, &piece_msg(piece, begin, &data));
+    }
+    let (actions, _) = drain(s);
+    let writes = actions
+        .iter()
+        .filter(|a| matches!(a, Action::WriteBlock { piece: p, .. } if *p == piece))
+        .count();
+    assert_eq!(writes, 2, "{actions:?}");
+    s.handle_write_done(now, piece, 0);
+    s.handle_write_done(now, piece, BLOCK);
+    drain(s).0
+}
+
+#[test]
+fn leecher_requests_from_an_unchoking_seed() {
+    let mut s = leecher();
+    let (_, sent) = unchoking_seed(&mut s, t(1), 10);
+    assert!(sent.contains(&"interested".to_string()));
+    let requests = sent.iter().filter(|m| m.starts_with("request")).count();
+    assert_eq!(requests, crate::peer::MIN_PIPELINE);
+}
+
+#[test]
+fn have_is_sent_only_after_the_hash_matches() {
+    let mut s = leecher();
+    let (a, _) = unchoking_seed(&mut s, t(1), 10);
+    let (b, _) = incoming(&mut s, t(1), 11, true);
+    s.handle_received(t(1), b, &msg(Message::HaveNone));
+    drain(&mut s);
+    let actions = deliver_piece(&mut s, t(2), a, 0, false);
+    assert!(actions.contains(&Action::HashPiece { piece: 0 }));
+    assert!(!sent_to(&actions, b).iter().any(|m| m.starts_with("have")));
+    assert!(!s.have().get(0));
+
+    s.handle_piece_hashed(t(2), 0, digest(0));
+    let (actions, events) = drain(&mut s);
+    assert_eq!(sent_to(&actions, b), ["have 0"]);
+    // The seed has everything: it gets no have.
+    assert!(!sent_to(&actions, a).iter().any(|m| m.starts_with("have")));
+    assert!(events.contains(&Event::PieceVerified { piece: 0 }));
+    assert!(s.have().get(0));
+    assert_eq!(s.progress(), (PIECE, TOTAL));
+}
+
+#[test]
+fn hash_is_asked_only_after_every_write_completed() {
+    let mut s = leecher();
+    let (a, _) = unchoking_seed(&mut s, t(1), 10);
+    for begin in [0, BLOCK] {
+        s.handle_received(t(2), a, &piece_msg(1, begin, &block(1, begin)));
+    }
+    drain(&mut s);
+    s.handle_write_done(t(2), 1, 0);
+    assert!(!drain(&mut s).0.contains(&Action::HashPiece { piece: 1 }));
+    s.handle_write_done(t(2), 1, BLOCK);
+    assert!(drain(&mut s).0.contains(&Action::HashPiece { piece: 1 }));
+}
+
+#[test]
+fn failed_piece_is_discarded_and_fetched_again() {
+    let mut s = leecher();
+    let (a, _) = unchoking_seed(&mut s, t(1), 10);
+    deliver_piece(&mut s, t(2), a, 0, true);
+    s.handle_piece_hashed(t(2), 0, [0; 20]);
+    let (actions, events) = drain(&mut s);
+    assert!(events.contains(&Event::HashFailed { piece: 0 }));
+    assert!(!s.have().get(0));
+    // Not announced, and asked for again.
+    let sent = sent_to(&actions, a);
+    assert!(!sent.iter().any(|m| m.starts_with("have")));
+    assert!(sent.contains(&"request 0:0".to_string()), "{sent:?}");
+    assert_eq!(s.progress().0, 0);
+}
+
+#[test]
+fn peer_involved_in_repeated_failures_is_banned_and_never_reconnected() {
+    let mut s = leecher();
+    let (a, _) = unchoking_seed(&mut s, t(1), 10);
+    deliver_piece(&mut s, t(2), a, 0, true);
+    s.handle_piece_hashed(t(2), 0, [0; 20]);
+    let (_, events) = drain(&mut s);
+    assert!(!events.iter().any(|e| matches!(e, Event::PeerBanned { .. })));
+    deliver_piece(&mut s, t(3), a, 1, true);
+    s.handle_piece_hashed(t(3), 1, [0; 20]);
+    let (actions, events) = drain(&mut s);
+    assert!(
+        events.contains(&Event::PeerBanned {
+            addr: addr(10),
+            peer_id: [10; 20]
+        }),
+        "{events:?}"
+    );
+    assert_eq!(
+        closes(&actions),
+        [(a, "banned: sent corrupt data".to_string())]
+    );
+    assert!(s.is_banned(&[10; 20]));
+    // It comes back: refused after its handshake.
+    let (h, actions) = incoming(&mut s, t(4), 10, true);
+    assert_eq!(closes(&actions), [(h, "banned peer".to_string())]);
+}
+
+#[test]
+fn mixed_failed_piece_convicts_the_sender_whose_block_differed() {
+    let mut s = leecher();
+    // `bad` is asked for pieces 0 and 1; `good` for piece 2 and, in endgame, copies.
+    let (bad, _) = unchoking_seed(&mut s, t(1), 10);
+    let (good, sent) = unchoking_seed(&mut s, t(1), 11);
+    assert!(sent.contains(&"request 0:16384".to_string()), "{sent:?}");
+    // Piece 0: first block corrupt from `bad`, second block fine from `good`.
+    let mut data = block(0, 0);
+    data[5] ^= 0xff;
+    s.handle_received(t(2), bad, &piece_msg(0, 0, &data));
+    s.handle_received(t(2), good, &piece_msg(0, BLOCK, &block(0, BLOCK)));
+    // `bad` chokes us, so only `good` can fetch the piece again.
+    s.handle_received(t(2), bad, &msg(Message::Choke));
+    s.handle_write_done(t(2), 0, 0);
+    s.handle_write_done(t(2), 0, BLOCK);
+    drain(&mut s);
+    s.handle_piece_hashed(t(2), 0, [0; 20]);
+    let (actions, events) = drain(&mut s);
+    assert!(events.contains(&Event::HashFailed { piece: 0 }));
+    assert!(!events.iter().any(|e| matches!(e, Event::PeerBanned { .. })));
+    let sent = sent_to(&actions, good);
+    assert!(sent.contains(&"request 0:0".to_string()), "{sent:?}");
+    // The second attempt comes from the good peer alone and passes.
+    s.handle_received(t(3), good, &piece_msg(0, 0, &block(0, 0)));
+    s.handle_received(t(3), good, &piece_msg(0, BLOCK, &block(0, BLOCK)));
+    s.handle_write_done(t(3), 0, 0);
+    s.handle_write_done(t(3), 0, BLOCK);
+    s.handle_piece_hashed(t(3), 0, digest(0));
+    let (actions, events) = drain(&mut s);
+    assert!(events.contains(&Event::PeerBanned {
+        addr: addr(10),
+        peer_id: [10; 20]
+    }));
+    assert!(!s.is_banned(&[11; 20]));
+    assert_eq!(
+        closes(&actions),
+        [(bad, "banned: sent corrupt data".to_string())]
+    );
+}
+
+#[test]
+fn serves_verified_pieces_to_unchoked_peers_only() {
+    let mut s = seeder();
+    let (h, actions) = incoming(&mut s, t(1), 20, true);
+    assert_eq!(sent_to(&actions, h), ["have all"]);
+    // Choked: refused.
+    let r = BlockRequest {
+        index: 0,
+        begin: 0,
+        length: BLOCK,
+    };
+    s.handle_received(t(1), h, &msg(Message::Request(r)));
+    let (actions, _) = drain(&mut s);
+    assert_eq!(sent_to(&actions, h), ["reject 0:0"]);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::ReadBlock { .. }))
+    );
+    // Interested: a free slot unchokes it; the request is read and served.
+    s.handle_received(t(1), h, &msg(Message::Interested));
+    assert_eq!(sent_to(&drain(&mut s).0, h), ["unchoke"]);
+    s.handle_received(t(1), h, &msg(Message::Request(r)));
+    let (actions, _) = drain(&mut s);
+    assert_eq!(
+        actions,
+        [Action::ReadBlock {
+            peer: h,
+            piece: 0,
+            begin: 0,
+            length: BLOCK
+        }]
+    );
+    s.handle_read_done(t(1), h, 0, 0, &block(0, 0));
+    assert_eq!(sent_to(&drain(&mut s).0, h), ["piece 0:0"]);
+    assert_eq!(s.uploaded(), u64::from(BLOCK));
+}
+
+#[test]
+fn unverified_pieces_are_not_served() {
+    let mut have = Bitfield::new(3);
+    have.set(1);
+    let mut s = session_with(have, SessionConfig::default());
+    let (h, actions) = incoming(&mut s, t(1), 20, true);
+    assert_eq!(sent_to(&actions, h), ["bitfield"]);
+    s.handle_received(t(1), h, &msg(Message::Interested));
+    drain(&mut s);
+    for index in [0, 1] {
+        s.handle_received(
+            t(1),
+            h,
+            &msg(Message::Request(BlockRequest {
+                index,
+                begin: 0,
+                length: BLOCK,
+            })),
+        );
+    }
+    let (actions, _) = drain(&mut s);
+    assert_eq!(sent_to(&actions, h), ["reject 0:0"]);
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::ReadBlock { piece: 1, .. }))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn request_beyond_the_piece_closes_the_peer() {
+    let mut s = seeder();
+    let (h, _) = incoming(&mut s, t(1), 20, false);
+    s.handle_received(t(1), h, &msg(Message::Interested));
+    drain(&mut s);
+    // The last piece is 16 KiB long.
+    s.handle_received(
+        t(1),
+        h,
+        &msg(Message::Request(BlockRequest {
+            index: 2,
+            begin: 1,
+            length: BLOCK,
+        })),
+    );
+    let (actions, events) = drain(&mut s);
+    assert_eq!(
+        closes(&actions),
+        [(
+            h,
+            "request beyond the end of piece 2 (1+16384 > 16384)".to_string()
+        )]
+    );
+    assert!(matches!(
+        events.last(),
+        Some(Event::PeerDisconnected { .. })
+    ));
+    assert_eq!(s.peer_count(), 0);
+}
+
+#[test]
+fn cancelled_request_is_not_served() {
+    let mut s = seeder();
+    let (h, _) = incoming(&mut s, t(1), 20, false);
+    s.handle_received(t(1), h, &msg(Message::Interested));
+    let r = BlockRequest {
+        index: 1,
+        begin: BLOCK,
+        length: BLOCK,
+    };
+    s.handle_received(t(1), h, &msg(Message::Request(r)));
+    drain(&mut s);
+    s.handle_received(t(1), h, &msg(Message::Cancel(r)));
+    s.handle_read_done(t(1), h, 1, BLOCK, &block(1, BLOCK));
+    assert!(sent_to(&drain(&mut s).0, h).is_empty());
+}
+
+#[test]
+fn connects_with_limits_backoff_and_never_twice() {
+    let mut s = session_with(
+        Bitfield::new(3),
+        SessionConfig {
+            max_peers: 2,
+            ..SessionConfig::default()
+        },
+    );
+    s.handle_peers_discovered(t(0), &[addr(1), addr(1), addr(2), addr(3)]);
+    let (actions, _) = drain(&mut s);
+    let connects: Vec<SocketAddr> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Connect { addr, .. } => Some(*addr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(connects, [addr(1), addr(2)]);
+    s.handle_peers_discovered(t(0), &[addr(1), addr(2)]);
+    assert!(drain(&mut s).0.is_empty());
+    // A failure frees a slot for the third address, and backs the first off.
+    let Action::Connect { peer, .. } = actions[0] else {
+        unreachable!()
+    };
+    s.handle_connect_failed(t(1), peer);
+    let (actions, _) = drain(&mut s);
+    assert!(matches!(actions[..], [Action::Connect { addr: a, .. }] if a == addr(3)));
+    let Action::Connect { peer: third, .. } = actions[0] else {
+        unreachable!()
+    };
+    s.handle_connect_failed(t(2), third);
+    drain(&mut s);
+    s.handle_timeout(t(10));
+    assert!(drain(&mut s).0.is_empty());
+    s.handle_timeout(t(11));
+    let (actions, _) = drain(&mut s);
+    assert!(
+        matches!(actions[..], [Action::Connect { addr: a, .. }] if a == addr(1)),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn connection_to_ourselves_is_dropped_and_not_retried() {
+    let mut s = leecher();
+    let me = s.peer_id();
+    s.handle_peers_discovered(t(0), &[addr(9)]);
+    let (actions, _) = drain(&mut s);
+    let Action::Connect { peer, .. } = actions[0] else {
+        unreachable!()
+    };
+    s.handle_connected(t(0), peer);
+    let mut h = Handshake::new(INFO, me);
+    h.reserved = [0; 8];
+    let mut bytes = Vec::new();
+    h.encode(&mut bytes);
+    s.handle_received(t(0), peer, &bytes);
+    let (actions, _) = drain(&mut s);
+    assert_eq!(
+        closes(&actions),
+        [(peer, "connected to ourselves".to_string())]
+    );
+    for secs in [60, 600, 6000] {
+        s.handle_timeout(t(secs));
+        s.handle_peers_discovered(t(secs), &[addr(9)]);
+        assert!(
+            !drain(&mut s)
+                .0
+                .iter()
+                .any(|a| matches!(a, Action::Connect { .. }))
+        );
+    }
+}
+
+#[test]
+fn interest_follows_what_peers_have_and_we_need() {
+    let mut s = leecher();
+    let (b, _) = incoming(&mut s, t(1), 11, true);
+    s.handle_received(t(1), b, &msg(Message::HaveNone));
+    assert!(!sent_to(&drain(&mut s).0, b).contains(&"interested".to_string()));
+    s.handle_received(t(1), b, &msg(Message::Have(0)));
+    assert_eq!(sent_to(&drain(&mut s).0, b), ["interested"]);
+    // We get piece 0 from a seed: `b` has nothing else for us.
+    let (a, _) = unchoking_seed(&mut s, t(1), 10);
+    deliver_piece(&mut s, t(2), a, 0, false);
+    s.handle_piece_hashed(t(2), 0, digest(0));
+    let sent = sent_to(&drain(&mut s).0, b);
+    assert!(sent.contains(&"not interested".to_string()), "{sent:?}");
+}
+
+#[test]
+fn request_timeout_moves_blocks_to_another_peer() {
+    let mut s = leecher();
+    let (a, first) = unchoking_seed(&mut s, t(1), 10);
+    let (b, mut sent_b) = unchoking_seed(&mut s, t(2), 11);
+    let asked_a: Vec<String> = first
+        .into_iter()
+        .filter(|m| m.starts_with("request"))
+        .collect();
+    // `b` keeps talking; `a` stays silent and its requests time out.
+    for secs in 3..=31 {
+        s.handle_received(t(secs), b, &msg(Message::KeepAlive));
+        s.handle_timeout(t(secs));
+    }
+    let (actions, _) = drain(&mut s);
+    sent_b.extend(sent_to(&actions, b));
+    let sent_a = sent_to(&actions, a);
+    // `b` delivers a block: its pipeline has room for what `a` never sent.
+    let first_b = sent_b
+        .iter()
+        .find_map(|m| m.strip_prefix("request "))
+        .unwrap();
+    let (piece, begin) = first_b.split_once(':').unwrap();
+    let (piece, begin) = (piece.parse().unwrap(), begin.parse().unwrap());
+    s.handle_received(t(31), b, &piece_msg(piece, begin, &block(piece, begin)));
+    sent_b.extend(sent_to(&drain(&mut s).0, b));
+    assert_eq!(s.peer(a).unwrap().outstanding_count(), 0);
+    for r in &asked_a {
+        // Cancelled with `a` and asked of `b` (at once in endgame, or after the timeout).
+        assert!(
+            sent_a.contains(&r.replace("request", "cancel")),
+            "{sent_a:?}"
+        );
+        assert!(sent_b.contains(r), "{r} not requested from b: {sent_b:?}");
+    }
+}
+
+#[test]
+fn two_seeds_part() {
+    let mut s = seeder();
+    let (h, _) = incoming(&mut s, t(1), 20, true);
+    s.handle_received(t(1), h, &msg(Message::HaveAll));
+    assert_eq!(closes(&drain(&mut s).0), [(h, "both seeding".to_string())]);
+}
+
+#[test]
+fn incoming_over_the_limit_is_closed() {
+    let mut s = session_with(
+        Bitfield::new(3),
+        SessionConfig {
+            max_peers: 1,
+            ..SessionConfig::default()
+        },
+    );
+    incoming(&mut s, t(1), 20, true);
+    let h = s.handle_incoming(t(1), addr(21));
+    assert_eq!(
+        closes(&drain(&mut s).0),
+        [(h, "too many connections".to_string())]
+    );
+    assert_eq!(s.peer_count(), 1);
+}
+
+#[test]
+fn file_selection_limits_what_is_fetched() {
+    let mut s = leecher();
+    // File 0 is piece 0 exactly; file 1 is pieces 1 and 2.
+    s.handle_select_files(t(0), &[false, true]);
+    let (a, sent) = unchoking_seed(&mut s, t(1), 10);
+    assert!(
+        !sent.iter().any(|m| m.starts_with("request 0:")),
+        "{sent:?}"
+    );
+    deliver_piece(&mut s, t(2), a, 1, false);
+    s.handle_piece_hashed(t(2), 1, digest(1));
+    drain(&mut s);
+    s.handle_received(t(2), a, &piece_msg(2, 0, &block(2, 0)));
+    s.handle_write_done(t(2), 2, 0);
+    s.handle_piece_hashed(t(2), 2, digest(2));
+    let (_, events) = drain(&mut s);
+    assert!(events.contains(&Event::Complete));
+    assert!(s.is_complete() && !s.have().get(0));
+    assert_eq!(s.left(), 0);
+}
+
+#[test]
+fn completion_announces_and_both_seeds_part() {
+    let mut s = leecher();
+    let (a, _) = unchoking_seed(&mut s, t(1), 10);
+    for piece in [0, 1] {
+        deliver_piece(&mut s, t(2), a, piece, false);
+        s.handle_piece_hashed(t(2), piece, digest(piece));
+    }
+    drain(&mut s);
+    s.handle_received(t(2), a, &piece_msg(2, 0, &block(2, 0)));
+    s.handle_write_done(t(2), 2, 0);
+    s.handle_piece_hashed(t(2), 2, digest(2));
+    let (actions, events) = drain(&mut s);
+    assert!(events.contains(&Event::Complete));
+    assert!(actions.contains(&Action::Announce {
+        event: AnnounceEvent::Completed
+    }));
+    assert_eq!(closes(&actions), [(a, "both seeding".to_string())]);
+}
+
+#[test]
+fn shutdown_closes_everything_and_announces_stopped() {
+    let mut s = leecher();
+    let (a, _) = unchoking_seed(&mut s, t(1), 10);
+    s.handle_shutdown(t(2));
+    let (actions, _) = drain(&mut s);
+    assert_eq!(closes(&actions), [(a, "shutting down".to_string())]);
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Announce {
+            event: AnnounceEvent::Stopped
+        })
+    );
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn time_going_backwards_is_treated_as_now() {
+    let mut s = leecher();
+    s.handle_timeout(t(50));
+    s.handle_timeout(t(20));
+    assert_eq!(s.now(), t(50));
+    assert!(s.poll_timeout().is_some_and(|d| d >= t(50)));
+}
+
+#[test]
+fn the_seed_decides_everything() {
+    let run = |seed| {
+        let mut s = session_with(
+            Bitfield::new(3),
+            SessionConfig {
+                seed,
+                ..SessionConfig::default()
+            },
+        );
+        let (_, sent) = unchoking_seed(&mut s, t(1), 10);
+        (s.peer_id(), sent)
+    };
+    assert_eq!(run(5), run(5));
+    assert_ne!(run(5).0, run(6).0);
+}
+
+#[test]
+fn choke_round_unchokes_the_best_uploaders() {
+    let mut s = session_with(
+        Bitfield::new(3),
+        SessionConfig {
+            upload_slots: 1,
+            ..SessionConfig::default()
+        },
+    );
+    // Three interested peers that each have piece 2; the last one sent us the most.
+    let mut handles = Vec::new();
+    for id in [30, 31, 32] {
+        let (h, _) = incoming(&mut s, t(1), id, true);
+        s.handle_received(
+            t(1),
+            h,
+            &[msg(Message::HaveAll), msg(Message::Interested)].concat(),
+        );
+        handles.push(h);
+    }
+    drain(&mut s);
+    let fast = handles[2];
+    s.handle_received(t(1), fast, &msg(Message::Unchoke));
+    drain(&mut s);
+    s.handle_received(t(9), fast, &piece_msg(2, 0, &block(2, 0)));
+    drain(&mut s);
+    // Ten seconds after the last forced round, the round keeps the best uploader plus one
+    // optimistic unchoke.
+    s.handle_timeout(t(11));
+    drain(&mut s);
+    let unchoked: Vec<PeerHandle> = handles
+        .iter()
+        .copied()
+        .filter(|&h| s.peer(h).is_some_and(|p| !p.am_choking()))
+        .collect();
+    assert!(unchoked.contains(&fast), "{unchoked:?}");
+    assert_eq!(unchoked.len(), 2);
+}

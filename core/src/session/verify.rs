@@ -1,0 +1,179 @@
+//! Piece verification: a piece counts only after its SHA-1 matched; senders of bad data are
+//! found and banned.
+
+use std::collections::BTreeSet;
+
+use core::net::SocketAddr;
+
+use super::{Action, AnnounceEvent, Event, PeerHandle, Session};
+use crate::id::PeerId;
+use crate::peer::Peer;
+use crate::time::Time;
+
+/// A block received for a piece not yet verified: who sent it and a fingerprint of its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BlockSource {
+    pub(super) begin: u32,
+    pub(super) sender: [u8; 20],
+    pub(super) fingerprint: u64,
+}
+
+/// A piece being assembled: blocks written, writes pending, whether hashing was asked for.
+#[derive(Debug, Default)]
+pub(super) struct PieceProgress {
+    pub(super) pending_writes: u32,
+    pub(super) complete: bool,
+    pub(super) hashing: bool,
+    pub(super) write_failed: bool,
+    pub(super) sources: Vec<BlockSource>,
+}
+
+/// A cheap 64-bit fingerprint of a block, to tell which sender's bytes differed after a piece
+/// that failed its hash check passes on a later attempt. Not a defence against a forger.
+pub(super) fn fingerprint(data: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = data.len() as u64 ^ K;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
+    }
+    for &b in chunks.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(K).rotate_left(29);
+    }
+    h ^ (h >> 31)
+}
+
+impl Session {
+    // ---- internals: verification ----
+
+    pub(super) fn on_write_done(&mut self, piece: u32, failed: bool) {
+        let Some(progress) = self.pieces.get_mut(&piece) else {
+            return;
+        };
+        progress.pending_writes = progress.pending_writes.saturating_sub(1);
+        progress.write_failed |= failed;
+        if !progress.complete || progress.pending_writes > 0 || progress.hashing {
+            return;
+        }
+        if progress.write_failed {
+            // Nobody is to blame: fetch the piece again.
+            self.pieces.remove(&piece);
+            self.picker.piece_verified(piece, false);
+            let now = self.now;
+            self.fill_all(now);
+        } else {
+            progress.hashing = true;
+            self.actions.push_back(Action::HashPiece { piece });
+        }
+    }
+
+    pub(super) fn on_piece_hashed(&mut self, now: Time, piece: u32, digest: [u8; 20]) {
+        let Some(progress) = self.pieces.get(&piece) else {
+            return;
+        };
+        if !progress.hashing {
+            return;
+        }
+        let Some(progress) = self.pieces.remove(&piece) else {
+            return;
+        };
+        let expected = self.torrent.piece_hashes.get(piece as usize);
+        if expected == Some(&digest) {
+            self.piece_passed(now, piece, &progress.sources);
+        } else {
+            self.piece_failed(now, piece, progress.sources);
+        }
+    }
+
+    fn piece_passed(&mut self, now: Time, piece: u32, sources: &[BlockSource]) {
+        self.picker.piece_verified(piece, true);
+        self.have.set(piece);
+        if self.wanted.get(piece) {
+            self.needed = self.needed.saturating_sub(1);
+        }
+        self.events.push_back(Event::PieceVerified { piece });
+        // Blocks of the failed attempt that differ from the good data name their senders.
+        self.retry_owner.remove(&piece);
+        if let Some(failed) = self.failed_attempts.remove(&piece) {
+            let mut culprits = BTreeSet::new();
+            for bad in &failed {
+                let good = sources.iter().find(|s| s.begin == bad.begin);
+                if good.is_some_and(|g| g.fingerprint != bad.fingerprint) {
+                    culprits.insert(bad.sender);
+                }
+            }
+            for id in culprits {
+                self.ban(now, id);
+            }
+        }
+        let keys: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();
+        for &k in &keys {
+            if let Some(p) = self.peer_mut(PeerHandle(k))
+                && !p.has().get(piece)
+            {
+                p.send_have(now, piece);
+            }
+        }
+        if self.is_complete() {
+            self.events.push_back(Event::Complete);
+            if self.have.is_full() {
+                self.actions.push_back(Action::Announce {
+                    event: AnnounceEvent::Completed,
+                });
+            }
+            for &k in &keys {
+                if self.peer(PeerHandle(k)).is_some_and(|p| p.has().is_full()) {
+                    self.remove_peer(PeerHandle(k), "both seeding".into(), true);
+                }
+            }
+        }
+        self.update_all_interest(now);
+    }
+
+    fn piece_failed(&mut self, now: Time, piece: u32, sources: Vec<BlockSource>) {
+        self.picker.piece_verified(piece, false);
+        self.wasted += self.torrent.piece_size(piece);
+        self.events.push_back(Event::HashFailed { piece });
+        let senders: BTreeSet<[u8; 20]> = sources.iter().map(|s| s.sender).collect();
+        // A piece from one sender convicts it; a mixed one is judged when the piece passes.
+        for id in &senders {
+            let n = self.strikes.entry(*id).or_insert(0);
+            if senders.len() == 1 {
+                *n += 1;
+            }
+            if *n >= self.config.ban_after_failures {
+                self.ban(now, *id);
+            }
+        }
+        self.failed_attempts.insert(piece, sources);
+        self.retry_owner.remove(&piece);
+        self.fill_all(now);
+    }
+
+    fn ban(&mut self, _now: Time, id: [u8; 20]) {
+        if !self.banned_ids.insert(id) {
+            return;
+        }
+        let victims: Vec<(usize, SocketAddr, bool)> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.peer.as_ref().and_then(Peer::remote_id) == Some(PeerId(id)))
+            .map(|(k, s)| (k, s.addr, s.outgoing))
+            .collect();
+        let mut addr = None;
+        for (k, a, outgoing) in victims {
+            addr = Some(a);
+            if outgoing {
+                self.banned_addrs.insert(a);
+                self.candidates.remove(&a);
+            }
+            self.remove_peer(PeerHandle(k), "banned: sent corrupt data".into(), true);
+        }
+        if let Some(addr) = addr {
+            self.events
+                .push_back(Event::PeerBanned { addr, peer_id: id });
+        }
+    }
+}
