@@ -406,11 +406,13 @@ impl TrackerManager {
             return;
         }
         self.completed_pending = true;
+        // An event announce does not wait for the tracker's `min interval`, which paces regular
+        // re-announces only (Transmission and libtorrent send `completed` at once too): opentracker
+        // asks for 885 s, and a leecher that exits once `completed` went out would wait that long.
         if self.cycle.is_none() {
-            let earliest = self.earliest_allowed(now);
             self.next_announce = Some(match self.next_announce {
-                Some(t) => t.min(earliest),
-                None => earliest,
+                Some(t) => t.min(now),
+                None => now,
             });
         }
         self.run(now);
@@ -727,26 +729,6 @@ impl TrackerManager {
         } else {
             AnnounceEvent::None
         }
-    }
-
-    fn earliest_allowed(&self, now: Time) -> Time {
-        let min = self
-            .cycle_tracker_min_interval()
-            .min(self.config.max_reannounce);
-        match self.last_success {
-            Some(t) => (t + min).max(now),
-            None => now,
-        }
-    }
-
-    fn cycle_tracker_min_interval(&self) -> Duration {
-        // The tracker that answers first is at the front of the first tier that answered.
-        self.tiers
-            .iter()
-            .flat_map(|ids| ids.first())
-            .map(|id| self.trackers[id.0].min_interval)
-            .find(|d| !d.is_zero())
-            .unwrap_or(Duration::ZERO)
     }
 
     fn params(&self, event: AnnounceEvent) -> AnnounceParams {
@@ -1068,7 +1050,7 @@ impl TrackerManager {
             self.last_success = Some(now);
             self.cycle = None;
             let next = if self.completed_pending {
-                self.earliest_allowed(now)
+                now
             } else {
                 now + interval
             };
@@ -1384,20 +1366,33 @@ mod tests {
     }
 
     #[test]
-    fn completed_is_sent_once_and_waits_for_min_interval() {
+    fn completed_is_sent_once_at_once_despite_min_interval() {
         let mut m = mgr(&[&["http://a/announce"]]);
-        announce_ok(&mut m, Time::ZERO, &reply(Some(1800), Some(120), &[]));
+        // opentracker's reply: interval 1770, min interval 885.
+        announce_ok(&mut m, Time::ZERO, &reply(Some(1770), Some(885), &[]));
         m.handle_completed(secs(10));
-        assert_eq!(m.poll_timeout(), Some(secs(120)));
-        assert!(actions(&mut m).is_empty());
-        m.handle_timeout(secs(120));
-        let line = announce_ok(&mut m, secs(120), &reply(Some(1800), Some(120), &[]));
+        let line = announce_ok(&mut m, secs(10), &reply(Some(1770), Some(885), &[]));
         assert!(line.contains("event=completed"), "{line}");
-        m.handle_completed(secs(130));
-        assert_eq!(m.poll_timeout(), Some(secs(1920)));
-        m.handle_timeout(secs(1920));
-        let line = announce_ok(&mut m, secs(1920), &reply(Some(1800), None, &[]));
+        m.handle_completed(secs(20));
+        assert_eq!(m.poll_timeout(), Some(secs(1780)));
+        assert!(actions(&mut m).is_empty());
+        m.handle_timeout(secs(1780));
+        let line = announce_ok(&mut m, secs(1780), &reply(Some(1770), None, &[]));
         assert!(!line.contains("event="), "{line}");
+    }
+
+    #[test]
+    fn completed_during_a_round_with_min_interval_goes_out_right_after() {
+        let mut m = mgr(&[&["http://a/announce"]]);
+        let (c, _) = opened(&actions(&mut m));
+        connect(&mut m, Time::ZERO, c);
+        m.handle_completed(secs(1));
+        m.handle_tcp_data(secs(2), c, &reply(Some(1770), Some(885), &[]));
+        let acts = actions(&mut m);
+        assert_eq!(acts[0], TrackerAction::CloseTcp { conn: c });
+        let (c, _) = opened(&acts[1..]);
+        let line = connect(&mut m, secs(2), c);
+        assert!(line.contains("event=completed"), "{line}");
     }
 
     #[test]
