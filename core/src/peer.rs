@@ -676,6 +676,16 @@ impl Peer {
         true
     }
 
+    /// Pieces announced after the first message (late bitfield or `have all`), as `have`s.
+    fn late_haves(&mut self, pieces: impl Iterator<Item = u32>) {
+        for i in pieces {
+            if !self.has.get(i) {
+                self.has.set(i);
+                self.events.push_back(PeerEvent::Have(i));
+            }
+        }
+    }
+
     fn on_message(&mut self, now: Time, msg: Message<'_>) {
         let first = std::mem::replace(&mut self.first_message, false);
         match msg {
@@ -700,15 +710,14 @@ impl Peer {
                 // Extension messages with other ids: we advertise none, so they are ignored.
             }
             Message::Bitfield(bytes) => {
-                if !first {
-                    self.close("bitfield after other messages".into());
-                    return;
-                }
                 match Bitfield::from_bytes(bytes, self.config.piece_count) {
-                    Ok(b) => {
+                    Ok(b) if first => {
                         self.has = b;
                         self.events.push_back(PeerEvent::Bitfield);
                     }
+                    // aria2 sends its whole bitfield again mid-connection when that is shorter than
+                    // the `have` messages it replaces: take it as those `have`s (a peer loses no piece).
+                    Ok(b) => self.late_haves(b.iter_ones()),
                     Err(e) => self.close(e.to_string()),
                 }
             }
@@ -718,7 +727,11 @@ impl Peer {
                 if !self.fast {
                     self.close(format!("{name} without the fast extension"));
                 } else if !first {
-                    self.close(format!("{name} after other messages"));
+                    // aria2 sends `have all` mid-connection once it completes, like a late
+                    // bitfield; a late `have none` says nothing.
+                    if all {
+                        self.late_haves(0..self.config.piece_count);
+                    }
                 } else {
                     self.has = if all {
                         Bitfield::full(self.config.piece_count)

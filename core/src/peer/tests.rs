@@ -152,16 +152,41 @@ fn bitfield_only_as_first_message() {
         [PeerEvent::ExtendedHandshake, PeerEvent::Bitfield]
     );
     assert_eq!(p.has().iter_ones().collect::<Vec<_>>(), [0, 9]);
+}
 
-    let mut p = established(false, false);
-    let mut bytes = msg(Message::Have(1));
-    bytes.extend(msg(Message::Bitfield(&[0x80, 0x40])));
+#[test]
+fn late_bitfield_and_have_all_count_as_haves() {
+    // aria2 sends its bitfield again mid-connection when that is shorter than the `have`s.
+    let mut p = established(true, true);
+    let mut bytes = msg(Message::HaveNone);
+    bytes.extend(msg(Message::Have(1)));
+    bytes.extend(msg(Message::Bitfield(&[0xc0, 0x40])));
     p.handle_bytes(t(1), &bytes);
-    let evs = events(&mut p);
-    assert_eq!(evs[0], PeerEvent::Have(1));
     assert_eq!(
-        closed_reason(&evs).as_deref(),
-        Some("bitfield after other messages")
+        events(&mut p),
+        [
+            PeerEvent::Bitfield,
+            PeerEvent::Have(1),
+            PeerEvent::Have(0),
+            PeerEvent::Have(9)
+        ]
+    );
+    assert_eq!(p.has().iter_ones().collect::<Vec<_>>(), [0, 1, 9]);
+    // ... and `have all` once it completes; a late `have none` changes nothing.
+    p.handle_bytes(t(2), &msg(Message::HaveNone));
+    p.handle_bytes(t(2), &msg(Message::HaveAll));
+    let evs = events(&mut p);
+    assert_eq!(evs.len(), 7, "{evs:?}");
+    assert!(
+        evs.iter().all(|e| matches!(e, PeerEvent::Have(_))),
+        "{evs:?}"
+    );
+    assert!(p.has().is_full());
+    // A late bitfield of the wrong length is still fatal.
+    p.handle_bytes(t(3), &msg(Message::Bitfield(&[0xff])));
+    assert_eq!(
+        closed_reason(&events(&mut p)).as_deref(),
+        Some("bitfield length 1, expected 2")
     );
 }
 
