@@ -54,14 +54,20 @@ impl Kp {
         Kp::start("kp-torrent-leecher", args)
     }
 
-    /// `kp-torrent seed TORRENT -s SOURCE` on 127.0.0.1, a free port; seeds until killed.
-    fn seed(torrent: &Torrent, source: &Path) -> Kp {
-        let args = vec![
+    /// `kp-torrent seed TORRENT -s SOURCE --peer P...` on 127.0.0.1, a free port; seeds until
+    /// killed.
+    fn seed(torrent: &Torrent, source: &Path, peers: &[SocketAddr]) -> Kp {
+        let mut args = vec![
             "seed".to_string(),
             abs(&torrent.path),
             "-s".into(),
             abs(source),
         ];
+        args.extend(
+            peers
+                .iter()
+                .flat_map(|p| ["--peer".to_string(), p.to_string()]),
+        );
         Kp::start("kp-torrent-seeder", args)
     }
 
@@ -187,12 +193,12 @@ fn album(dir: &TempDir) -> (Torrent, PathBuf) {
     )
 }
 
-/// Checks every non-empty file of [`ALBUM`] under `dest/album/` (Transmission 3.00 does not create
-/// empty files; kp-torrent and libtorrent do, and there it must be empty).
-fn assert_album(dest: &Path) {
+/// Checks every file of [`ALBUM`] under `dest/album/`; the empty one may be missing only when
+/// `empty_created` is false (Transmission 3.00 does not create empty files).
+fn assert_album(dest: &Path, empty_created: bool) {
     for (path, len, seed) in ALBUM {
         let file = path.iter().fold(dest.join("album"), |p, c| p.join(c));
-        if len == 0 && !file.exists() {
+        if len == 0 && !empty_created && !file.exists() {
             continue;
         }
         assert_same_file(&file, &content(len, seed));
@@ -250,7 +256,7 @@ fn libtorrent_seeds_kp_torrent_through_udp_tracker() {
 fn kp_torrent_seeds_libtorrent_multi_file_by_direct_dial() {
     let dir = TempDir::new("io-kp-lt");
     let (torrent, seed_dir) = album(&dir);
-    let seeder = Kp::seed(&torrent, &seed_dir.join("album"));
+    let seeder = Kp::seed(&torrent, &seed_dir.join("album"), &[]);
     let dest = dir.path().join("dest");
     let opts = LibtorrentOptions {
         peers: vec![seeder.addr],
@@ -260,7 +266,7 @@ fn kp_torrent_seeds_libtorrent_multi_file_by_direct_dial() {
         return;
     };
     leecher.wait_done(DONE);
-    assert_album(&dest);
+    assert_album(&dest, true);
 }
 
 #[test]
@@ -295,7 +301,7 @@ fn kp_torrent_seeder_dials_transmission_leecher_from_tracker() {
     tracker.wait_for_swarm(&torrent.info_hash, SWARM, "one leecher", |s| {
         s.leechers >= 1
     });
-    let _seeder = Kp::seed(&torrent, &seed_dir.join("data.bin"));
+    let _seeder = Kp::seed(&torrent, &seed_dir.join("data.bin"), &[]);
     leecher.wait_done(DONE);
     assert_same_file(&dest.join("data.bin"), &data);
 }
@@ -324,12 +330,51 @@ fn kp_torrent_seeds_aria2_multi_file_through_http_tracker() {
     let Some((tracker, torrent)) = tracked(&dir, &bare, Opentracker::http_announce_url) else {
         return;
     };
-    let _seeder = Kp::seed(&torrent, &seed_dir);
+    let _seeder = Kp::seed(&torrent, &seed_dir, &[]);
     tracker.wait_for_swarm(&torrent.info_hash, SWARM, "one seeder", |s| s.seeders >= 1);
     let dest = dir.path().join("dest");
     let Some(mut leecher) = Aria2::download(&torrent, &dest, None) else {
         return;
     };
     leecher.wait_done(DONE);
-    assert_album(&dest);
+    assert_album(&dest, true);
+}
+
+#[test]
+fn kp_torrent_dials_libtorrent_seeder_with_peer_option_multi_file() {
+    let dir = TempDir::new("io-lt-kp-peer");
+    let (torrent, seed_dir) = album(&dir);
+    let Some(seeder) = Libtorrent::seed(&torrent, &seed_dir, &plaintext()) else {
+        return;
+    };
+    let dest = dir.path().join("dest");
+    let mut leecher = Kp::download(&torrent, &dest, &[seeder.addr()]);
+    leecher.wait_done(DONE);
+    assert_album(&dest, true);
+}
+
+#[test]
+fn kp_torrent_dials_transmission_seeder_with_peer_option() {
+    let dir = TempDir::new("io-tr-kp-peer");
+    let (data, torrent, seed_dir) = single_file(&dir, 36);
+    let Some(seeder) = Transmission::seed(&torrent, &seed_dir) else {
+        return;
+    };
+    let dest = dir.path().join("dest");
+    let mut leecher = Kp::download(&torrent, &dest, &[seeder.addr()]);
+    leecher.wait_done(DONE);
+    assert_same_file(&dest.join("data.bin"), &data);
+}
+
+#[test]
+fn kp_torrent_seeder_dials_transmission_leecher_with_peer_option_multi_file() {
+    let dir = TempDir::new("io-kp-tr-peer");
+    let (torrent, seed_dir) = album(&dir);
+    let dest = dir.path().join("dest");
+    let Some(mut leecher) = Transmission::download(&torrent, &dest) else {
+        return;
+    };
+    let _seeder = Kp::seed(&torrent, &seed_dir, &[leecher.addr()]);
+    leecher.wait_done(DONE);
+    assert_album(&dest, false);
 }
