@@ -108,11 +108,9 @@ impl Kp {
 
 impl Drop for Kp {
     fn drop(&mut self) {
-        // The temp folder goes with the test; a failing run can keep our whole log (the panic
+        // The temp folder goes with the test; KP_KEEP_LOGS=DIR keeps our whole log (a panic
         // message holds only its tail), e.g. with RUST_LOG=debug.
-        if std::thread::panicking()
-            && let Some(keep) = std::env::var_os("KP_KEEP_LOGS")
-        {
+        if let Some(keep) = std::env::var_os("KP_KEEP_LOGS") {
             let keep = PathBuf::from(keep);
             let _ = std::fs::create_dir_all(&keep);
             let name = format!("{}-{}.log", self.process.pid(), self.addr.port());
