@@ -136,11 +136,19 @@ fn abs(p: &Path) -> String {
 /// One file `data.bin` of [`SIZE`] bytes from `seed` in `dir/seed/` and its torrent (64 KiB pieces,
 /// no tracker): the data, the torrent and the folder holding the file.
 fn single_file(dir: &TempDir, seed: u64) -> (Vec<u8>, Torrent, PathBuf) {
+    single_file_with_pieces(dir, seed, 64 * 1024)
+}
+
+/// [`single_file`] with pieces of `piece_length` bytes.
+fn single_file_with_pieces(
+    dir: &TempDir,
+    seed: u64,
+    piece_length: u64,
+) -> (Vec<u8>, Torrent, PathBuf) {
     let data = content(SIZE, seed);
     let seed_dir = dir.path().join("seed");
     std::fs::create_dir_all(&seed_dir).unwrap();
     std::fs::write(seed_dir.join("data.bin"), &data).unwrap();
-    let piece_length = 64 * 1024;
     let spec = TorrentSpec {
         name: "data.bin".into(),
         piece_length,
@@ -305,9 +313,10 @@ fn kp_torrent_seeder_dials_transmission_leecher_from_tracker() {
 }
 
 #[test]
-fn aria2_seeds_kp_torrent_through_http_tracker() {
+fn aria2_seeds_kp_torrent_through_http_tracker_1_mib_pieces() {
     let dir = TempDir::new("io-aria2-kp");
-    let (data, bare, seed_dir) = single_file(&dir, 34);
+    // Pieces of 1 MiB: 64 blocks each, the last piece partial.
+    let (data, bare, seed_dir) = single_file_with_pieces(&dir, 34, 1 << 20);
     let Some((tracker, torrent)) = tracked(&dir, &bare, Opentracker::http_announce_url) else {
         return;
     };
@@ -375,4 +384,24 @@ fn kp_torrent_seeder_dials_transmission_leecher_with_peer_option_multi_file() {
     let _seeder = Kp::seed(&torrent, &seed_dir, &[leecher.addr()]);
     leecher.wait_done(DONE);
     assert_album(&dest, false);
+}
+
+#[test]
+fn kp_torrent_seeds_libtorrent_that_offers_encryption_first() {
+    // libtorrent's default policy (pe_enabled) dials with an encrypted handshake first; kp-torrent
+    // speaks plaintext only, so libtorrent must fall back to it.
+    let dir = TempDir::new("io-kp-lt-enc");
+    let (data, torrent, seed_dir) = single_file(&dir, 37);
+    let seeder = Kp::seed(&torrent, &seed_dir.join("data.bin"), &[]);
+    let dest = dir.path().join("dest");
+    let opts = LibtorrentOptions {
+        peers: vec![seeder.addr],
+        encryption: Encryption::Enabled,
+        ..LibtorrentOptions::default()
+    };
+    let Some(mut leecher) = Libtorrent::download(&torrent, &dest, &opts) else {
+        return;
+    };
+    leecher.wait_done(DONE);
+    assert_same_file(&dest.join("data.bin"), &data);
 }
