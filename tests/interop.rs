@@ -5,6 +5,10 @@
 //! The settings of the real clients (uTP off, plaintext allowed, DHT/LSD/PEX off, 127.0.0.1 only)
 //! live in `kp_torrent_tests::real`; tests/real_clients.rs shows them working between themselves, so a
 //! failure here points at kp-torrent.
+//!
+//! The binary is the driver package's: `cargo test --workspace` builds it, but a targeted
+//! `cargo test --test interop` does not, so run `cargo build -p kp-torrent` first or it tests a
+//! stale binary. `KP_KEEP_LOGS=DIR` (with `RUST_LOG=debug`) keeps kp-torrent's whole logs.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
