@@ -334,10 +334,17 @@ impl Session {
         let now = self.now;
         if self.shutting_down {
             // After shutdown only the bookkeeping of closing connections matters.
-            if let Input::Closed { peer } | Input::ConnectFailed { peer } = input
-                && self.peers.contains(peer.0)
-            {
-                self.peers.remove(peer.0);
+            match input {
+                Input::Closed { peer } | Input::ConnectFailed { peer }
+                    if self.peers.contains(peer.0) =>
+                {
+                    self.peers.remove(peer.0);
+                }
+                Input::Incoming { .. } => self.actions.push_back(Action::Close {
+                    peer: self.next_handle(),
+                    reason: "shutting down".into(),
+                }),
+                _ => {}
             }
             return;
         }
