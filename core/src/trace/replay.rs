@@ -279,6 +279,8 @@ pub struct ReplayReport {
     pub events: u64,
     /// Bytes of received peer traffic replayed.
     pub received_bytes: u64,
+    /// Bytes of blocks read from disk (to serve peers) replayed.
+    pub read_bytes: u64,
     /// True when the trace ended with its end record (not cut short by a killed recorder).
     pub finished: bool,
     /// The first difference; `None` when the replay matched the recording throughout.
@@ -289,11 +291,12 @@ impl fmt::Display for ReplayReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} inputs, {} actions, {} events, {} bytes received{}",
+            "{} inputs, {} actions, {} events, {} bytes received, {} bytes read{}",
             self.inputs,
             self.actions,
             self.events,
             self.received_bytes,
+            self.read_bytes,
             if self.finished {
                 ""
             } else {
@@ -325,6 +328,7 @@ pub fn replay(trace: &[u8]) -> Result<ReplayReport, ReplayError> {
         actions: 0,
         events: 0,
         received_bytes: 0,
+        read_bytes: 0,
         finished: false,
         divergence: None,
     };
@@ -355,8 +359,12 @@ pub fn replay(trace: &[u8]) -> Result<ReplayReport, ReplayError> {
                 input: rec,
                 ..
             }) => {
-                if let InputRecord::Received { bytes, .. } = &rec {
-                    report.received_bytes += bytes.len() as u64;
+                match &rec {
+                    InputRecord::Received { bytes, .. } => {
+                        report.received_bytes += bytes.len() as u64;
+                    }
+                    InputRecord::ReadDone { data, .. } => report.read_bytes += data.len() as u64,
+                    _ => {}
                 }
                 report.inputs += 1;
                 session.handle_input(time, rec.as_input());
