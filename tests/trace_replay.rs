@@ -190,18 +190,46 @@ fn prop_arbitrary_bytes_never_panic_replay() {
         .quickcheck(prop as fn(Vec<u8>, bool) -> bool);
 }
 
-/// A small trace to mutate (a whole swarm trace would make each case slow).
-fn small_trace() -> &'static Vec<u8> {
-    static TRACE: OnceLock<Vec<u8>> = OnceLock::new();
-    TRACE.get_or_init(|| trace_sim::record_swarm(5, 1, 16 * 1024, 40_000).2)
+/// Small traces to mutate (a seeder's and a leecher's; whole swarm traces would make each case
+/// slow), with the offsets of their records, so mutations can aim at tags and fields rather than
+/// mostly at payload bytes.
+fn small_traces() -> &'static [(Vec<u8>, Vec<usize>); 2] {
+    static TRACES: OnceLock<[(Vec<u8>, Vec<usize>); 2]> = OnceLock::new();
+    TRACES.get_or_init(|| {
+        let (_, seeder, leecher) = trace_sim::record_swarm(5, 2, 16 * 1024, 150_000);
+        [seeder, leecher].map(|trace| {
+            let mut offsets = vec![0];
+            let mut reader = TraceReader::new(&trace).unwrap();
+            while let Some(rec) = reader.next_record().unwrap() {
+                offsets.push(match rec {
+                    TraceRecord::Input { offset, .. }
+                    | TraceRecord::Action { offset, .. }
+                    | TraceRecord::Event { offset, .. }
+                    | TraceRecord::End { offset } => offset as usize,
+                });
+            }
+            (trace, offsets)
+        })
+    })
 }
 
 #[test]
 fn prop_mutated_traces_never_panic_replay() {
-    fn prop(mutations: Vec<(usize, u8)>, cut: Option<usize>, insert: Option<(usize, u8)>) -> bool {
-        let mut t = small_trace().clone();
-        for (at, b) in mutations.into_iter().take(4) {
+    fn prop(
+        seeder: bool,
+        anywhere: Vec<(usize, u8)>,
+        in_records: Vec<(usize, u8, u8)>,
+        cut: Option<usize>,
+        insert: Option<(usize, u8)>,
+    ) -> bool {
+        let (trace, offsets) = &small_traces()[usize::from(!seeder)];
+        let mut t = trace.clone();
+        for (at, b) in anywhere.into_iter().take(3) {
             let i = at % t.len();
+            t[i] ^= b.max(1);
+        }
+        for (record, k, b) in in_records.into_iter().take(3) {
+            let i = (offsets[record % offsets.len()] + usize::from(k % 16)) % t.len();
             t[i] ^= b.max(1);
         }
         if let Some((at, b)) = insert {
@@ -213,6 +241,13 @@ fn prop_mutated_traces_never_panic_replay() {
         let _ = replay(&t);
         true
     }
-    kp_torrent_tests::quickcheck("prop_mutated_traces_never_panic_replay", 300)
-        .quickcheck(prop as fn(Vec<(usize, u8)>, Option<usize>, Option<(usize, u8)>) -> bool);
+    kp_torrent_tests::quickcheck("prop_mutated_traces_never_panic_replay", 300).quickcheck(
+        prop as fn(
+            bool,
+            Vec<(usize, u8)>,
+            Vec<(usize, u8, u8)>,
+            Option<usize>,
+            Option<(usize, u8)>,
+        ) -> bool,
+    );
 }
