@@ -735,3 +735,24 @@ fn choke_round_unchokes_the_best_uploaders() {
     assert!(unchoked.contains(&fast), "{unchoked:?}");
     assert_eq!(unchoked.len(), 2);
 }
+
+#[test]
+fn dropped_connection_is_reopened_with_growing_delays() {
+    let mut s = leecher();
+    s.handle_peers_discovered(t(0), &[addr(5)]);
+    let mut opened_at = Vec::new();
+    for secs in 0..60 {
+        for a in drain(&mut s).0 {
+            if let Action::Connect { peer, .. } = a {
+                opened_at.push(secs);
+                s.handle_connected(t(secs), peer);
+                s.handle_received(t(secs), peer, &hs(5, true));
+                // The peer hangs up at once.
+                s.handle_peer_closed(t(secs), peer);
+            }
+        }
+        s.handle_timeout(t(secs + 1));
+    }
+    // 5 s, then 10 s, then 20 s between attempts.
+    assert_eq!(opened_at, [0, 5, 15, 35]);
+}
