@@ -45,8 +45,11 @@ use crate::wire::BlockRequest;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// First retry delay after a failed connection; doubles with each failure.
 pub const RETRY_BASE: Duration = Duration::from_secs(10);
-/// Delay before reconnecting to a peer whose working connection closed.
-pub const RECONNECT_DELAY: Duration = Duration::from_secs(60);
+/// Delay before reconnecting to a peer whose working connection closed; doubles with each drop
+/// of a connection that lasted less than [`STABLE_CONNECTION`].
+pub const RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// A connection that lasted this long resets the reconnection backoff.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(120);
 /// Connection attempts in flight at once.
 const MAX_HALF_OPEN: usize = 8;
 
@@ -54,6 +57,8 @@ const MAX_HALF_OPEN: usize = 8;
 #[derive(Debug, Clone)]
 struct Candidate {
     failures: u32,
+    /// Working connections that closed soon after opening, for the reconnection backoff.
+    drops: u32,
     next_attempt: Time,
     connected: bool,
     /// Discovery order, the tie-break among addresses due at the same time.
@@ -419,6 +424,7 @@ impl Session {
                         addr,
                         Candidate {
                             failures: 0,
+                            drops: 0,
                             next_attempt: now,
                             connected: false,
                             seq,
@@ -714,7 +720,11 @@ impl Session {
                 if let Some(c) = self.candidates.get_mut(&slot.addr) {
                     c.connected = false;
                     c.failures = 0;
-                    c.next_attempt = now + RECONNECT_DELAY;
+                    if now.saturating_since(slot.opened) >= STABLE_CONNECTION {
+                        c.drops = 0;
+                    }
+                    c.next_attempt = now + RECONNECT_DELAY * (1u32 << c.drops.min(7));
+                    c.drops += 1;
                 }
             } else {
                 self.connect_failed(now, slot.addr);

@@ -41,7 +41,7 @@ pub fn sanitize_component(raw: &[u8]) -> Option<String> {
     // Nearly every real name needs no change: check that without allocating more than the result.
     if let Ok(text) = std::str::from_utf8(raw)
         && is_safe_component(text)
-        && !text.ends_with(['.', ' '])
+        && !matches!(text.as_bytes().last(), Some(b'.' | b' '))
         && !is_reserved(text)
     {
         return Some(text.to_string());
@@ -63,6 +63,15 @@ pub fn sanitize_component(raw: &[u8]) -> Option<String> {
 
 /// True when the part before the first dot is a Windows device name (`CON`, `com1`, `NUL .txt`).
 fn is_reserved(name: &str) -> bool {
+    // Every reserved name starts with one of these; most names are rejected here at once.
+    let starts_like_a_device = name.get(..3).is_some_and(|p| {
+        ["CON", "PRN", "AUX", "NUL", "COM", "LPT"]
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(p))
+    });
+    if !starts_like_a_device {
+        return false;
+    }
     let stem = name.split('.').next().unwrap_or(name).trim_end_matches(' ');
     (3..=4).contains(&stem.len()) && RESERVED.iter().any(|r| r.eq_ignore_ascii_case(stem))
 }
@@ -81,15 +90,26 @@ pub fn is_safe_component(component: &str) -> bool {
 /// ASCII are the C1 controls U+0080..=U+009F, encoded as `C2 80`..=`C2 9F`.
 fn has_forbidden_byte(b: &[u8]) -> bool {
     b.iter().enumerate().any(|(i, &c)| {
-        c < 0x20
-            || c == 0x7f
-            || matches!(
-                c,
-                b'/' | b'\\' | b'<' | b'>' | b':' | b'"' | b'|' | b'?' | b'*'
-            )
+        FORBIDDEN_BYTE[usize::from(c)]
             || (c == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
     })
 }
+
+/// ASCII bytes that [`is_forbidden`] rejects, as a table indexed by byte.
+const FORBIDDEN_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = c < 0x20
+            || c == 0x7f
+            || matches!(
+                c as u8,
+                b'/' | b'\\' | b'<' | b'>' | b':' | b'"' | b'|' | b'?' | b'*'
+            );
+        c += 1;
+    }
+    t
+};
 
 /// Splits `name` into stem and extension (with its dot); a leading dot (`.bashrc`) or a long
 /// suffix is not an extension.
@@ -180,25 +200,19 @@ pub(crate) fn disambiguate(paths: &mut [Vec<String>], skip: &[bool]) {
 
 /// Quick check for the common case of a torrent without collisions, in one sort.
 ///
-/// Paths are joined with NUL, which no sanitized component holds and which sorts before every
-/// other byte: a path then sorts right before its duplicates and the paths inside it as a folder,
-/// so comparing neighbours finds every conflict.
+/// Sorted component by component, a path comes right before its duplicates and before the paths
+/// that use it as a folder (they extend it), so comparing neighbours finds every conflict.
 fn has_conflict(paths: &[Vec<String>], created: &impl Fn(usize) -> bool) -> bool {
-    let mut keys: Vec<String> = paths
+    let mut sorted: Vec<&[String]> = paths
         .iter()
         .enumerate()
         .filter(|(i, _)| created(*i))
-        .map(|(_, p)| p.join("\0"))
+        .map(|(_, p)| p.as_slice())
         .collect();
-    keys.sort_unstable();
-    keys.windows(2).any(|w| match w {
-        [a, b] => {
-            b.len() >= a.len()
-                && b.starts_with(a.as_str())
-                && (b.len() == a.len() || b.as_bytes().get(a.len()) == Some(&0))
-        }
-        _ => false,
-    })
+    sorted.sort_unstable();
+    sorted
+        .windows(2)
+        .any(|w| matches!(w, [a, b] if b.starts_with(a)))
 }
 
 #[cfg(test)]

@@ -1,0 +1,464 @@
+//! Disk and SHA-1 work off the event loop: a small pool of worker threads.
+//!
+//! The loop [`DiskPool::submit`]s [`Job`]s; a worker does the I/O, sends a [`Completion`] back
+//! through a channel and wakes the loop's `mio::Poll` with the [`mio::Waker`] given at
+//! construction. On that wake-up the loop drains [`DiskPool::poll_completion`] until `None` and
+//! feeds each completion to the core as an ordinary timestamped input (so traces replay it).
+//!
+//! Mapping to the core's session: `Action::WriteBlock`, `ReadBlock` and `HashPiece` become
+//! [`Job::Write`], [`Job::Read`] and [`Job::Hash`]; [`Completion::Written`], `WriteFailed` (its
+//! error's `Display` is the user's message), `Read`, `ReadFailed` and `Hashed` become the inputs
+//! of the same names. The session has no "hash failed" input: report [`Completion::HashFailed`]
+//! as a hash that cannot match (the piece is fetched again) and log the error. At start, the
+//! valid pieces of [`Completion::Checked`] plus the resume plan's `have` are the session's
+//! initial bitfield.
+//!
+//! Ordering: jobs start in submission order, but with several workers they may finish in any
+//! order. One guarantee matters to the core: a [`Job::Hash`] of a piece waits until every
+//! [`Job::Write`] to that piece submitted before it has completed, so the hash sees the data.
+//!
+//! Bounded memory: every submitted job yields exactly one final completion, and the pool counts
+//! what is queued on the loop's side (counters change in `submit` and `poll_completion`, both on
+//! the loop thread). The loop keeps the queues bounded by looking before it submits:
+//! [`DiskPool::queued_read_bytes`] per peer (stop queuing reads for a peer whose send buffer is
+//! full or whose reads already exceed a limit) and [`DiskPool::queued_write_bytes`] (stop reading
+//! sockets while writes are behind). A check reports progress at most about 100 times.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kp_torrent_core::bitfield::Bitfield;
+use kp_torrent_core::id::PeerHandle;
+use mio::Waker;
+
+use crate::resume::{self, ResumeError, Snapshot};
+use crate::storage::{Storage, StorageError};
+
+/// Worker threads by default: one can hash while the other serves reads.
+pub const DEFAULT_WORKERS: usize = 2;
+
+/// A suggested limit for [`DiskPool::queued_write_bytes`]: above it, stop reading from peers.
+pub const WRITE_BACKLOG_LIMIT: u64 = 32 << 20;
+
+/// A suggested limit for [`DiskPool::queued_read_bytes`] of one peer (a few blocks ahead).
+pub const READ_QUEUE_PER_PEER: u64 = 256 << 10;
+
+/// Work for the pool.
+#[derive(Debug)]
+pub enum Job {
+    /// Write a received block.
+    Write {
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// The block.
+        data: Vec<u8>,
+    },
+    /// Read a block a peer asked for.
+    Read {
+        /// The peer to send it to.
+        peer: PeerHandle,
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// Bytes to read.
+        length: u32,
+    },
+    /// Read a whole piece and SHA-1 it (after its writes, see the module doc).
+    Hash {
+        /// Piece index.
+        piece: u32,
+    },
+    /// Hash the pieces in `pieces` and compare them with `expected` (one hash per piece): the
+    /// "checking" of existing data at start. Runs on one worker; the others stay free.
+    Check {
+        /// Pieces to hash.
+        pieces: Bitfield,
+        /// The torrent's piece hashes.
+        expected: Arc<[[u8; 20]]>,
+    },
+    /// Flush the data and write the resume file (see [`resume::save`]).
+    SaveResume {
+        /// The resume file.
+        path: PathBuf,
+        /// The verified pieces, copied when the loop asked.
+        snapshot: Snapshot,
+    },
+}
+
+/// The result of a [`Job`], carrying what the core needs to match it to its request.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Completion {
+    /// A block is written.
+    Written {
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// Bytes written.
+        length: u32,
+    },
+    /// A block could not be written.
+    WriteFailed {
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// Bytes not written.
+        length: u32,
+        /// Why (see [`StorageError::is_disk_full`]).
+        error: StorageError,
+    },
+    /// A block is read for `peer`.
+    Read {
+        /// The peer that asked.
+        peer: PeerHandle,
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// The block.
+        data: Vec<u8>,
+    },
+    /// A block could not be read.
+    ReadFailed {
+        /// The peer that asked.
+        peer: PeerHandle,
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// Bytes asked.
+        length: u32,
+        /// Why.
+        error: StorageError,
+    },
+    /// A piece's SHA-1 (the core compares it with the torrent's).
+    Hashed {
+        /// Piece index.
+        piece: u32,
+        /// Its SHA-1.
+        digest: [u8; 20],
+    },
+    /// A piece could not be read for hashing.
+    HashFailed {
+        /// Piece index.
+        piece: u32,
+        /// Why.
+        error: StorageError,
+    },
+    /// A check is under way: `checked` of `total` pieces hashed.
+    CheckProgress {
+        /// Pieces hashed so far.
+        checked: u32,
+        /// Pieces to hash.
+        total: u32,
+    },
+    /// A check finished: the pieces whose data matched. Unreadable pieces simply do not match.
+    Checked {
+        /// Pieces verified on disk.
+        valid: Bitfield,
+        /// False when the pool shut down before the check finished.
+        complete: bool,
+    },
+    /// The resume file is written.
+    ResumeSaved {
+        /// The resume file.
+        path: PathBuf,
+    },
+    /// The resume file could not be written.
+    ResumeFailed {
+        /// The resume file.
+        path: PathBuf,
+        /// Why.
+        error: ResumeError,
+    },
+}
+
+/// A pool of disk worker threads over one torrent's [`Storage`].
+pub struct DiskPool {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Completion>,
+    workers: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    read_bytes: BTreeMap<PeerHandle, u64>,
+    write_bytes: u64,
+    writes_per_piece: BTreeMap<u32, u32>,
+    /// Hash jobs waiting for writes to their piece, with how many were asked.
+    deferred_hashes: BTreeMap<u32, u32>,
+    in_flight: usize,
+}
+
+struct Worker {
+    storage: Arc<Storage>,
+    jobs: Arc<Mutex<Receiver<Job>>>,
+    done: Sender<Completion>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+}
+
+impl DiskPool {
+    /// Starts `threads` workers (at least 1) over `storage`; each completion wakes `waker`.
+    pub fn new(
+        storage: Arc<Storage>,
+        waker: Arc<Waker>,
+        threads: usize,
+    ) -> std::io::Result<DiskPool> {
+        let (jobs_tx, jobs_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for n in 0..threads.max(1) {
+            let w = Worker {
+                storage: storage.clone(),
+                jobs: jobs_rx.clone(),
+                done: done_tx.clone(),
+                waker: waker.clone(),
+                stop: stop.clone(),
+            };
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("kp-disk-{n}"))
+                    .spawn(move || w.run())?,
+            );
+        }
+        Ok(DiskPool {
+            jobs: Some(jobs_tx),
+            done: done_rx,
+            workers,
+            stop,
+            read_bytes: BTreeMap::new(),
+            write_bytes: 0,
+            writes_per_piece: BTreeMap::new(),
+            deferred_hashes: BTreeMap::new(),
+            in_flight: 0,
+        })
+    }
+
+    /// Queues a job. Check the queue sizes first (module doc): this never refuses work.
+    pub fn submit(&mut self, job: Job) {
+        match &job {
+            Job::Write { piece, data, .. } => {
+                self.write_bytes += data.len() as u64;
+                *self.writes_per_piece.entry(*piece).or_default() += 1;
+            }
+            Job::Read { peer, length, .. } => {
+                *self.read_bytes.entry(*peer).or_default() += u64::from(*length);
+            }
+            Job::Hash { piece } if self.writes_per_piece.contains_key(piece) => {
+                self.in_flight += 1;
+                *self.deferred_hashes.entry(*piece).or_default() += 1;
+                return;
+            }
+            _ => {}
+        }
+        self.in_flight += 1;
+        self.send(job);
+    }
+
+    fn send(&mut self, job: Job) {
+        if let Some(tx) = &self.jobs {
+            // Fails only when every worker died (a panic); the job is lost like its worker.
+            if tx.send(job).is_err() {
+                log::error!("disk workers are gone; a disk job was dropped");
+            }
+        }
+    }
+
+    /// The next completion, if one arrived. Drain until `None` after the waker fires.
+    pub fn poll_completion(&mut self) -> Option<Completion> {
+        let c = self.done.try_recv().ok()?;
+        match &c {
+            Completion::Written { piece, length, .. }
+            | Completion::WriteFailed { piece, length, .. } => {
+                self.write_bytes = self.write_bytes.saturating_sub(u64::from(*length));
+                if let Some(n) = self.writes_per_piece.get_mut(piece) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.writes_per_piece.remove(piece);
+                        for _ in 0..self.deferred_hashes.remove(piece).unwrap_or(0) {
+                            self.send(Job::Hash { piece: *piece });
+                        }
+                    }
+                }
+            }
+            Completion::Read { peer, data, .. } => self.read_done(*peer, data.len() as u64),
+            Completion::ReadFailed { peer, length, .. } => {
+                self.read_done(*peer, u64::from(*length))
+            }
+            _ => {}
+        }
+        if !matches!(c, Completion::CheckProgress { .. }) {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        Some(c)
+    }
+
+    fn read_done(&mut self, peer: PeerHandle, bytes: u64) {
+        if let Some(n) = self.read_bytes.get_mut(&peer) {
+            *n = n.saturating_sub(bytes);
+            if *n == 0 {
+                self.read_bytes.remove(&peer);
+            }
+        }
+    }
+
+    /// Bytes of reads queued or running for `peer` whose completion was not polled yet.
+    pub fn queued_read_bytes(&self, peer: PeerHandle) -> u64 {
+        self.read_bytes.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// Bytes of writes queued or running whose completion was not polled yet.
+    pub fn queued_write_bytes(&self) -> u64 {
+        self.write_bytes
+    }
+
+    /// Jobs submitted whose final completion was not polled yet (0 = the pool is idle).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+impl Drop for DiskPool {
+    /// Finishes the queued jobs (writes must land) but cuts a running check short, then joins
+    /// the workers. Completions not polled by then are dropped.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Worker {
+    fn run(self) {
+        loop {
+            let job = match self.jobs.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return,
+            };
+            let Ok(job) = job else {
+                return;
+            };
+            let c = self.execute(job);
+            self.complete(c);
+        }
+    }
+
+    fn complete(&self, c: Completion) {
+        if self.done.send(c).is_ok()
+            && let Err(e) = self.waker.wake()
+        {
+            log::error!("cannot wake the event loop: {e}");
+        }
+    }
+
+    fn execute(&self, job: Job) -> Completion {
+        let s = &self.storage;
+        match job {
+            Job::Write { piece, begin, data } => {
+                let length = data.len() as u32;
+                match s.write(piece, begin, &data) {
+                    Ok(()) => Completion::Written {
+                        piece,
+                        begin,
+                        length,
+                    },
+                    Err(error) => Completion::WriteFailed {
+                        piece,
+                        begin,
+                        length,
+                        error,
+                    },
+                }
+            }
+            Job::Read {
+                peer,
+                piece,
+                begin,
+                length,
+            } => {
+                // The core only asks for blocks inside a piece; a bad length fails in `read`
+                // before this buffer is used, but cap it so it cannot allocate wildly either.
+                let mut data = vec![0; (length as u64).min(s.layout().piece_length()) as usize];
+                match s.read(piece, begin, &mut data) {
+                    Ok(()) if data.len() == length as usize => Completion::Read {
+                        peer,
+                        piece,
+                        begin,
+                        data,
+                    },
+                    Ok(()) => Completion::ReadFailed {
+                        peer,
+                        piece,
+                        begin,
+                        length,
+                        error: StorageError::OutOfRange {
+                            piece,
+                            begin,
+                            length: length as usize,
+                        },
+                    },
+                    Err(error) => Completion::ReadFailed {
+                        peer,
+                        piece,
+                        begin,
+                        length,
+                        error,
+                    },
+                }
+            }
+            Job::Hash { piece } => match s.hash_piece(piece) {
+                Ok(digest) => Completion::Hashed { piece, digest },
+                Err(error) => Completion::HashFailed { piece, error },
+            },
+            Job::Check { pieces, expected } => self.check(&pieces, &expected),
+            Job::SaveResume { path, snapshot } => match resume::save(&path, &snapshot, s) {
+                Ok(()) => Completion::ResumeSaved { path },
+                Err(error) => Completion::ResumeFailed { path, error },
+            },
+        }
+    }
+
+    fn check(&self, pieces: &Bitfield, expected: &[[u8; 20]]) -> Completion {
+        let total = pieces.count();
+        let step = total.div_ceil(100).max(1);
+        let mut valid = Bitfield::new(pieces.len());
+        let mut checked = 0;
+        for piece in pieces.iter_ones() {
+            if self.stop.load(Ordering::Relaxed) {
+                return Completion::Checked {
+                    valid,
+                    complete: false,
+                };
+            }
+            match self.storage.hash_piece(piece) {
+                Ok(digest) if expected.get(piece as usize) == Some(&digest) => {
+                    valid.set(piece);
+                }
+                Ok(_) => {}
+                Err(e) => log::debug!("checking piece {piece}: {e}"),
+            }
+            checked += 1;
+            if checked % step == 0 && checked < total {
+                self.complete(Completion::CheckProgress { checked, total });
+            }
+        }
+        Completion::Checked {
+            valid,
+            complete: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,672 @@
+//! A torrent's data on disk: the files under a folder, addressed as (piece, offset) ranges.
+//!
+//! [`Layout`] says where every byte of the torrent sits: files in torrent order, each at an offset
+//! in the concatenated data. [`Storage`] maps a block of a piece onto the files it spans and does
+//! positional reads and writes (`pread`/`pwrite`), so several worker threads share one open file
+//! without seeking. Open files are kept in a small LRU cache: a torrent with 10,000 files costs at
+//! most [`DEFAULT_OPEN_FILES`] descriptors (plus one per worker for a file being used while it is
+//! evicted).
+//!
+//! Padding files (BEP 47) are never created: reads of them give zeros, writes to them are dropped.
+//!
+//! Every file path is joined under the chosen folder only after each component was checked to be
+//! a plain name, a last defence behind the metainfo's own sanitizing. The check is on names
+//! only: a symbolic link the user placed inside the folder is followed.
+//!
+//! A [`Storage`] for downloading is made in two steps: [`Storage::new`] only computes paths (so
+//! the resume plan can look at the files as they were), then [`Storage::allocate`] creates the
+//! missing files at their final size as sparse files.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kp_torrent_core::metainfo::Info;
+use sha1::{Digest, Sha1};
+
+/// Open files kept by default: far below the usual descriptor limit, enough for the files a
+/// swarm touches at once.
+pub const DEFAULT_OPEN_FILES: usize = 128;
+
+/// Bytes read at a time while hashing a piece, so a large piece never needs one large buffer.
+const HASH_CHUNK: usize = 1 << 20;
+
+/// One file of a [`Layout`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutFile {
+    /// Path components relative to the destination folder; the first is the torrent's name.
+    pub path: Vec<String>,
+    /// Length in bytes (may be zero).
+    pub length: u64,
+    /// Offset of the file in the torrent's concatenated data.
+    pub offset: u64,
+    /// A BEP 47 padding file: part of the piece layout, never on disk.
+    pub padding: bool,
+}
+
+/// Where each byte of a torrent lives: the piece size and the files in torrent order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    name: String,
+    multi_file: bool,
+    piece_length: u64,
+    total_length: u64,
+    piece_count: u32,
+    files: Vec<LayoutFile>,
+}
+
+impl Layout {
+    /// Builds a layout from `(path, length, padding)` in torrent order; offsets are computed.
+    /// Returns `None` for a zero piece length, no data, too many pieces or an overflowing length.
+    /// Use [`Layout::from_info`] for a parsed torrent; this one is for tests and tools.
+    pub fn new(
+        name: &str,
+        multi_file: bool,
+        piece_length: u64,
+        files: impl IntoIterator<Item = (Vec<String>, u64, bool)>,
+    ) -> Option<Layout> {
+        let mut total: u64 = 0;
+        let mut out = Vec::new();
+        for (path, length, padding) in files {
+            out.push(LayoutFile {
+                path,
+                length,
+                offset: total,
+                padding,
+            });
+            total = total
+                .checked_add(length)
+                .filter(|t| *t <= i64::MAX as u64)?;
+        }
+        if piece_length == 0 || total == 0 {
+            return None;
+        }
+        let piece_count = u32::try_from(total.div_ceil(piece_length)).ok()?;
+        Some(Layout {
+            name: name.to_string(),
+            multi_file,
+            piece_length,
+            total_length: total,
+            piece_count,
+            files: out,
+        })
+    }
+
+    /// The layout of a parsed torrent (already validated by the metainfo parser).
+    pub fn from_info(info: &Info) -> Layout {
+        Layout {
+            name: info.name.clone(),
+            multi_file: info.multi_file,
+            piece_length: info.piece_length,
+            total_length: info.total_length,
+            piece_count: info.piece_count(),
+            files: info
+                .files
+                .iter()
+                .map(|f| LayoutFile {
+                    path: f.path.clone(),
+                    length: f.length,
+                    offset: f.offset,
+                    padding: f.padding,
+                })
+                .collect(),
+        }
+    }
+
+    /// The torrent's name: the single file's name, or the top folder of a multi-file torrent.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True when the torrent is a folder of files.
+    pub fn multi_file(&self) -> bool {
+        self.multi_file
+    }
+
+    /// Bytes per piece (every piece but the last).
+    pub fn piece_length(&self) -> u64 {
+        self.piece_length
+    }
+
+    /// Bytes of data in the torrent, padding included.
+    pub fn total_length(&self) -> u64 {
+        self.total_length
+    }
+
+    /// Number of pieces.
+    pub fn piece_count(&self) -> u32 {
+        self.piece_count
+    }
+
+    /// Files in torrent order, padding included.
+    pub fn files(&self) -> &[LayoutFile] {
+        &self.files
+    }
+
+    /// Bytes in piece `piece`: the piece length, less for the last piece, 0 past the end.
+    pub fn piece_size(&self, piece: u32) -> u64 {
+        let start = u64::from(piece).saturating_mul(self.piece_length);
+        if piece >= self.piece_count {
+            return 0;
+        }
+        self.total_length
+            .saturating_sub(start)
+            .min(self.piece_length)
+    }
+
+    /// The pieces that hold at least one byte of file `index` (empty for a zero-length file):
+    /// what must be re-checked when that file changed behind our back.
+    pub fn pieces_of_file(&self, index: usize) -> Range<u32> {
+        match self.files.get(index) {
+            Some(f) if f.length > 0 => {
+                let first = f.offset / self.piece_length;
+                let end = (f.offset + f.length).div_ceil(self.piece_length);
+                // Both fit: end <= piece_count, a u32.
+                first as u32..end as u32
+            }
+            _ => 0..0,
+        }
+    }
+
+    /// Offset in the torrent's data of `length` bytes at `begin` in `piece`, when the block lies
+    /// inside the piece.
+    fn block_offset(&self, piece: u32, begin: u32, length: usize) -> Option<u64> {
+        let end = u64::from(begin).checked_add(length as u64)?;
+        (piece < self.piece_count && end <= self.piece_size(piece))
+            .then(|| u64::from(piece) * self.piece_length + u64::from(begin))
+    }
+
+    /// Calls `f(file index, offset in file, range of the buffer)` for each file piece of the
+    /// data range `start..start + len`, in order; zero-length files are skipped.
+    fn for_each_span<E>(
+        &self,
+        start: u64,
+        len: usize,
+        mut f: impl FnMut(usize, u64, Range<usize>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let end = start + len as u64;
+        let mut index = self
+            .files
+            .partition_point(|file| file.offset + file.length <= start);
+        let mut pos = start;
+        while pos < end {
+            let Some(file) = self.files.get(index) else {
+                break;
+            };
+            let file_end = file.offset + file.length;
+            if file_end > pos {
+                let n = file_end.min(end) - pos;
+                let at = (pos - start) as usize;
+                f(index, pos - file.offset, at..at + n as usize)?;
+                pos += n;
+            }
+            index += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Where a torrent's files are, and whether we may write them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// Download into this folder: files go to `DIR/<name>` (single file) or `DIR/<name>/...`.
+    Download(PathBuf),
+    /// Seed existing data, opened read-only. For a single-file torrent `PATH` is the file itself
+    /// (any name), or a folder holding `<name>`. For a multi-file torrent `PATH` is the folder
+    /// holding the `<name>` folder when `PATH/<name>` is a folder, else the torrent's folder
+    /// itself (so both `-s downloads` and `-s downloads/<name>` work).
+    Seed(PathBuf),
+}
+
+/// What a storage operation was doing when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Creating a folder or file.
+    Create,
+    /// Opening a file.
+    Open,
+    /// Reading.
+    Read,
+    /// Writing.
+    Write,
+    /// Setting a file's size.
+    Resize,
+    /// Flushing to the device.
+    Sync,
+    /// Looking at a file's size and time.
+    Stat,
+}
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Open => "open",
+            Action::Read => "read",
+            Action::Write => "write",
+            Action::Resize => "resize",
+            Action::Sync => "flush",
+            Action::Stat => "look at",
+        }
+    }
+}
+
+/// Why a storage operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The operating system refused an operation on a file.
+    Io {
+        /// What we were doing.
+        action: Action,
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        error: io::Error,
+    },
+    /// A file's path is not a plain relative path (`..`, `/`, an empty name): never joined.
+    UnsafePath(String),
+    /// Something that must be a regular file is a folder or a device.
+    NotAFile(PathBuf),
+    /// The storage was opened read-only (seeding) and a write was asked.
+    ReadOnly,
+    /// A block outside its piece, or a piece past the end.
+    OutOfRange {
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// Length of the block.
+        length: usize,
+    },
+}
+
+impl StorageError {
+    fn io(action: Action, path: &Path, error: io::Error) -> StorageError {
+        StorageError::Io {
+            action,
+            path: path.to_path_buf(),
+            error,
+        }
+    }
+
+    /// True when the device is full: the download should stop cleanly and stay resumable.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StorageError::Io { error, .. }
+            if matches!(error.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded))
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Io { path, .. } if self.is_disk_full() => write!(
+                f,
+                "disk full writing {}: free some space and start again to resume",
+                path.display()
+            ),
+            StorageError::Io {
+                action: Action::Read,
+                path,
+                error,
+            } if error.kind() == io::ErrorKind::UnexpectedEof => write!(
+                f,
+                "cannot read {}: the file is shorter than the torrent says",
+                path.display()
+            ),
+            StorageError::Io {
+                action,
+                path,
+                error,
+            } => write!(f, "cannot {} {}: {error}", action.verb(), path.display()),
+            StorageError::UnsafePath(p) => {
+                write!(f, "refusing the file path {p:?}: it would leave the folder")
+            }
+            StorageError::NotAFile(p) => write!(f, "{} is not a regular file", p.display()),
+            StorageError::ReadOnly => f.write_str("the data is open read-only (seeding)"),
+            StorageError::OutOfRange {
+                piece,
+                begin,
+                length,
+            } => write!(
+                f,
+                "block of {length} bytes at {begin} is outside piece {piece}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Io { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Open files, least recently used evicted first. An evicted file closes once the last thread
+/// using it lets go of its `Arc`.
+#[derive(Debug)]
+struct FileCache {
+    cap: usize,
+    open: HashMap<usize, (Arc<File>, u64)>,
+    by_use: BTreeMap<u64, usize>,
+    tick: u64,
+}
+
+impl FileCache {
+    fn get(&mut self, index: usize) -> Option<Arc<File>> {
+        self.tick += 1;
+        let (file, used) = self.open.get_mut(&index)?;
+        self.by_use.remove(used);
+        *used = self.tick;
+        self.by_use.insert(self.tick, index);
+        Some(file.clone())
+    }
+
+    fn insert(&mut self, index: usize, file: Arc<File>) {
+        while self.open.len() >= self.cap {
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                break;
+            };
+            self.open.remove(&oldest);
+        }
+        self.tick += 1;
+        self.by_use.insert(self.tick, index);
+        self.open.insert(index, (file, self.tick));
+    }
+}
+
+/// A torrent's files on disk; shared by the disk workers behind an `Arc`.
+#[derive(Debug)]
+pub struct Storage {
+    layout: Layout,
+    /// One path per file; padding files get an empty path that is never used.
+    paths: Vec<PathBuf>,
+    writable: bool,
+    cache: Mutex<FileCache>,
+    /// Files written since the last [`Storage::flush`].
+    dirty: Mutex<BTreeSet<usize>>,
+}
+
+/// Locks a mutex, carrying on after a panicking holder: the guarded data stays consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True for a single plain name: not empty, `.`, `..`, absolute, or holding a separator or NUL.
+fn is_plain_component(c: &str) -> bool {
+    let mut parts = Path::new(c).components();
+    matches!(parts.next(), Some(Component::Normal(n)) if n == c)
+        && parts.next().is_none()
+        && !c.contains(['/', '\0'])
+}
+
+fn join_checked(base: &Path, components: &[String]) -> Result<PathBuf, StorageError> {
+    if components.is_empty() || !components.iter().all(|c| is_plain_component(c)) {
+        return Err(StorageError::UnsafePath(components.join("/")));
+    }
+    let mut p = base.to_path_buf();
+    p.extend(components);
+    Ok(p)
+}
+
+impl Storage {
+    /// Computes every file's path under `location` without touching the disk (seeding looks at
+    /// `PATH` to decide how to read it). Fails on an unsafe path. Keeps at most `open_files`
+    /// files open (at least 1).
+    pub fn new(
+        layout: Layout,
+        location: Location,
+        open_files: usize,
+    ) -> Result<Storage, StorageError> {
+        let (base, skip_name, writable) = match &location {
+            Location::Download(dir) => (dir.clone(), false, true),
+            Location::Seed(path) if !layout.multi_file => {
+                if path.is_dir() {
+                    (path.clone(), false, false)
+                } else {
+                    // The file itself, whatever its name: its parent holds it under its own name.
+                    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                    let parent = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                    let mut layout_paths = Vec::new();
+                    for f in &layout.files {
+                        let mut comps = f.path.clone();
+                        if let (Some(first), Some(name)) = (comps.first_mut(), &file_name) {
+                            *first = name.clone();
+                        }
+                        layout_paths.push(comps);
+                    }
+                    return Storage::with_paths(layout, &parent, layout_paths, false, open_files);
+                }
+            }
+            Location::Seed(path) => (path.clone(), !path.join(&layout.name).is_dir(), false),
+        };
+        let comps: Vec<Vec<String>> = layout
+            .files
+            .iter()
+            .map(|f| {
+                let skip = usize::from(skip_name && f.path.len() > 1);
+                f.path.get(skip..).unwrap_or_default().to_vec()
+            })
+            .collect();
+        Storage::with_paths(layout, &base, comps, writable, open_files)
+    }
+
+    fn with_paths(
+        layout: Layout,
+        base: &Path,
+        comps: Vec<Vec<String>>,
+        writable: bool,
+        open_files: usize,
+    ) -> Result<Storage, StorageError> {
+        let mut paths = Vec::with_capacity(layout.files.len());
+        for (f, c) in layout.files.iter().zip(&comps) {
+            paths.push(if f.padding {
+                PathBuf::new()
+            } else {
+                join_checked(base, c)?
+            });
+        }
+        Ok(Storage {
+            layout,
+            paths,
+            writable,
+            cache: Mutex::new(FileCache {
+                cap: open_files.max(1),
+                open: HashMap::new(),
+                by_use: BTreeMap::new(),
+                tick: 0,
+            }),
+            dirty: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// The torrent's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Where file `index` lives on disk (`None` for padding files and past the end).
+    pub fn path(&self, index: usize) -> Option<&Path> {
+        let f = self.layout.files.get(index)?;
+        (!f.padding).then(|| self.paths[index].as_path())
+    }
+
+    /// True when writes are allowed (downloading, not seeding).
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Creates folders and every non-padding file at its final size as a sparse file; files that
+    /// already have the right size are left alone (a wrong size is corrected). Call once at
+    /// start, after the resume plan looked at the files. Does nothing when seeding.
+    pub fn allocate(&self) -> Result<(), StorageError> {
+        if !self.writable {
+            return Ok(());
+        }
+        let mut made: Option<&Path> = None;
+        for (f, path) in self.layout.files.iter().zip(&self.paths) {
+            if f.padding {
+                continue;
+            }
+            if let Some(parent) = path.parent()
+                && made != Some(parent)
+            {
+                fs::create_dir_all(parent)
+                    .map_err(|e| StorageError::io(Action::Create, parent, e))?;
+                made = Some(parent);
+            }
+            match fs::metadata(path) {
+                Ok(m) if !m.is_file() => return Err(StorageError::NotAFile(path.clone())),
+                Ok(m) if m.len() == f.length => continue,
+                _ => {}
+            }
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| StorageError::io(Action::Create, path, e))?;
+            file.set_len(f.length)
+                .map_err(|e| StorageError::io(Action::Resize, path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Files open right now (at most the cache's size).
+    pub fn open_files(&self) -> usize {
+        lock(&self.cache).open.len()
+    }
+
+    fn file(&self, index: usize) -> Result<Arc<File>, StorageError> {
+        let mut cache = lock(&self.cache);
+        if let Some(f) = cache.get(index) {
+            return Ok(f);
+        }
+        let path = &self.paths[index];
+        // Opened with create in case the file was deleted while we run: the write then succeeds
+        // and the hash check catches the missing bytes, instead of failing the whole download.
+        let file = if self.writable {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+        } else {
+            File::open(path)
+        }
+        .map_err(|e| StorageError::io(Action::Open, path, e))?;
+        let file = Arc::new(file);
+        cache.insert(index, file.clone());
+        Ok(file)
+    }
+
+    /// Reads `buf.len()` bytes at `begin` in `piece`. Padding reads as zeros.
+    pub fn read(&self, piece: u32, begin: u32, buf: &mut [u8]) -> Result<(), StorageError> {
+        let start =
+            self.layout
+                .block_offset(piece, begin, buf.len())
+                .ok_or(StorageError::OutOfRange {
+                    piece,
+                    begin,
+                    length: buf.len(),
+                })?;
+        self.read_at(start, buf)
+    }
+
+    fn read_at(&self, start: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.layout
+            .for_each_span(start, buf.len(), |index, at, range| {
+                let dst = &mut buf[range];
+                if self.layout.files[index].padding {
+                    dst.fill(0);
+                    return Ok(());
+                }
+                let path = &self.paths[index];
+                self.file(index)?
+                    .read_exact_at(dst, at)
+                    .map_err(|e| StorageError::io(Action::Read, path, e))
+            })
+    }
+
+    /// Writes `data` at `begin` in `piece`. Bytes that fall in padding files are dropped.
+    pub fn write(&self, piece: u32, begin: u32, data: &[u8]) -> Result<(), StorageError> {
+        if !self.writable {
+            return Err(StorageError::ReadOnly);
+        }
+        let start =
+            self.layout
+                .block_offset(piece, begin, data.len())
+                .ok_or(StorageError::OutOfRange {
+                    piece,
+                    begin,
+                    length: data.len(),
+                })?;
+        self.layout
+            .for_each_span(start, data.len(), |index, at, range| {
+                if self.layout.files[index].padding {
+                    return Ok(());
+                }
+                let path = &self.paths[index];
+                self.file(index)?
+                    .write_all_at(&data[range], at)
+                    .map_err(|e| StorageError::io(Action::Write, path, e))?;
+                lock(&self.dirty).insert(index);
+                Ok(())
+            })
+    }
+
+    /// Reads piece `piece` and returns its SHA-1, reading at most 1 MiB at a time.
+    pub fn hash_piece(&self, piece: u32) -> Result<[u8; 20], StorageError> {
+        let size = self.layout.piece_size(piece);
+        if size == 0 {
+            return Err(StorageError::OutOfRange {
+                piece,
+                begin: 0,
+                length: 0,
+            });
+        }
+        let start = u64::from(piece) * self.layout.piece_length;
+        let mut hasher = Sha1::new();
+        let mut buf = vec![0u8; HASH_CHUNK.min(size as usize)];
+        let mut done = 0u64;
+        while done < size {
+            let n = (size - done).min(buf.len() as u64) as usize;
+            self.read_at(start + done, &mut buf[..n])?;
+            hasher.update(&buf[..n]);
+            done += n as u64;
+        }
+        Ok(hasher.finalize().into())
+    }
+
+    /// Flushes every file written since the last call to the device (`fdatasync`), so pieces
+    /// written before this call survive a crash of the machine, not only of the process.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let dirty = std::mem::take(&mut *lock(&self.dirty));
+        for (n, &index) in dirty.iter().enumerate() {
+            let path = &self.paths[index];
+            let synced = self.file(index).and_then(|f| {
+                f.sync_data()
+                    .map_err(|e| StorageError::io(Action::Sync, path, e))
+            });
+            if let Err(e) = synced {
+                // Keep the files not flushed yet for the next try.
+                lock(&self.dirty).extend(dirty.iter().skip(n));
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

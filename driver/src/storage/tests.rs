@@ -1,0 +1,335 @@
+use std::os::unix::fs::MetadataExt;
+
+use super::*;
+use crate::testdir::TestDir;
+
+fn path(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+/// 29 bytes in pieces of 16: piece 0 spans a, b, the empty c, the padding and the start of d;
+/// piece 1 (13 bytes, the partial last piece) spans the rest of d and e.
+fn mixed_layout() -> Layout {
+    Layout::new(
+        "t",
+        true,
+        16,
+        [
+            (path(&["t", "a"]), 5, false),
+            (path(&["t", "sub", "b"]), 3, false),
+            (path(&["t", "sub", "empty"]), 0, false),
+            (path(&["t", ".pad", "4"]), 4, true),
+            (path(&["t", "d"]), 10, false),
+            (path(&["t", "deep", "er", "e"]), 7, false),
+        ],
+    )
+    .unwrap()
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
+}
+
+/// The torrent's bytes as a reader sees them: `written` with padding ranges zeroed.
+fn with_zero_padding(layout: &Layout, written: &[u8]) -> Vec<u8> {
+    let mut out = written.to_vec();
+    for f in layout.files().iter().filter(|f| f.padding) {
+        out[f.offset as usize..(f.offset + f.length) as usize].fill(0);
+    }
+    out
+}
+
+/// Writes `bytes` (the whole torrent) in blocks of `block` bytes.
+fn write_all(s: &Storage, bytes: &[u8], block: usize) {
+    let pl = s.layout().piece_length() as usize;
+    for (p, piece) in bytes.chunks(pl).enumerate() {
+        for (b, chunk) in piece.chunks(block).enumerate() {
+            s.write(p as u32, (b * block) as u32, chunk).unwrap();
+        }
+    }
+}
+
+fn read_all(s: &Storage) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in 0..s.layout().piece_count() {
+        let mut buf = vec![0; s.layout().piece_size(p) as usize];
+        s.read(p, 0, &mut buf).unwrap();
+        out.extend(buf);
+    }
+    out
+}
+
+#[test]
+fn layout_sizes_and_pieces_of_files() {
+    let l = mixed_layout();
+    assert_eq!((l.total_length(), l.piece_count()), (29, 2));
+    assert_eq!(
+        (l.piece_size(0), l.piece_size(1), l.piece_size(2)),
+        (16, 13, 0)
+    );
+    let ranges: Vec<_> = (0..6).map(|i| l.pieces_of_file(i)).collect();
+    assert_eq!(ranges, [0..1, 0..1, 0..0, 0..1, 0..2, 1..2]);
+    assert!(Layout::new("x", false, 0, [(path(&["x"]), 1, false)]).is_none());
+    assert!(Layout::new("x", false, 4, [(path(&["x"]), 0, false)]).is_none());
+}
+
+#[test]
+fn multi_file_round_trip_spans_files_and_skips_padding() {
+    let dir = TestDir::new("roundtrip");
+    let layout = mixed_layout();
+    let s = Storage::new(layout.clone(), Location::Download(dir.path().into()), 4).unwrap();
+    s.allocate().unwrap();
+    let bytes = data(29, 7);
+    // 3-byte blocks cross every file boundary at some point.
+    write_all(&s, &bytes, 3);
+    let expected = with_zero_padding(&layout, &bytes);
+    assert_eq!(read_all(&s), expected);
+
+    for (i, f) in layout.files().iter().enumerate() {
+        let on_disk = dir.path().join(f.path.join("/"));
+        if f.padding {
+            assert!(!on_disk.exists(), "padding file {on_disk:?} was created");
+            assert!(s.path(i).is_none());
+            continue;
+        }
+        let got = fs::read(&on_disk).unwrap();
+        assert_eq!(
+            got,
+            bytes[f.offset as usize..(f.offset + f.length) as usize]
+        );
+    }
+    assert!(!dir.path().join("t/.pad").exists());
+    assert_eq!(
+        fs::metadata(dir.path().join("t/sub/empty")).unwrap().len(),
+        0
+    );
+
+    // Reading a block in the middle of a piece that spans three files.
+    let mut mid = [0u8; 6];
+    s.read(0, 3, &mut mid).unwrap();
+    assert_eq!(mid, expected[3..9]);
+
+    let digest: [u8; 20] = Sha1::digest(&expected[16..29]).into();
+    assert_eq!(s.hash_piece(1).unwrap(), digest);
+}
+
+#[test]
+fn single_file_torrent_lives_at_dest_name() {
+    let dir = TestDir::new("single");
+    let layout = Layout::new("one.bin", false, 8, [(path(&["one.bin"]), 20, false)]).unwrap();
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 2).unwrap();
+    s.allocate().unwrap();
+    let bytes = data(20, 1);
+    write_all(&s, &bytes, 5);
+    assert_eq!(fs::read(dir.path().join("one.bin")).unwrap(), bytes);
+}
+
+#[test]
+fn blocks_outside_their_piece_are_refused() {
+    let dir = TestDir::new("range");
+    let s = Storage::new(mixed_layout(), Location::Download(dir.path().into()), 4).unwrap();
+    s.allocate().unwrap();
+    let mut buf = [0u8; 4];
+    for (piece, begin) in [(1, 10), (2, 0), (0, u32::MAX), (u32::MAX, 0)] {
+        assert!(matches!(
+            s.read(piece, begin, &mut buf),
+            Err(StorageError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            s.write(piece, begin, &buf),
+            Err(StorageError::OutOfRange { .. })
+        ));
+    }
+    assert!(s.hash_piece(2).is_err());
+    // Even an empty block must name a real piece.
+    assert!(s.read(2, 0, &mut []).is_err());
+    assert!(s.read(1, 13, &mut []).is_ok());
+}
+
+#[test]
+fn files_are_sparse_at_their_final_size() {
+    let dir = TestDir::new("sparse");
+    let size = 64 << 20;
+    let layout = Layout::new("big", false, 1 << 20, [(path(&["big"]), size, false)]).unwrap();
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 2).unwrap();
+    s.allocate().unwrap();
+    s.write(3, 0, &data(16 << 10, 3)).unwrap();
+    let m = fs::metadata(dir.path().join("big")).unwrap();
+    assert_eq!(m.len(), size);
+    assert!(
+        m.blocks() * 512 < size / 2,
+        "{} bytes allocated for a {size}-byte file",
+        m.blocks() * 512
+    );
+}
+
+#[test]
+fn ten_thousand_files_with_eight_open() {
+    let dir = TestDir::new("lru");
+    let files = (0..10_000u64).map(|i| {
+        (
+            path(&["many", &format!("d{}", i / 1000), &format!("f{i}")]),
+            1 + i % 3,
+            false,
+        )
+    });
+    let layout = Layout::new("many", true, 64, files).unwrap();
+    let total = layout.total_length() as usize;
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 8).unwrap();
+    s.allocate().unwrap();
+    let bytes = data(total, 9);
+    write_all(&s, &bytes, 64);
+    assert!(s.open_files() <= 8, "{} files open", s.open_files());
+    assert_eq!(read_all(&s), bytes);
+    assert!(s.open_files() <= 8, "{} files open", s.open_files());
+    assert_eq!(
+        fs::read(dir.path().join("many/d9/f9999")).unwrap(),
+        bytes[total - 1..]
+    );
+}
+
+#[test]
+fn paths_leaving_the_folder_are_refused() {
+    let dir = TestDir::new("escape");
+    for bad in [
+        &["t", "..", "x"][..],
+        &["t", "/etc/passwd"],
+        &["t", "a/b"],
+        &["t", ""],
+        &["t", "."],
+        &["t", "nul\0"],
+        &[".."],
+        &[],
+    ] {
+        let layout = Layout::new("t", true, 4, [(path(bad), 4, false)]).unwrap();
+        let r = Storage::new(layout, Location::Download(dir.path().into()), 4);
+        assert!(matches!(r, Err(StorageError::UnsafePath(_))), "{bad:?}");
+    }
+    // A padding file is never joined, so its name does not matter.
+    let layout = Layout::new(
+        "t",
+        true,
+        4,
+        [
+            (path(&["t", "ok"]), 2, false),
+            (path(&["..", ".."]), 2, true),
+        ],
+    )
+    .unwrap();
+    assert!(Storage::new(layout, Location::Download(dir.path().into()), 4).is_ok());
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn seeding_reads_existing_data_read_only() {
+    let dir = TestDir::new("seed");
+    let bytes = data(29, 5);
+    let layout = mixed_layout();
+    let d = Storage::new(layout.clone(), Location::Download(dir.path().into()), 4).unwrap();
+    d.allocate().unwrap();
+    write_all(&d, &bytes, 16);
+    let expected = with_zero_padding(&layout, &bytes);
+
+    // Both the folder holding `t` and `t` itself.
+    for seed_path in [dir.path().to_path_buf(), dir.path().join("t")] {
+        let s = Storage::new(layout.clone(), Location::Seed(seed_path.clone()), 4).unwrap();
+        assert!(!s.writable());
+        s.allocate().unwrap();
+        assert_eq!(read_all(&s), expected, "{seed_path:?}");
+        assert!(matches!(s.write(0, 0, &[1]), Err(StorageError::ReadOnly)));
+    }
+
+    // A single-file torrent seeds from a file of any name, or from the folder holding `<name>`.
+    let single = Layout::new("orig.bin", false, 8, [(path(&["orig.bin"]), 20, false)]).unwrap();
+    fs::write(dir.path().join("renamed.bin"), &bytes[..20]).unwrap();
+    fs::write(dir.path().join("orig.bin"), &bytes[..20]).unwrap();
+    for seed_path in [dir.path().join("renamed.bin"), dir.path().to_path_buf()] {
+        let s = Storage::new(single.clone(), Location::Seed(seed_path.clone()), 4).unwrap();
+        assert_eq!(read_all(&s), bytes[..20], "{seed_path:?}");
+    }
+    fs::remove_file(dir.path().join("orig.bin")).unwrap();
+    let s = Storage::new(single, Location::Seed(dir.path().into()), 4).unwrap();
+    let err = s.hash_piece(0).unwrap_err();
+    assert!(err.to_string().contains("orig.bin"), "{err}");
+}
+
+#[test]
+fn errors_name_the_file_and_the_os_reason() {
+    let dir = TestDir::new("errors");
+    let layout = mixed_layout();
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 4).unwrap();
+    s.allocate().unwrap();
+    let d = dir.path().join("t/d");
+    fs::remove_file(&d).unwrap();
+    fs::create_dir(&d).unwrap();
+    let err = s.write(1, 0, &[1, 2, 3]).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("cannot open ") && msg.contains("t/d"),
+        "{msg}"
+    );
+    assert!(!err.is_disk_full());
+    // allocate refuses a folder where a file belongs.
+    assert!(matches!(s.allocate(), Err(StorageError::NotAFile(_))));
+
+    // A file shorter than the torrent says (seeding a truncated copy).
+    fs::write(dir.path().join("t/a"), [1, 2]).unwrap();
+    let mut buf = [0u8; 5];
+    let msg = s.read(0, 0, &mut buf).unwrap_err().to_string();
+    assert!(msg.contains("shorter than the torrent says"), "{msg}");
+}
+
+#[test]
+fn a_full_device_is_reported_as_disk_full() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipping: no /dev/full");
+        return;
+    }
+    let dir = TestDir::new("full");
+    let layout = Layout::new("f", false, 8, [(path(&["f"]), 8, false)]).unwrap();
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 2).unwrap();
+    s.allocate().unwrap();
+    // Writes to /dev/full fail with ENOSPC, as a full disk does.
+    fs::remove_file(dir.path().join("f")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.path().join("f")).unwrap();
+    let err = s.write(0, 0, &[1; 8]).unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    assert!(err.to_string().starts_with("disk full writing "), "{err}");
+}
+
+#[test]
+fn layout_of_a_parsed_torrent_round_trips_its_data() {
+    use kp_torrent_core::metainfo::{Metainfo, TorrentSpec, hash_pieces};
+    let files: Vec<(Vec<String>, u64)> = vec![
+        (path(&["a.txt"]), 10),
+        (path(&["empty"]), 0),
+        (path(&["sub", "b.bin"]), 23),
+        (path(&["sub", "deeper", "c"]), 7),
+    ];
+    let bytes = data(40, 2);
+    let spec = TorrentSpec {
+        name: "multi".into(),
+        piece_length: 16,
+        files: files.clone(),
+        piece_hashes: hash_pieces(&bytes, 16),
+        ..Default::default()
+    };
+    let meta = Metainfo::from_bytes(&spec.to_bytes()).unwrap();
+    let layout = Layout::from_info(&meta.info);
+    assert_eq!(layout.piece_count(), meta.info.piece_count());
+    assert_eq!(layout.piece_size(2), meta.info.piece_size(2));
+    let dir = TestDir::new("frominfo");
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 2).unwrap();
+    s.allocate().unwrap();
+    write_all(&s, &bytes, 5);
+    for p in 0..3 {
+        assert_eq!(s.hash_piece(p).unwrap(), meta.info.pieces[p as usize]);
+    }
+    assert_eq!(
+        fs::read(dir.path().join("multi/sub/b.bin")).unwrap(),
+        bytes[10..33]
+    );
+    assert!(dir.path().join("multi/empty").is_file());
+}
