@@ -129,24 +129,24 @@ fn changed_digest_diverges_at_that_input() {
 
 const CHILD_ENV: &str = "KP_TRACE_REPLAY_FILE";
 
-/// Not a test on its own: the body of the child processes of
-/// `replay_is_the_same_in_separate_processes`, which run it with a trace file in the
-/// environment and read the report from its output.
-#[test]
-fn replay_child() {
-    let Ok(path) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let file = std::fs::File::open(&path).expect("trace file opens");
+/// In a child process (run with a trace file in [`CHILD_ENV`]): replays it and prints the report.
+fn replay_child(path: &str) {
+    let file = std::fs::File::open(path).expect("trace file opens");
     match replay_from(file) {
         Ok(r) => println!("REPORT-BEGIN\n{r}\nREPORT-END"),
         Err(e) => println!("REPORT-BEGIN\nerror: {e}\nREPORT-END"),
     }
 }
 
+/// Runs this test in a new process of this test binary, which replays `path` there.
 fn replay_in_child(path: &std::path::Path) -> String {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "replay_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "replay_is_the_same_in_separate_processes",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, path)
         .output()
         .expect("the test binary runs");
@@ -159,6 +159,9 @@ fn replay_in_child(path: &std::path::Path) -> String {
 
 #[test]
 fn replay_is_the_same_in_separate_processes() {
+    if let Ok(path) = std::env::var(CHILD_ENV) {
+        return replay_child(&path);
+    }
     let (_, leecher, content) = traces();
     let (_, at) = received_block(leecher, content);
     let mut bad = leecher.clone();
@@ -176,18 +179,20 @@ fn replay_is_the_same_in_separate_processes() {
 
 #[test]
 fn prop_arbitrary_bytes_never_panic_replay() {
-    fn prop(data: Vec<u8>, magic: bool) -> bool {
-        let mut bytes = if magic {
-            b"KPTR\x01\x00".to_vec()
-        } else {
-            Vec::new()
+    /// `start`: 0 nothing, 1 the magic and version, 2 a whole valid header, before the bytes.
+    fn prop(data: Vec<u8>, start: u8) -> bool {
+        let (trace, offsets) = &small_traces()[1];
+        let mut bytes = match start % 3 {
+            0 => Vec::new(),
+            1 => b"KPTR\x01\x00".to_vec(),
+            _ => trace[..offsets[1]].to_vec(),
         };
         bytes.extend_from_slice(&data);
         let _ = replay(&bytes);
         true
     }
     kp_torrent_tests::quickcheck("prop_arbitrary_bytes_never_panic_replay", 500)
-        .quickcheck(prop as fn(Vec<u8>, bool) -> bool);
+        .quickcheck(prop as fn(Vec<u8>, u8) -> bool);
 }
 
 /// Small traces to mutate (a seeder's and a leecher's; whole swarm traces would make each case
