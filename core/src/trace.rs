@@ -387,7 +387,8 @@ impl<W: Write> TraceWriter<W> {
 ///
 /// After each input it drains the session's actions and events at once (recording them) and
 /// hands them out from its own queues, so the trace's order is the session's order whatever the
-/// caller does in between.
+/// caller does in between. Getters go through [`Recorder::session`] (for example
+/// [`Session::next_handle`] before an [`Input::Incoming`]).
 #[derive(Debug)]
 pub struct Recorder<W: Write> {
     session: Session,
