@@ -89,6 +89,23 @@ fn received_block(trace: &[u8], content: &[u8]) -> (u64, usize) {
 }
 
 #[test]
+fn prop_random_swarms_replay_without_divergence() {
+    fn prop(seed: u64) -> bool {
+        let (_, seeder, leecher) = trace_sim::record_sim(sim::SimConfig::random(seed, 1 << 20));
+        for trace in [&seeder, &leecher] {
+            let r = replay(trace).expect("trace decodes");
+            assert!(
+                r.divergence.is_none() && r.finished,
+                "swarm seed {seed}: {r}"
+            );
+        }
+        true
+    }
+    kp_torrent_tests::quickcheck("prop_random_swarms_replay_without_divergence", 12)
+        .quickcheck(prop as fn(u64) -> bool);
+}
+
+#[test]
 fn changed_received_byte_diverges_at_that_input() {
     let (_, leecher, content) = traces();
     let (index, at) = received_block(leecher, content);

@@ -75,7 +75,7 @@ pub fn finish(writer: SharedWriter) -> Vec<u8> {
 }
 
 /// Runs a swarm of one seeder and `leechers` leechers over `total` bytes and returns the traces
-/// of the seeder (node 0) and of the first leecher (node 1), with the simulation.
+/// of the seeder and of the first leecher, with the simulation.
 pub fn record_swarm(
     seed: u64,
     leechers: usize,
@@ -86,12 +86,20 @@ pub fn record_swarm(
     config.leechers = leechers;
     config.piece_length = piece_length;
     config.file_lengths = vec![total];
+    record_sim(config)
+}
+
+/// Runs the swarm `config` describes and returns the traces of the first seeder and of the first
+/// leecher, with the simulation.
+pub fn record_sim(config: SimConfig) -> (Sim, Vec<u8>, Vec<u8>) {
+    let seed = config.seed;
+    let first_leecher = config.seeders + config.hostile;
     let mut sim = Sim::new(config);
-    let writers = record_nodes(&mut sim, &[0, 1], seed ^ 0x7ace);
+    let writers = record_nodes(&mut sim, &[0, first_leecher], seed ^ 0x7ace);
     let outcome = sim.run();
     assert!(
         outcome.all_complete && outcome.corrupt.is_empty(),
-        "{outcome:?}"
+        "seed {seed}: {outcome:?}"
     );
     sim.on_input = None;
     sim.on_action = None;
