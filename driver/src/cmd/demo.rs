@@ -191,6 +191,7 @@ fn base_options(metainfo: Metainfo, location: Location) -> Options {
         seed_ratio: None,
         seed_time: None,
         timeout: Some(Duration::from_secs(600)),
+        record: None,
         tracker_ca: None,
         rng_seed: 0x6b70,
         quiet: false,

@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 pub mod create;
 pub mod demo;
 pub mod info;
+pub mod replay;
 pub mod transfer;
 
 /// `kp-torrent`'s command line.
@@ -46,6 +47,8 @@ pub enum Command {
     Download(transfer::DownloadArgs),
     /// Seed existing data (shortcut: `kp-torrent FILE.torrent -s PATH`).
     Seed(transfer::SeedArgs),
+    /// Replay a trace recorded with --record; exit 1 at the first divergence.
+    Replay(replay::Args),
     /// Make sample content, seed it and download it over 127.0.0.1 with two clients in this process.
     Demo(demo::Args),
 }
@@ -59,6 +62,7 @@ impl Command {
             Command::Download(args) => transfer::download(&args),
             Command::Seed(args) => transfer::seed(&args),
             Command::Demo(args) => demo::run(&args),
+            Command::Replay(args) => replay::run(&args),
         }
     }
 }
