@@ -128,6 +128,10 @@ pub enum Role {
 pub struct Node {
     /// Its session.
     pub session: Session,
+    /// The configuration its session was built with (a recorder stores it with the torrent).
+    pub session_config: SessionConfig,
+    /// The pieces it started with.
+    pub initial_have: Bitfield,
     /// Its role.
     pub role: Role,
     /// Its listening address.
@@ -282,7 +286,12 @@ impl Sim {
                 listen_port: 6881,
                 ..SessionConfig::default()
             };
-            let session = Session::new(session_config, torrent.clone(), have, Time::ZERO);
+            let session = Session::new(
+                session_config.clone(),
+                torrent.clone(),
+                have.clone(),
+                Time::ZERO,
+            );
             let addr = SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1)),
                 6881,
@@ -290,6 +299,8 @@ impl Sim {
             let (lo, hi) = config.upload_bps;
             nodes.push(Node {
                 session,
+                session_config,
+                initial_have: have,
                 role,
                 addr,
                 storage: if complete {
@@ -331,10 +342,6 @@ impl Sim {
             }
             sim.schedule(at, Ev::Start { node });
         }
-        // The sessions' `started` announces.
-        for node in 0..sim.nodes.len() {
-            sim.drain(node);
-        }
         sim
     }
 
@@ -354,6 +361,11 @@ impl Sim {
     /// Runs until every leecher is complete, nothing is left to do, or the time limit.
     pub fn run(&mut self) -> Outcome {
         let limit = Time::ZERO + self.config.time_limit;
+        // What the sessions queued at construction (their `started` announces), after the hooks
+        // were set.
+        for node in 0..self.nodes.len() {
+            self.drain(node);
+        }
         while self.unfinished() > 0 {
             let next_timer = self
                 .nodes
