@@ -97,9 +97,13 @@ pub struct Session {
     events: VecDeque<Event>,
     candidates: BTreeMap<SocketAddr, Candidate>,
     next_seq: u64,
+    /// Peers that sent corrupt data: refused after their handshake.
     banned_ids: BTreeSet<[u8; 20]>,
+    /// Addresses never dialed again: banned peers' listening addresses, and our own.
     banned_addrs: BTreeSet<SocketAddr>,
     strikes: BTreeMap<[u8; 20], u32>,
+    /// The address each peer id last connected from, for ban reports after it left.
+    known_ids: BTreeMap<[u8; 20], SocketAddr>,
     pieces: BTreeMap<u32, PieceProgress>,
     /// The block sources of each piece's last failed attempt, kept until the piece passes.
     failed_attempts: BTreeMap<u32, Vec<BlockSource>>,
@@ -175,6 +179,7 @@ impl Session {
             banned_ids: BTreeSet::new(),
             banned_addrs: BTreeSet::new(),
             strikes: BTreeMap::new(),
+            known_ids: BTreeMap::new(),
             pieces: BTreeMap::new(),
             failed_attempts: BTreeMap::new(),
             retry_owner: BTreeMap::new(),
@@ -896,6 +901,11 @@ impl Session {
 
     fn on_handshaked(&mut self, now: Time, h: PeerHandle, peer_id: PeerId) {
         if self.banned_ids.contains(&peer_id.0) {
+            if let Some(slot) = self.peers.get(h.0).filter(|s| s.outgoing) {
+                let addr = slot.addr;
+                self.banned_addrs.insert(addr);
+                self.candidates.remove(&addr);
+            }
             self.remove_peer(h, "banned peer".into(), true);
             return;
         }
@@ -916,6 +926,7 @@ impl Session {
         if let Some(p) = slot.peer.as_mut() {
             p.send_piece_set(now, &self.have);
         }
+        self.known_ids.insert(peer_id.0, addr);
         self.events.push_back(Event::PeerConnected {
             peer: h,
             addr,
