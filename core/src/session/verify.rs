@@ -7,7 +7,6 @@ use core::net::SocketAddr;
 
 use super::{Action, AnnounceEvent, Event, PeerHandle, Session};
 use crate::id::PeerId;
-use crate::peer::Peer;
 use crate::time::Time;
 
 /// A block received for a piece not yet verified: who sent it and a fingerprint of its bytes.
