@@ -50,7 +50,7 @@ fn download(torrent: &Torrent, data: &[u8]) -> u64 {
     let mut blocks = 0;
     let mut reply = Vec::new();
     while !s.is_complete() {
-        now = now + std::time::Duration::from_micros(100);
+        now += std::time::Duration::from_micros(100);
         reply.clear();
         while let Some(a) = s.poll_action() {
             match a {
