@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod real;
+
 /// True when tests must fail instead of skipping for a missing tool (set by `.ci/run`).
 pub fn tools_required() -> bool {
     std::env::var_os("KP_REQUIRE_TOOLS").is_some_and(|v| v == "1")

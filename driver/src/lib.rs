@@ -4,6 +4,7 @@
 //! SHA-1 on a small worker pool so the event loop never blocks on the disk, and [`resume`] keeps
 //! the verified-piece bitfield across restarts.
 
+pub mod client;
 pub mod cmd;
 pub mod conn;
 pub mod disk;

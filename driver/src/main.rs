@@ -4,15 +4,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kp_torrent::cmd::Cli;
+use kp_torrent::cmd::transfer::expand_shortcut;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
     // clap prints usage errors itself and exits with status 2 (0 for --help and --version).
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(expand_shortcut(std::env::args_os().collect()));
     match cli.command.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("kp-torrent: {e}");
             ExitCode::FAILURE

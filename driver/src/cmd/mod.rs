@@ -5,18 +5,20 @@
 //! `kp-torrent: <subject>: <what is wrong>`, before exiting with status 1. Usage errors found by
 //! clap itself exit with status 2.
 //!
-//! To add a command, add a module here and a variant to [`Command`]. The planned shortcuts
-//! (`kp-torrent FILE.torrent -d DIR` for `download`) fit as top-level arguments of [`Cli`] with
-//! `#[command(args_conflicts_with_subcommands = true)]` and an optional subcommand.
+//! To add a command, add a module here and a variant to [`Command`]. The historic shortcuts
+//! (`kp-torrent FILE.torrent -d DIR`, `kp-torrent FILE.torrent -s PATH`) are rewritten into
+//! `download` / `seed` before parsing ([`transfer::expand_shortcut`]).
 
 use std::fmt;
 use std::io::{self, Write};
 use std::path::Path;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 pub mod create;
 pub mod info;
+pub mod transfer;
 
 /// `kp-torrent`'s command line.
 #[derive(Debug, Parser)]
@@ -39,14 +41,20 @@ pub enum Command {
     Info(info::Args),
     /// Make a .torrent file from a file or a folder.
     Create(create::Args),
+    /// Download a torrent into a folder (shortcut: `kp-torrent FILE.torrent -d DIR`).
+    Download(transfer::DownloadArgs),
+    /// Seed existing data (shortcut: `kp-torrent FILE.torrent -s PATH`).
+    Seed(transfer::SeedArgs),
 }
 
 impl Command {
-    /// Runs the command to completion.
-    pub fn run(self) -> Result<(), CliError> {
+    /// Runs the command to completion; the exit code on success (130 for an interrupted download).
+    pub fn run(self) -> Result<ExitCode, CliError> {
         match self {
-            Command::Info(args) => info::run(&args),
-            Command::Create(args) => create::run(&args),
+            Command::Info(args) => info::run(&args).map(|()| ExitCode::SUCCESS),
+            Command::Create(args) => create::run(&args).map(|()| ExitCode::SUCCESS),
+            Command::Download(args) => transfer::download(&args),
+            Command::Seed(args) => transfer::seed(&args),
         }
     }
 }

@@ -1,0 +1,260 @@
+//! libtorrent-rasterbar 2.0.8 through its Python bindings: one peer seeding or downloading one
+//! torrent on 127.0.0.1.
+//!
+//! The peer is `libtorrent_peer.py` (embedded here, written to the harness's temp folder) run with
+//! Debian's `/usr/bin/python3`, the only Python that has the module. It prints one fact per line,
+//! each prefixed with seconds since its start: `port N`, `progress HAVE TOTAL STATE PEERS`,
+//! `alert KIND: TEXT`, `done` (all pieces verified), `error TEXT`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{RealProcess, Torrent, wait_for, work_dir};
+use crate::{TempDir, require_python_libtorrent};
+
+const SCRIPT: &str = include_str!("libtorrent_peer.py");
+
+/// How long a seeder gets to check its data and start seeding, and a peer to report its port.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a finished leecher gets to exit (it sends a `stopped` announce first).
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which connections libtorrent accepts and makes (its default is to try MSE first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Encryption {
+    /// Plaintext only (`pe_disabled`).
+    Plaintext,
+    /// Either; libtorrent offers MSE but accepts plaintext (`pe_enabled`).
+    #[default]
+    Enabled,
+    /// MSE only (`pe_forced`): a plaintext peer is refused.
+    Forced,
+}
+
+/// Settings of one libtorrent peer beyond the always-on local-only ones.
+#[derive(Clone, Debug, Default)]
+pub struct LibtorrentOptions {
+    /// Peers to dial directly (repeated every 2 s while fewer are connected), for trackerless tests
+    /// and for reaching a peer the tracker does not know.
+    pub peers: Vec<SocketAddr>,
+    /// Replaces the torrent's trackers when not empty.
+    pub trackers: Vec<String>,
+    /// Connection encryption policy.
+    pub encryption: Encryption,
+    /// Upload limit in bytes per second; 0 is unlimited. Useful to keep a transfer running long
+    /// enough to interrupt it. (libtorrent exempts local peers from limits by default; the script
+    /// moves 127.0.0.1 into the limited class.)
+    pub upload_limit: u64,
+    /// Listen port; `None` lets the system choose one, which cannot collide.
+    pub port: Option<u16>,
+}
+
+/// A running libtorrent peer (see the module doc).
+pub struct Libtorrent {
+    process: RealProcess,
+    port: u16,
+    leecher: bool,
+    _dir: TempDir,
+}
+
+impl Libtorrent {
+    /// Seeds `torrent` from `data_dir` (the folder holding the file or folder named by the torrent)
+    /// and returns once libtorrent has checked the data and is seeding; `None` (skip) when
+    /// python3-libtorrent is missing outside CI.
+    ///
+    /// # Panics
+    /// When the data does not check out or the peer does not start within 20 s.
+    pub fn seed(
+        torrent: &Torrent,
+        data_dir: &Path,
+        opts: &LibtorrentOptions,
+    ) -> Option<Libtorrent> {
+        let mut peer = Libtorrent::start(torrent, data_dir, opts, false)?;
+        peer.wait_line(
+            START_TIMEOUT,
+            "done",
+            "did not finish checking and start seeding",
+        );
+        Some(peer)
+    }
+
+    /// Downloads `torrent` into `dest` and exits once every piece is verified (see
+    /// [`Libtorrent::wait_done`]); returns once it listens. `None` (skip) when python3-libtorrent is
+    /// missing outside CI.
+    pub fn download(
+        torrent: &Torrent,
+        dest: &Path,
+        opts: &LibtorrentOptions,
+    ) -> Option<Libtorrent> {
+        Libtorrent::start(torrent, dest, opts, true)
+    }
+
+    fn start(
+        torrent: &Torrent,
+        save: &Path,
+        opts: &LibtorrentOptions,
+        leecher: bool,
+    ) -> Option<Libtorrent> {
+        if !require_python_libtorrent() {
+            return None;
+        }
+        let dir = work_dir("libtorrent");
+        let script = dir.path().join("libtorrent_peer.py");
+        std::fs::write(&script, SCRIPT).expect("write libtorrent script");
+        let abs = |p: &Path| -> PathBuf {
+            std::path::absolute(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        let mut args = vec![
+            script.to_string_lossy().into_owned(),
+            "--torrent".into(),
+            abs(&torrent.path).to_string_lossy().into_owned(),
+            "--save".into(),
+            abs(save).to_string_lossy().into_owned(),
+            "--port".into(),
+            opts.port.unwrap_or(0).to_string(),
+            "--encryption".into(),
+            match opts.encryption {
+                Encryption::Plaintext => "plaintext",
+                Encryption::Enabled => "enabled",
+                Encryption::Forced => "forced",
+            }
+            .into(),
+            "--upload-limit".into(),
+            opts.upload_limit.to_string(),
+        ];
+        for p in &opts.peers {
+            args.extend(["--peer".into(), p.to_string()]);
+        }
+        for t in &opts.trackers {
+            args.extend(["--tracker".into(), t.clone()]);
+        }
+        if leecher {
+            args.push("--exit-when-done".into());
+        } else {
+            // A seeder whose data fails the check would otherwise quietly start downloading.
+            args.push("--expect-complete".into());
+        }
+        let name = if leecher {
+            "libtorrent-leecher"
+        } else {
+            "libtorrent-seeder"
+        };
+        let process = RealProcess::spawn(name, Path::new("/usr/bin/python3"), &args, dir.path());
+        let mut peer = Libtorrent {
+            process,
+            port: 0,
+            leecher,
+            _dir: dir,
+        };
+        let port = peer.wait_line(START_TIMEOUT, "port", "did not report its listen port");
+        peer.port = port
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| peer.process.fail(&format!("bad port line {port:?}")));
+        Some(peer)
+    }
+
+    /// The TCP port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its address, for another peer to dial.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The running process (log, pid).
+    pub fn process(&self) -> &RealProcess {
+        &self.process
+    }
+
+    /// The latest `(pieces_have, pieces_total)` it reported.
+    pub fn progress(&self) -> Option<(u32, u32)> {
+        let log = self.process.log();
+        let rest = facts(&log).filter(|(k, _)| *k == "progress").last()?.1;
+        let mut it = rest.split_whitespace().map(str::parse::<u32>);
+        Some((it.next()?.ok()?, it.next()?.ok()?))
+    }
+
+    /// Waits until the latest reported `(pieces_have, pieces_total)` satisfies `pred` (for example
+    /// "some but not all", to interrupt a download midway) and returns it.
+    ///
+    /// # Panics
+    /// After `timeout`, or when the process ends first, with the peer's log.
+    pub fn wait_progress(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(u32, u32) -> bool,
+    ) -> (u32, u32) {
+        let found = wait_for(timeout, || {
+            if let Some((have, total)) = self.progress().filter(|&(h, t)| pred(h, t)) {
+                return Some(Some((have, total)));
+            }
+            self.process.exit_status().map(|_| None)
+        });
+        match found {
+            Some(Some(p)) => p,
+            Some(None) => self
+                .process
+                .fail(&format!("exited before progress \"{what}\"")),
+            None => self.process.fail(&format!(
+                "progress never reached \"{what}\" within {timeout:?}; last {:?}",
+                self.progress()
+            )),
+        }
+    }
+
+    /// Kills the peer at once (SIGKILL, like `kill -9`) and reaps it; what it wrote stays on disk.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Waits until every piece is verified; a leecher must also have exited successfully.
+    ///
+    /// # Panics
+    /// After `timeout` (or if the leecher exits with an error), with the peer's log.
+    pub fn wait_done(&mut self, timeout: Duration) {
+        self.wait_line(timeout, "done", "did not complete the download");
+        if self.leecher {
+            let status = wait_for(EXIT_TIMEOUT, || self.process.exit_status())
+                .unwrap_or_else(|| self.process.fail("did not exit after completing"));
+            if !status.success() {
+                self.process.fail(&format!("exited with {status}"));
+            }
+        }
+    }
+
+    /// Waits for the first fact line `keyword ...` and returns the rest of it; fails early when the
+    /// process ends without printing it.
+    fn wait_line(&mut self, timeout: Duration, keyword: &str, what: &str) -> String {
+        let found = wait_for(timeout, || {
+            let log = self.process.log();
+            if let Some((_, rest)) = facts(&log).find(|(k, _)| *k == keyword) {
+                return Some(Ok(rest.to_string()));
+            }
+            if let Some((_, rest)) = facts(&log).find(|(k, _)| *k == "error") {
+                return Some(Err(format!("reported an error: {rest}")));
+            }
+            self.process
+                .exit_status()
+                .map(|s| Err(format!("exited ({s}) before \"{keyword}\"")))
+        });
+        match found {
+            Some(Ok(rest)) => rest,
+            Some(Err(e)) => self.process.fail(&e),
+            None => self.process.fail(&format!("{what} within {timeout:?}")),
+        }
+    }
+}
+
+/// The `(keyword, rest)` of each fact line `SECONDS KEYWORD REST`.
+fn facts(log: &str) -> impl Iterator<Item = (&str, &str)> {
+    log.lines().filter_map(|line| {
+        let (_secs, rest) = line.split_once(' ')?;
+        Some(rest.split_once(' ').unwrap_or((rest, "")))
+    })
+}

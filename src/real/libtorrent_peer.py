@@ -1,0 +1,144 @@
+# One libtorrent peer for kp-torrent's tests: seeds or downloads a single torrent on 127.0.0.1.
+# Written to a temp dir and run with Debian's /usr/bin/python3 by src/real/libtorrent.rs.
+# Output lines (stdout, flushed), each "SECONDS_SINCE_START KEYWORD ...": "infohash HEX",
+# "port N", "progress HAVE TOTAL STATE PEERS", "alert KIND: TEXT", "done" (every piece verified),
+# "error TEXT" (then exit status 2 or 3).
+import argparse
+import sys
+import time
+
+import libtorrent as lt
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--torrent", required=True)
+ap.add_argument("--save", required=True)
+ap.add_argument("--port", type=int, default=0)
+ap.add_argument("--peer", action="append", default=[])
+ap.add_argument("--tracker", action="append", default=[])
+ap.add_argument("--exit-when-done", action="store_true")
+ap.add_argument("--expect-complete", action="store_true")
+ap.add_argument("--encryption", choices=["plaintext", "enabled", "forced"], default="enabled")
+ap.add_argument("--upload-limit", type=int, default=0)
+args = ap.parse_args()
+
+enc = {
+    "plaintext": lt.enc_policy.pe_disabled,
+    "enabled": lt.enc_policy.pe_enabled,
+    "forced": lt.enc_policy.pe_forced,
+}[args.encryption]
+
+settings = {
+    "listen_interfaces": "127.0.0.1:%d" % args.port,
+    "outgoing_interfaces": "127.0.0.1",
+    "enable_dht": False,
+    "enable_lsd": False,
+    "enable_upnp": False,
+    "enable_natpmp": False,
+    # Every peer in a test shares 127.0.0.1; without this libtorrent drops all but one of them.
+    "allow_multiple_connections_per_ip": True,
+    # A peer dialled before it listens is otherwise retried only after a minute.
+    "min_reconnect_time": 1,
+    # libtorrent dials uTP first and falls back to TCP only after a ~3.5 s timeout; the other
+    # clients here run TCP only (Transmission with utp-enabled false, kp-torrent, aria2).
+    "enable_outgoing_utp": False,
+    "enable_incoming_utp": False,
+    # A finished leecher exits only after its "stopped" announce (default wait 5 s).
+    "stop_tracker_timeout": 1,
+    "out_enc_policy": enc,
+    "in_enc_policy": enc,
+    "alert_mask": lt.alert.category_t.error_notification
+    | lt.alert.category_t.status_notification
+    | lt.alert.category_t.tracker_notification
+    | lt.alert.category_t.peer_notification,
+    "upload_rate_limit": args.upload_limit,
+}
+# Settings at construction (not applied afterwards), or DHT and UPnP start for a moment; flags 0
+# leaves out the default plugins, so there is no PEX (ut_pex) either.
+ses = lt.session(settings, 0)
+if args.upload_limit:
+    # Rate limits skip the local peer class, which holds 127.0.0.0/8: put every address in the
+    # global class only, so the limit applies on loopback too.
+    everyone = lt.ip_filter()
+    everyone.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+    ses.set_peer_class_filter(everyone)
+
+ti = lt.torrent_info(args.torrent)
+atp = lt.add_torrent_params()
+atp.ti = ti
+atp.save_path = args.save
+h = ses.add_torrent(atp)
+if args.tracker:
+    # Before the first announce, which waits for the file check.
+    h.replace_trackers([{"url": u, "tier": 0} for u in args.tracker])
+
+
+START = time.monotonic()
+
+
+def out(line):
+    sys.stdout.write("%.3f %s\n" % (time.monotonic() - START, line))
+    sys.stdout.flush()
+
+
+out("infohash %s" % str(ti.info_hashes().v1))
+
+
+def parse_peer(s):
+    host, port = s.rsplit(":", 1)
+    return (host, int(port))
+
+
+peers = [parse_peer(p) for p in args.peer]
+last_line = None
+last_dial = 0.0
+last_beat = 0.0
+done_printed = False
+port_printed = False
+own_port = 0
+while True:
+    for a in ses.pop_alerts():
+        if isinstance(a, lt.listen_succeeded_alert):
+            if a.socket_type == lt.socket_type_t.tcp and not port_printed:
+                out("port %d" % a.port)
+                own_port = a.port
+                port_printed = True
+        elif isinstance(a, lt.listen_failed_alert):
+            out("error listen: %s" % a.message())
+            sys.exit(2)
+        elif isinstance(a, lt.torrent_checked_alert) and args.expect_complete:
+            st = h.status()
+            if not st.is_seeding:
+                out("error data check found %d of %d pieces" % (st.num_pieces, ti.num_pieces()))
+                sys.exit(3)
+            out("alert %s: %s" % (a.what(), a.message()))
+        else:
+            msg = a.message()
+            # opentracker lists the announcing peer too, and libtorrent dials it every
+            # min_reconnect_time, finds itself and hangs up: keep that out of the log (a real
+            # incoming peer still shows in its peer_disconnected line).
+            if (
+                "connected to ourselves" in msg
+                or (own_port and ":%d " % own_port in msg)
+                or isinstance(a, lt.incoming_connection_alert)
+            ):
+                continue
+            out("alert %s: %s" % (a.what(), msg))
+    s = h.status()
+    now = time.monotonic()
+    if peers and now - last_dial > 2.0 and s.num_peers < len(peers):
+        # connect_peer is a hint that libtorrent may drop after one refusal: repeat it.
+        for p in peers:
+            h.connect_peer(p)
+        last_dial = now
+    state = str(s.state).split(".")[-1]
+    line = "progress %d %d %s %d" % (s.num_pieces, ti.num_pieces(), state, s.num_peers)
+    if line != last_line or now - last_beat > 1.0:
+        out(line)
+        last_line = line
+        last_beat = now
+    if s.is_seeding and not done_printed:
+        out("done")
+        done_printed = True
+        if args.exit_when_done:
+            break
+    time.sleep(0.1)

@@ -1,0 +1,188 @@
+//! Transmission 3.00 (`transmission-cli`) seeding or downloading one torrent on 127.0.0.1.
+//!
+//! Transmission never dials a peer whose address is 127.x ("martian"), but accepts incoming
+//! connections: whatever it exchanges data with here must dial it, typically after reading its
+//! address from the tracker. Start it first and wait until the tracker lists it
+//! (`Opentracker::wait_for_swarm`) before starting the peer that dials it.
+//!
+//! `transmission-cli` was chosen over `transmission-daemon` + `transmission-remote`: it needs no RPC
+//! port, its status lines and a `-f` completion script are enough, and it was reliable here.
+//!
+//! Its timers set the pace, not the link: it decides which peers it is interested in (as leecher)
+//! and which it unchokes (as seeder) every 10 s, so a transfer with it starts up to ~10 s after
+//! the connection. Budget ~15 s for a few MiB.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{RealProcess, Torrent, free_port, wait_for, work_dir};
+use crate::{TempDir, require_tool};
+
+/// How long Transmission gets to bind its port, and a seeder to verify its data.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `transmission-cli` with a fresh config folder.
+pub struct Transmission {
+    process: RealProcess,
+    port: u16,
+    done_flag: PathBuf,
+    _dir: TempDir,
+}
+
+impl Transmission {
+    /// Verifies `torrent`'s data in `data_dir` and seeds it until killed; returns once it has found
+    /// every piece. It announces to the torrent's own trackers ([`Torrent::with_announce`]).
+    /// `None` (skip) when transmission-cli is missing outside CI.
+    pub fn seed(torrent: &Torrent, data_dir: &Path) -> Option<Transmission> {
+        let mut t = Transmission::start("transmission-seeder", torrent, data_dir)?;
+        // The -f script also runs when verification finds a complete torrent. (Its "Seeding"
+        // status line is no use: stdout to a file is block-buffered and shows up ~10 s late.)
+        t.wait_flag(START_TIMEOUT, "did not verify its data and start seeding");
+        Some(t)
+    }
+
+    /// Downloads `torrent` into `dest` (and keeps seeding until killed); see
+    /// [`Transmission::wait_done`]. `None` (skip) when transmission-cli is missing outside CI.
+    pub fn download(torrent: &Torrent, dest: &Path) -> Option<Transmission> {
+        Transmission::start("transmission-leecher", torrent, dest)
+    }
+
+    fn start(name: &str, torrent: &Torrent, data_dir: &Path) -> Option<Transmission> {
+        let program = require_tool("transmission-cli")?;
+        let data_dir = std::path::absolute(data_dir).expect("absolute data dir");
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
+        let torrent_path = std::path::absolute(&torrent.path).expect("absolute torrent path");
+        for _attempt in 0..3 {
+            let dir = work_dir(name);
+            let config = dir.path().join("config");
+            std::fs::create_dir_all(&config).expect("create config dir");
+            let port = free_port();
+            std::fs::write(config.join("settings.json"), settings(port)).expect("write settings");
+            let done_flag = dir.path().join("done");
+            let script = dir.path().join("on-done.sh");
+            // -f runs this when the torrent completes (all pieces verified).
+            std::fs::write(
+                &script,
+                format!("#!/bin/sh\n: > '{}'\n", done_flag.display()),
+            )
+            .expect("write completion script");
+            set_executable(&script);
+            let args: Vec<String> = vec![
+                "-g".into(),
+                config.to_string_lossy().into_owned(),
+                "-w".into(),
+                data_dir.to_string_lossy().into_owned(),
+                "-p".into(),
+                port.to_string(),
+                // No port mapping; encryption tolerated = prefer plaintext (as "encryption": 0).
+                "-M".into(),
+                "-et".into(),
+                "-f".into(),
+                script.to_string_lossy().into_owned(),
+                torrent_path.to_string_lossy().into_owned(),
+            ];
+            let mut process = RealProcess::spawn(name, &program, &args, dir.path());
+            // It keeps running when the bind fails, so look for the log line (message-level 3).
+            let bound = format!("to port {port} on 127.0.0.1");
+            let up = wait_for(START_TIMEOUT, || {
+                let log = process.log();
+                if log.contains(&bound) {
+                    Some(true)
+                } else if log.contains("Couldn't bind") || process.exit_status().is_some() {
+                    Some(false)
+                } else {
+                    None
+                }
+            });
+            match up {
+                Some(true) => {
+                    return Some(Transmission {
+                        process,
+                        port,
+                        done_flag,
+                        _dir: dir,
+                    });
+                }
+                Some(false) => continue,
+                None => process.fail(&format!("no \"{bound}\" within {START_TIMEOUT:?}")),
+            }
+        }
+        panic!("transmission-cli could not bind a port in 3 tries");
+    }
+
+    /// The TCP port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its address, for another peer to dial.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Kills it at once (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// The running process (log, pid).
+    pub fn process(&self) -> &RealProcess {
+        &self.process
+    }
+
+    /// Waits until the download is complete (its `-f` script ran).
+    ///
+    /// # Panics
+    /// After `timeout` or when it exits, with its log.
+    pub fn wait_done(&mut self, timeout: Duration) {
+        self.wait_flag(timeout, "did not complete the download");
+    }
+
+    fn wait_flag(&mut self, timeout: Duration, what: &str) {
+        let flag = self.done_flag.clone();
+        let done = wait_for(timeout, || {
+            if flag.exists() {
+                return Some(true);
+            }
+            self.process.exit_status().map(|_| false)
+        });
+        match done {
+            Some(true) => {}
+            Some(false) => self.process.fail("exited before completing"),
+            None => self.process.fail(&format!("{what} within {timeout:?}")),
+        }
+    }
+}
+
+/// A `settings.json` that keeps Transmission on 127.0.0.1 and away from every peer source but the
+/// tracker.
+fn settings(port: u16) -> String {
+    format!(
+        r#"{{
+    "dht-enabled": false,
+    "lpd-enabled": false,
+    "pex-enabled": false,
+    "utp-enabled": false,
+    "port-forwarding-enabled": false,
+    "blocklist-enabled": false,
+    "bind-address-ipv4": "127.0.0.1",
+    "bind-address-ipv6": "::1",
+    "encryption": 0,
+    "peer-port": {port},
+    "peer-port-random-on-start": false,
+    "rpc-enabled": false,
+    "watch-dir-enabled": false,
+    "ratio-limit-enabled": false,
+    "idle-seeding-limit-enabled": false,
+    "message-level": 3
+}}
+"#
+    )
+}
+
+fn set_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut perms = std::fs::metadata(path).expect("stat script").permissions();
+    perms.set_mode(0o755);
+    std::fs::set_permissions(path, perms).expect("chmod script");
+}
