@@ -22,11 +22,12 @@ use sim::{Role, Sim, SimConfig};
 const MAX_TOTAL: u64 = 6 * 1024 * 1024;
 
 /// The stated bound on virtual time for every leecher to finish: 30 s (nodes start within 10 s,
-/// connections are lost and re-opened) plus twice the time the slowest node would need to upload
-/// the whole torrent once. Seeders alone could feed every leecher in about that time; leechers
-/// trading pieces make it shorter. Over 1,400 random swarms the slowest used 55% of it.
+/// connections are lost and re-opened) plus twice the time the whole torrent takes to cross the
+/// slowest possible path once (the slowest node uplink or link). Seeders alone could feed every
+/// leecher in about that time; leechers trading pieces make it shorter. Over 800 random swarms
+/// the slowest used 31% of it.
 fn time_bound(config: &SimConfig) -> Duration {
-    let slowest = config.upload_bps.0.max(1);
+    let slowest = config.upload_bps.0.min(config.link_bps.0).max(1);
     let once = config.total_length() as f64 / slowest as f64;
     Duration::from_secs(30) + Duration::from_secs_f64(once * 2.0)
 }
