@@ -5,6 +5,9 @@ use crate::bitfield::Bitfield;
 use crate::id::PeerHandle;
 use crate::time::Time;
 
+/// Requests a peer may have outstanding in endgame before it is given duplicates of others'.
+const ENDGAME_DEPTH: usize = 2;
+
 impl Session {
     pub(super) fn recount_needed(&mut self) {
         self.needed = self
@@ -63,7 +66,13 @@ impl Session {
         if !p.can_request() || !p.am_interested() {
             return;
         }
-        let depth = p.pipeline_depth(now);
+        let mut depth = p.pipeline_depth(now);
+        if self.picker.in_endgame() {
+            // Every block is requested already: what we would ask for now are copies. A peer
+            // asks for a copy only once its own queue runs low, so fast peers finish the last
+            // blocks without the duplicates eating everyone's upload.
+            depth = depth.min(ENDGAME_DEPTH);
+        }
         let n = depth.saturating_sub(p.outstanding_count());
         if n == 0 {
             return;

@@ -764,6 +764,12 @@ fn endgame_copy_is_cancelled_when_the_block_arrives() {
     // Every block is requested by now, so `b` gets endgame copies of `a`'s blocks.
     let (b, sent_b) = unchoking_seed(&mut s, t(1), 11);
     assert!(sent_b.contains(&"request 0:0".to_string()), "{sent_b:?}");
+    // A peer arriving in endgame is asked for two copies, not a whole pipeline's worth.
+    let (_, sent_c) = unchoking_seed(&mut s, t(1), 12);
+    assert_eq!(
+        sent_c.iter().filter(|m| m.starts_with("request")).count(),
+        2
+    );
     s.handle_received(t(2), a, &piece_msg(0, 0, &block(0, 0)));
     let (actions, _) = drain(&mut s);
     assert_eq!(sent_to(&actions, b), ["cancel 0:0"]);
