@@ -153,9 +153,16 @@ fn random_case(seed: u64) -> bool {
     }
 }
 
-fn hostile_case(seed: u64) -> bool {
+fn hostile_config(seed: u64) -> SimConfig {
     let mut config = SimConfig::random(seed, MAX_TOTAL / 2);
     config.hostile = 1;
+    // Every block bad, or one in four: then failed pieces mix good and bad senders.
+    config.corrupt_rate = if seed % 2 == 0 { 1.0 } else { 0.25 };
+    config
+}
+
+fn hostile_case(seed: u64) -> bool {
+    let config = hostile_config(seed);
     match check(config) {
         Ok(()) => true,
         Err(e) => {
@@ -219,10 +226,11 @@ fn one_case() {
         return;
     };
     let hostile = std::env::var("KP_SIM_HOSTILE").is_ok_and(|v| v == "1");
-    let mut config = SimConfig::random(seed, if hostile { MAX_TOTAL / 2 } else { MAX_TOTAL });
-    if hostile {
-        config.hostile = 1;
-    }
+    let config = if hostile {
+        hostile_config(seed)
+    } else {
+        SimConfig::random(seed, MAX_TOTAL)
+    };
     eprintln!("{config:?}");
     if let Err(e) = check(config.clone()) {
         // Show what each node saw, verified pieces aside.

@@ -38,6 +38,8 @@ pub struct SimConfig {
     pub leechers: usize,
     /// Nodes that start with all the data and serve corrupted blocks.
     pub hostile: usize,
+    /// Fraction of the blocks a hostile node serves that it corrupts.
+    pub corrupt_rate: f64,
     /// Bytes per piece.
     pub piece_length: u64,
     /// Length of each file (some may be zero).
@@ -64,6 +66,7 @@ impl SimConfig {
             seeders: 1,
             leechers: 2,
             hostile: 0,
+            corrupt_rate: 1.0,
             piece_length: 32 * 1024,
             file_lengths: vec![300_000],
             latency_ms: (5, 50),
@@ -102,6 +105,7 @@ impl SimConfig {
             seeders: rng.random_range(1..=3),
             leechers: rng.random_range(1..=8),
             hostile: 0,
+            corrupt_rate: 1.0,
             piece_length,
             file_lengths,
             latency_ms: (1, rng.random_range(2..=80)),
@@ -508,7 +512,9 @@ impl Sim {
                 let start =
                     (u64::from(piece) * self.torrent.piece_length + u64::from(begin)) as usize;
                 let mut data = self.nodes[node].storage[start..start + length as usize].to_vec();
-                if self.nodes[node].role == Role::Hostile {
+                if self.nodes[node].role == Role::Hostile
+                    && self.rng.random_bool(self.config.corrupt_rate)
+                {
                     let i = self.rng.random_range(0..data.len());
                     data[i] ^= 0x55;
                 }
