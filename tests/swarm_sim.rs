@@ -157,7 +157,7 @@ fn hostile_config(seed: u64) -> SimConfig {
     let mut config = SimConfig::random(seed, MAX_TOTAL / 2);
     config.hostile = 1;
     // Every block bad, or one in four: then failed pieces mix good and bad senders.
-    config.corrupt_rate = if seed % 2 == 0 { 1.0 } else { 0.25 };
+    config.corrupt_rate = if seed.is_multiple_of(2) { 1.0 } else { 0.25 };
     config
 }
 
