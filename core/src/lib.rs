@@ -43,6 +43,7 @@
 //! - [`rate`]: transfer rates over a sliding window.
 //! - [`session`]: one torrent's swarm: peers, picker, choker, verification, the driver's API.
 //! - [`time`]: the virtual time every input carries.
+//! - [`trace`]: recording a session's inputs and outputs to a compact trace, and replaying it.
 //! - [`tracker`]: HTTP(S) and UDP tracker announce and scrape, BEP 12 tiers and the announce cycle.
 //! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
 #![forbid(unsafe_code)]
@@ -58,5 +59,6 @@ pub mod picker;
 pub mod rate;
 pub mod session;
 pub mod time;
+pub mod trace;
 pub mod tracker;
 pub mod wire;

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod create;
+pub mod demo;
 pub mod info;
 pub mod transfer;
 
@@ -45,6 +46,8 @@ pub enum Command {
     Download(transfer::DownloadArgs),
     /// Seed existing data (shortcut: `kp-torrent FILE.torrent -s PATH`).
     Seed(transfer::SeedArgs),
+    /// Make sample content, seed it and download it over 127.0.0.1 with two clients in this process.
+    Demo(demo::Args),
 }
 
 impl Command {
@@ -55,6 +58,7 @@ impl Command {
             Command::Create(args) => create::run(&args).map(|()| ExitCode::SUCCESS),
             Command::Download(args) => transfer::download(&args),
             Command::Seed(args) => transfer::seed(&args),
+            Command::Demo(args) => demo::run(&args),
         }
     }
 }
