@@ -353,11 +353,18 @@ impl Peer {
             return;
         }
         self.last_recv = now;
-        self.inbuf.extend_from_slice(bytes);
-        let buf = std::mem::take(&mut self.inbuf);
+        // Whole messages are decoded straight from `bytes`; only a partial one is kept.
+        let held = std::mem::take(&mut self.inbuf);
+        let joined;
+        let buf: &[u8] = if held.is_empty() {
+            bytes
+        } else {
+            joined = [held.as_slice(), bytes].concat();
+            &joined
+        };
         let mut pos = 0;
         if self.state == PeerState::Handshaking {
-            match Handshake::decode(&buf) {
+            match Handshake::decode(buf) {
                 Ok(None) => {}
                 Ok(Some(h)) => {
                     pos = Handshake::LEN;
@@ -378,8 +385,7 @@ impl Peer {
             }
         }
         if self.state != PeerState::Closed {
-            self.inbuf = buf;
-            self.inbuf.drain(..pos.min(self.inbuf.len()));
+            self.inbuf = buf.get(pos..).unwrap_or(&[]).to_vec();
         }
     }
 

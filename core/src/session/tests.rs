@@ -764,6 +764,12 @@ fn endgame_copy_is_cancelled_when_the_block_arrives() {
     // Every block is requested by now, so `b` gets endgame copies of `a`'s blocks.
     let (b, sent_b) = unchoking_seed(&mut s, t(1), 11);
     assert!(sent_b.contains(&"request 0:0".to_string()), "{sent_b:?}");
+    // A peer arriving in endgame is asked for two copies, not a whole pipeline's worth.
+    let (_, sent_c) = unchoking_seed(&mut s, t(1), 12);
+    assert_eq!(
+        sent_c.iter().filter(|m| m.starts_with("request")).count(),
+        2
+    );
     s.handle_received(t(2), a, &piece_msg(0, 0, &block(0, 0)));
     let (actions, _) = drain(&mut s);
     assert_eq!(sent_to(&actions, b), ["cancel 0:0"]);
@@ -858,4 +864,38 @@ fn hostile_message_streams_never_panic() {
         }
         assert_eq!(s.have().count(), have_before, "round {round}");
     }
+}
+
+#[test]
+fn banned_peer_listening_port_is_never_dialed() {
+    let mut s = leecher();
+    // An incoming seed that tells us (BEP 10 `p`) it listens on port 7000.
+    let h = s.handle_incoming(t(1), addr(10));
+    let mut hello = Vec::new();
+    Handshake::new(INFO, PeerId([10; 20])).encode(&mut hello);
+    let ext = crate::wire::ExtendedHandshake {
+        p: Some(7000),
+        ..Default::default()
+    };
+    hello.extend(msg(Message::Extended {
+        id: 0,
+        payload: &ext.encode(),
+    }));
+    hello.extend(msg(Message::HaveAll));
+    hello.extend(msg(Message::Unchoke));
+    s.handle_received(t(1), h, &hello);
+    drain(&mut s);
+    for piece in [0, 1] {
+        deliver_piece(&mut s, t(2), h, piece, true);
+        s.handle_piece_hashed(t(2), piece, [0; 20]);
+    }
+    assert!(s.is_banned(&[10; 20]));
+    let listen = SocketAddr::new(addr(10).ip(), 7000);
+    s.handle_peers_discovered(t(3), &[listen]);
+    assert!(
+        !drain(&mut s)
+            .0
+            .iter()
+            .any(|a| matches!(a, Action::Connect { .. }))
+    );
 }

@@ -120,7 +120,7 @@ impl Torrent {
                 continue;
             }
             let first = f.offset / self.piece_length;
-            let last = (f.offset + f.length - 1) / self.piece_length;
+            let last = f.offset.saturating_add(f.length - 1) / self.piece_length;
             for p in first..=last {
                 bf.set(p as u32);
             }
