@@ -743,12 +743,11 @@ impl Peer {
                 let name = if all { "have all" } else { "have none" };
                 if !self.fast {
                     self.close(format!("{name} without the fast extension"));
+                } else if !first && all {
+                    // aria2 sends `have all` mid-connection once it completes, like a late bitfield.
+                    self.late_haves(0..self.config.piece_count);
                 } else if !first {
-                    // aria2 sends `have all` mid-connection once it completes, like a late
-                    // bitfield; a late `have none` says nothing.
-                    if all {
-                        self.late_haves(0..self.config.piece_count);
-                    }
+                    self.close(format!("{name} after other messages"));
                 } else {
                     self.has = if all {
                         Bitfield::full(self.config.piece_count)

@@ -172,8 +172,7 @@ fn late_bitfield_and_have_all_count_as_haves() {
         ]
     );
     assert_eq!(p.has().iter_ones().collect::<Vec<_>>(), [0, 1, 9]);
-    // ... and `have all` once it completes; a late `have none` changes nothing.
-    p.handle_bytes(t(2), &msg(Message::HaveNone));
+    // ... and `have all` once it completes.
     p.handle_bytes(t(2), &msg(Message::HaveAll));
     let evs = events(&mut p);
     assert_eq!(evs.len(), 7, "{evs:?}");
