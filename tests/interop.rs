@@ -98,9 +98,13 @@ impl Kp {
         }
     }
 
-    /// Waits until a download has exited 0 (complete, verified, announced).
+    /// Waits until a download has exited 0 (complete, verified, announced) without running out
+    /// its shutdown grace (the trackers answer `stopped` at once here).
     fn wait_done(&mut self, timeout: Duration) {
         match wait_for(timeout, || self.process.exit_status()) {
+            Some(s) if s.success() && self.process.log().contains(": leaving after") => {
+                self.process.fail("waited out its shutdown grace")
+            }
             Some(s) if s.success() => {}
             Some(s) => self.process.fail(&format!("exited with {s}")),
             None => self

@@ -1120,7 +1120,20 @@ impl Client {
             if let Some(since) = stopping {
                 let disk_idle = self.disk.in_flight() == 0;
                 let tracker_stopped = self.tracker_stopped || !self.has_trackers;
-                if (tracker_stopped && disk_idle) || since.elapsed() > SHUTDOWN_GRACE {
+                if tracker_stopped && disk_idle {
+                    return Ok(());
+                }
+                if since.elapsed() > SHUTDOWN_GRACE {
+                    log::warn!(
+                        "{}: leaving after {}s without {}",
+                        self.name,
+                        SHUTDOWN_GRACE.as_secs(),
+                        if tracker_stopped {
+                            "the last disk writes"
+                        } else {
+                            "the trackers' answer to `stopped`"
+                        }
+                    );
                     return Ok(());
                 }
             }
