@@ -246,6 +246,8 @@ struct Client {
     fatal: Option<ClientError>,
     interrupted: bool,
     completed_announced: bool,
+    /// The trackers said goodbye (or gave up): shutdown need not wait for them.
+    tracker_stopped: bool,
     complete_at: Option<Instant>,
 }
 
@@ -403,6 +405,7 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
         fatal: None,
         interrupted: false,
         completed_announced: false,
+        tracker_stopped: false,
         complete_at: None,
     };
     client.start();
@@ -674,7 +677,8 @@ impl Client {
             TrackerEvent::AllFailed { .. } => {
                 log::warn!("no tracker answered; retrying");
             }
-            TrackerEvent::Scrape { .. } | TrackerEvent::Stopped => {}
+            TrackerEvent::Stopped => self.tracker_stopped = true,
+            TrackerEvent::Scrape { .. } => {}
         }
     }
 
@@ -1047,7 +1051,6 @@ impl Client {
         }
         let mut events = Events::with_capacity(256);
         let mut stopping: Option<Instant> = None;
-        let mut tracker_stopped = !self.has_trackers;
         loop {
             let now = self.now();
             let wall = Instant::now();
@@ -1094,7 +1097,8 @@ impl Client {
             }
             if let Some(since) = stopping {
                 let disk_idle = self.disk.in_flight() == 0;
-                if (tracker_stopped && disk_idle) || since.elapsed() > SHUTDOWN_GRACE {
+                let trackers_done = self.tracker_stopped || !self.has_trackers;
+                if (trackers_done && disk_idle) || since.elapsed() > SHUTDOWN_GRACE {
                     return Ok(());
                 }
             }
@@ -1159,9 +1163,6 @@ impl Client {
             // Completions can arrive without a wake-up being seen in this batch.
             self.disk_completions(now);
             while let Some(e) = self.trackers.poll_event() {
-                if e == TrackerEvent::Stopped {
-                    tracker_stopped = true;
-                }
                 self.tracker_event(now, e);
             }
         }
