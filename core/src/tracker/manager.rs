@@ -270,7 +270,6 @@ pub struct TrackerManager {
     /// The cycle's position (tier, index) and its job while one runs.
     cycle: Option<(usize, usize, Option<u64>)>,
     next_announce: Option<Time>,
-    last_success: Option<Time>,
     completed_pending: bool,
     completed_sent: bool,
     phase: Phase,
@@ -372,7 +371,6 @@ impl TrackerManager {
             next_conn: 0,
             cycle: None,
             next_announce: has_usable.then_some(Time::ZERO),
-            last_success: None,
             completed_pending: false,
             completed_sent: false,
             phase: Phase::Running,
@@ -406,12 +404,10 @@ impl TrackerManager {
             return;
         }
         self.completed_pending = true;
+        // An event, not a re-announce: `min interval` does not hold it back (libtorrent and
+        // Transmission send it at once too), and `download` waits for it before exiting.
         if self.cycle.is_none() {
-            let earliest = self.earliest_allowed(now);
-            self.next_announce = Some(match self.next_announce {
-                Some(t) => t.min(earliest),
-                None => earliest,
-            });
+            self.next_announce = Some(now);
         }
         self.run(now);
     }
@@ -727,26 +723,6 @@ impl TrackerManager {
         } else {
             AnnounceEvent::None
         }
-    }
-
-    fn earliest_allowed(&self, now: Time) -> Time {
-        let min = self
-            .cycle_tracker_min_interval()
-            .min(self.config.max_reannounce);
-        match self.last_success {
-            Some(t) => (t + min).max(now),
-            None => now,
-        }
-    }
-
-    fn cycle_tracker_min_interval(&self) -> Duration {
-        // The tracker that answers first is at the front of the first tier that answered.
-        self.tiers
-            .iter()
-            .flat_map(|ids| ids.first())
-            .map(|id| self.trackers[id.0].min_interval)
-            .find(|d| !d.is_zero())
-            .unwrap_or(Duration::ZERO)
     }
 
     fn params(&self, event: AnnounceEvent) -> AnnounceParams {
@@ -1065,10 +1041,9 @@ impl TrackerManager {
                 ids.retain(|&i| i != tracker);
                 ids.insert(0, tracker);
             }
-            self.last_success = Some(now);
             self.cycle = None;
             let next = if self.completed_pending {
-                self.earliest_allowed(now)
+                now
             } else {
                 now + interval
             };
@@ -1384,19 +1359,16 @@ mod tests {
     }
 
     #[test]
-    fn completed_is_sent_once_and_waits_for_min_interval() {
+    fn completed_is_sent_once_and_at_once_despite_min_interval() {
         let mut m = mgr(&[&["http://a/announce"]]);
         announce_ok(&mut m, Time::ZERO, &reply(Some(1800), Some(120), &[]));
         m.handle_completed(secs(10));
-        assert_eq!(m.poll_timeout(), Some(secs(120)));
-        assert!(actions(&mut m).is_empty());
-        m.handle_timeout(secs(120));
-        let line = announce_ok(&mut m, secs(120), &reply(Some(1800), Some(120), &[]));
+        let line = announce_ok(&mut m, secs(10), &reply(Some(1800), Some(120), &[]));
         assert!(line.contains("event=completed"), "{line}");
         m.handle_completed(secs(130));
-        assert_eq!(m.poll_timeout(), Some(secs(1920)));
-        m.handle_timeout(secs(1920));
-        let line = announce_ok(&mut m, secs(1920), &reply(Some(1800), None, &[]));
+        assert_eq!(m.poll_timeout(), Some(secs(1810)));
+        m.handle_timeout(secs(1810));
+        let line = announce_ok(&mut m, secs(1810), &reply(Some(1800), None, &[]));
         assert!(!line.contains("event="), "{line}");
     }
 
