@@ -432,7 +432,24 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
             summary.peers_used,
         ));
     }
+    let seeding = matches!(client.opts.location, Location::Seed(_)) || client.opts.keep_seeding;
+    if summary.complete && seeding {
+        client.progress.finish(&seed_summary_line(
+            &client.name,
+            summary.uploaded,
+            summary.total_bytes,
+        ));
+    }
     Ok(summary)
+}
+
+/// The line printed when seeding stops: `NAME: stopped seeding, uploaded X (N bytes), ratio R`.
+fn seed_summary_line(name: &str, uploaded: u64, total: u64) -> String {
+    format!(
+        "{name}: stopped seeding, uploaded {} ({uploaded} bytes), ratio {:.2}",
+        crate::units::format_bytes(uploaded),
+        uploaded as f64 / total.max(1) as f64
+    )
 }
 
 /// Hashes the pieces the start plan asks for ("checking"), showing progress. `Ok(None)` when
