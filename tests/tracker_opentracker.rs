@@ -2,8 +2,7 @@
 //! opentracker on 127.0.0.1, over HTTP, UDP, and HTTPS through stunnel with a test CA. Every loop
 //! is bounded in wall time.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -14,97 +13,9 @@ use kp_torrent_core::id::{InfoHash, PeerId};
 use kp_torrent_core::time::Time;
 use kp_torrent_core::tracker::manager::{ManagerConfig, TrackerEvent, TrackerId, TrackerManager};
 use kp_torrent_core::tracker::{AnnounceEvent, ScrapeCounts};
+use kp_torrent_tests::real::{Opentracker, free_port};
 use kp_torrent_tests::{TempDir, make_test_ca, require_tool};
 use mio::{Events, Poll, Token, Waker};
-
-/// A running opentracker, killed when dropped (also when the test panics).
-struct Opentracker {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Drop for Opentracker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port free for both TCP and UDP on 127.0.0.1 right now.
-fn free_port() -> Option<u16> {
-    let tcp = TcpListener::bind("127.0.0.1:0").ok()?;
-    let port = tcp.local_addr().ok()?.port();
-    let udp = UdpSocket::bind(("127.0.0.1", port)).ok()?;
-    drop((tcp, udp));
-    Some(port)
-}
-
-fn start_opentracker(bin: &std::path::Path, hashes: &[InfoHash]) -> Opentracker {
-    for _attempt in 0..10 {
-        let dir = TempDir::new("opentracker");
-        let list: String = hashes.iter().map(|h| h.to_hex() + "\n").collect();
-        std::fs::write(dir.path().join("whitelist"), list).expect("write whitelist");
-        let Some(port) = free_port() else { continue };
-        let p = port.to_string();
-        let child = Command::new(bin)
-            .args([
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &p,
-                "-P",
-                &p,
-                "-w",
-                "whitelist",
-                "-d",
-            ])
-            .arg(dir.path())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn opentracker");
-        let mut tracker = Opentracker {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = tracker.child.try_wait() {
-                break; // lost the port race: try another
-            }
-            if hashes.first().is_none_or(|h| whitelist_loaded(port, h)) {
-                return tracker;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!("opentracker did not start");
-}
-
-/// True once opentracker answers an announce for `hash` without refusing it: it loads the
-/// whitelist in the background, after it has started listening.
-fn whitelist_loaded(port: u16, hash: &InfoHash) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let ih: String = hash.0.iter().map(|b| format!("%{b:02X}")).collect();
-    let req = format!(
-        "GET /announce?info_hash={ih}&peer_id=readiness-probe-0000&port=1&uploaded=0\
-         &downloaded=0&left=0&event=stopped&compact=1 HTTP/1.0\r\n\r\n"
-    );
-    let mut reply = Vec::new();
-    if s.write_all(req.as_bytes()).is_err() || s.read_to_end(&mut reply).is_err() {
-        return false;
-    }
-    let reply = String::from_utf8_lossy(&reply);
-    reply.starts_with("HTTP/1.1 200") && !reply.contains("failure reason")
-}
 
 const WAKER: Token = Token(0);
 const TOKENS: Tokens = Tokens {
@@ -308,14 +219,13 @@ fn two_clients_find_each_other(url: &str, info_hash: InfoHash, ca: Option<PathBu
 
 #[test]
 fn opentracker_http_and_udp() {
-    let Some(bin) = require_tool("opentracker") else {
-        return;
-    };
     let http_hash = InfoHash([0x5a; 20]);
     let udp_hash = InfoHash([0xa5; 20]);
     let named_hash = InfoHash([0x7e; 20]);
-    let tracker = start_opentracker(&bin, &[http_hash, udp_hash, named_hash]);
-    let port = tracker.port;
+    let Some(tracker) = Opentracker::start(&[http_hash, udp_hash, named_hash]) else {
+        return;
+    };
+    let port = tracker.port();
     two_clients_find_each_other(
         &format!("http://127.0.0.1:{port}/announce"),
         http_hash,
@@ -332,11 +242,10 @@ fn opentracker_http_and_udp() {
 
 #[test]
 fn opentracker_refusal_is_reported_with_its_text() {
-    let Some(bin) = require_tool("opentracker") else {
+    let Some(tracker) = Opentracker::start(&[InfoHash([1; 20])]) else {
         return;
     };
-    let tracker = start_opentracker(&bin, &[InfoHash([1; 20])]);
-    let url = format!("http://127.0.0.1:{}/announce", tracker.port);
+    let url = tracker.http_announce_url();
     let mut x = client(
         &url,
         InfoHash([2; 20]),
@@ -373,7 +282,7 @@ fn start_stunnel(
     backend: u16,
 ) -> Stunnel {
     for _attempt in 0..10 {
-        let Some(port) = free_port() else { continue };
+        let port = free_port();
         let conf = dir.join("stunnel.conf");
         std::fs::write(
             &conf,
@@ -410,9 +319,7 @@ fn start_stunnel(
 
 #[test]
 fn opentracker_over_https_through_stunnel() {
-    let (Some(tracker_bin), Some(stunnel_bin)) =
-        (require_tool("opentracker"), require_tool("stunnel4"))
-    else {
+    let Some(stunnel_bin) = require_tool("stunnel4") else {
         return;
     };
     let dir = TempDir::new("https-tracker");
@@ -420,8 +327,10 @@ fn opentracker_over_https_through_stunnel() {
         return;
     };
     let hash = InfoHash([0x3c; 20]);
-    let tracker = start_opentracker(&tracker_bin, &[hash]);
-    let tunnel = start_stunnel(&stunnel_bin, dir.path(), &ca, tracker.port);
+    let Some(tracker) = Opentracker::start(&[hash]) else {
+        return;
+    };
+    let tunnel = start_stunnel(&stunnel_bin, dir.path(), &ca, tracker.port());
     // `localhost` is the name the certificate covers; it may resolve to ::1 first, where nothing
     // listens, so this also checks that the next address is tried.
     let url = format!("https://localhost:{}/announce", tunnel.port);

@@ -149,7 +149,9 @@ pub struct Peer {
     fast: bool,
     extended: bool,
     handshake_sent: bool,
-    /// True until the first message after the handshake (other than extended and port messages).
+    /// True until the first message after the handshake, not counting the ones that say nothing
+    /// about pieces (keep-alive, port, extended, allowed fast, suggest, unknown ids), which some
+    /// clients send before their bitfield.
     first_message: bool,
 
     am_choking: bool,
@@ -323,7 +325,7 @@ impl Peer {
         self.up.total()
     }
 
-    /// How many requests to keep outstanding: about [`PIPELINE_SECONDS`] of the peer's measured
+    /// How many requests to keep outstanding: about 1.5 s of the peer's measured
     /// rate, at least [`MIN_PIPELINE`], at most its `reqq` and [`MAX_PIPELINE`]; one when snubbed.
     pub fn pipeline_depth(&self, now: Time) -> usize {
         if self.snubbed {
@@ -351,11 +353,18 @@ impl Peer {
             return;
         }
         self.last_recv = now;
-        self.inbuf.extend_from_slice(bytes);
-        let buf = std::mem::take(&mut self.inbuf);
+        // Whole messages are decoded straight from `bytes`; only a partial one is kept.
+        let held = std::mem::take(&mut self.inbuf);
+        let joined;
+        let buf: &[u8] = if held.is_empty() {
+            bytes
+        } else {
+            joined = [held.as_slice(), bytes].concat();
+            &joined
+        };
         let mut pos = 0;
         if self.state == PeerState::Handshaking {
-            match Handshake::decode(&buf) {
+            match Handshake::decode(buf) {
                 Ok(None) => {}
                 Ok(Some(h)) => {
                     pos = Handshake::LEN;
@@ -376,8 +385,7 @@ impl Peer {
             }
         }
         if self.state != PeerState::Closed {
-            self.inbuf = buf;
-            self.inbuf.drain(..pos.min(self.inbuf.len()));
+            self.inbuf = buf.get(pos..).unwrap_or(&[]).to_vec();
         }
     }
 
@@ -677,14 +685,23 @@ impl Peer {
     }
 
     fn on_message(&mut self, now: Time, msg: Message<'_>) {
-        let first = std::mem::replace(&mut self.first_message, false);
+        let neutral = matches!(
+            msg,
+            Message::KeepAlive
+                | Message::Port(_)
+                | Message::Unknown { .. }
+                | Message::Extended { .. }
+                | Message::AllowedFast(_)
+                | Message::Suggest(_)
+        );
+        let first = self.first_message;
+        if !neutral {
+            self.first_message = false;
+        }
         match msg {
             // Unknown message ids are ignored, as BEP 3 asks, so future extensions do not break us.
-            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {
-                self.first_message = first
-            }
+            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
             Message::Extended { id, payload } => {
-                self.first_message = first;
                 if !self.extended {
                     self.close("extended message without the extension bit".into());
                 } else if id == 0 {

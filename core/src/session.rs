@@ -24,7 +24,9 @@ use rand::{RngExt, SeedableRng};
 use slab::Slab;
 
 mod choke;
+mod connect;
 mod io;
+mod requests;
 mod torrent;
 mod verify;
 
@@ -45,8 +47,11 @@ use crate::wire::BlockRequest;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// First retry delay after a failed connection; doubles with each failure.
 pub const RETRY_BASE: Duration = Duration::from_secs(10);
-/// Delay before reconnecting to a peer whose working connection closed.
-pub const RECONNECT_DELAY: Duration = Duration::from_secs(60);
+/// Delay before reconnecting to a peer whose working connection closed; doubles with each drop
+/// of a connection that lasted less than [`STABLE_CONNECTION`].
+pub const RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// A connection that lasted this long resets the reconnection backoff.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(120);
 /// Connection attempts in flight at once.
 const MAX_HALF_OPEN: usize = 8;
 
@@ -54,6 +59,8 @@ const MAX_HALF_OPEN: usize = 8;
 #[derive(Debug, Clone)]
 struct Candidate {
     failures: u32,
+    /// Working connections that closed soon after opening, for the reconnection backoff.
+    drops: u32,
     next_attempt: Time,
     connected: bool,
     /// Discovery order, the tie-break among addresses due at the same time.
@@ -92,9 +99,13 @@ pub struct Session {
     events: VecDeque<Event>,
     candidates: BTreeMap<SocketAddr, Candidate>,
     next_seq: u64,
+    /// Peers that sent corrupt data: refused after their handshake.
     banned_ids: BTreeSet<[u8; 20]>,
+    /// Addresses never dialed again: banned peers' listening addresses, and our own.
     banned_addrs: BTreeSet<SocketAddr>,
     strikes: BTreeMap<[u8; 20], u32>,
+    /// The address each peer id last connected from, for ban reports after it left.
+    known_ids: BTreeMap<[u8; 20], SocketAddr>,
     pieces: BTreeMap<u32, PieceProgress>,
     /// The block sources of each piece's last failed attempt, kept until the piece passes.
     failed_attempts: BTreeMap<u32, Vec<BlockSource>>,
@@ -170,6 +181,7 @@ impl Session {
             banned_ids: BTreeSet::new(),
             banned_addrs: BTreeSet::new(),
             strikes: BTreeMap::new(),
+            known_ids: BTreeMap::new(),
             pieces: BTreeMap::new(),
             failed_attempts: BTreeMap::new(),
             retry_owner: BTreeMap::new(),
@@ -334,10 +346,17 @@ impl Session {
         let now = self.now;
         if self.shutting_down {
             // After shutdown only the bookkeeping of closing connections matters.
-            if let Input::Closed { peer } | Input::ConnectFailed { peer } = input
-                && self.peers.contains(peer.0)
-            {
-                self.peers.remove(peer.0);
+            match input {
+                Input::Closed { peer } | Input::ConnectFailed { peer }
+                    if self.peers.contains(peer.0) =>
+                {
+                    self.peers.remove(peer.0);
+                }
+                Input::Incoming { .. } => self.actions.push_back(Action::Close {
+                    peer: self.next_handle(),
+                    reason: "shutting down".into(),
+                }),
+                _ => {}
             }
             return;
         }
@@ -412,6 +431,7 @@ impl Session {
                         addr,
                         Candidate {
                             failures: 0,
+                            drops: 0,
                             next_attempt: now,
                             connected: false,
                             seq,
@@ -567,167 +587,6 @@ impl Session {
         }
     }
 
-    fn on_incoming(&mut self, now: Time, addr: SocketAddr) {
-        let peer = Peer::new(self.peer_config(), false, now);
-        let k = self.peers.insert(Slot {
-            addr,
-            outgoing: false,
-            opened: now,
-            peer: Some(peer),
-            in_picker: false,
-        });
-        if self.peers.len() > self.config.max_peers {
-            self.remove_peer(PeerHandle(k), "too many connections".into(), true);
-        } else if self.banned_addrs.contains(&addr) {
-            self.remove_peer(PeerHandle(k), "banned".into(), true);
-        }
-    }
-
-    fn on_connected(&mut self, now: Time, h: PeerHandle) {
-        let config = self.peer_config();
-        if let Some(slot) = self.peers.get_mut(h.0)
-            && slot.peer.is_none()
-        {
-            slot.peer = Some(Peer::new(config, true, now));
-        }
-    }
-
-    fn on_connect_failed(&mut self, now: Time, h: PeerHandle) {
-        let Some(slot) = self.peers.get(h.0) else {
-            return;
-        };
-        if slot.peer.is_some() {
-            // Already open: treat as a close.
-            self.remove_peer(h, "connection failed".into(), false);
-            return;
-        }
-        let addr = slot.addr;
-        self.peers.remove(h.0);
-        self.connect_failed(now, addr);
-        self.maybe_connect(now);
-    }
-
-    /// Backs off an address after a failed attempt, forgetting it after too many.
-    fn connect_failed(&mut self, now: Time, addr: SocketAddr) {
-        if let Some(c) = self.candidates.get_mut(&addr) {
-            c.connected = false;
-            c.failures += 1;
-            if c.failures >= self.config.max_connect_failures {
-                self.candidates.remove(&addr);
-            } else {
-                let delay = RETRY_BASE * 2u32.saturating_pow(c.failures - 1).min(64);
-                c.next_attempt = now + delay;
-            }
-        }
-    }
-
-    fn next_connect_time(&self) -> Option<Time> {
-        if self.peers.len() >= self.config.max_peers || self.half_open() >= MAX_HALF_OPEN {
-            return None;
-        }
-        self.candidates
-            .values()
-            .filter(|c| !c.connected)
-            .map(|c| c.next_attempt)
-            .min()
-    }
-
-    fn half_open(&self) -> usize {
-        self.peers.iter().filter(|(_, s)| s.peer.is_none()).count()
-    }
-
-    fn maybe_connect(&mut self, now: Time) {
-        while self.peers.len() < self.config.max_peers && self.half_open() < MAX_HALF_OPEN {
-            let next = self
-                .candidates
-                .iter()
-                .filter(|(_, c)| !c.connected && c.next_attempt <= now)
-                .min_by_key(|(_, c)| (c.next_attempt, c.seq))
-                .map(|(a, _)| *a);
-            let Some(addr) = next else {
-                break;
-            };
-            if let Some(c) = self.candidates.get_mut(&addr) {
-                c.connected = true;
-            }
-            let k = self.peers.insert(Slot {
-                addr,
-                outgoing: true,
-                opened: now,
-                peer: None,
-                in_picker: false,
-            });
-            self.actions.push_back(Action::Connect {
-                peer: PeerHandle(k),
-                addr,
-            });
-        }
-    }
-
-    /// Forgets a connection: returns its requests to the picker, updates the address book, and
-    /// tells the driver to close it when `tell_driver` (it knows already when the peer closed).
-    fn remove_peer(&mut self, h: PeerHandle, reason: String, tell_driver: bool) {
-        if !self.peers.contains(h.0) {
-            return;
-        }
-        let slot = self.peers.remove(h.0);
-        let now = self.now;
-        if tell_driver {
-            self.actions.push_back(Action::Close {
-                peer: h,
-                reason: reason.clone(),
-            });
-        }
-        self.retry_owner.retain(|_, o| *o != h);
-        let was_unchoked = self.choker.is_unchoked(h);
-        self.choker.peer_gone(h);
-        let mut was_established = false;
-        let mut was_seed = false;
-        let mut was_self = false;
-        if let Some(peer) = &slot.peer {
-            was_self = peer.is_self_connection();
-            was_established = peer.remote_id().is_some();
-            was_seed = peer.has().is_full();
-            for r in peer.outstanding() {
-                self.picker.request_dropped(h, block_of(r));
-            }
-            if slot.in_picker {
-                self.picker.peer_gone(h, peer.has(), peer.has().is_full());
-            }
-        }
-        if slot.outgoing {
-            if was_self {
-                // Our own listening address (a tracker lists us too): never again.
-                self.candidates.remove(&slot.addr);
-                self.banned_addrs.insert(slot.addr);
-            } else if was_established && was_seed && self.is_complete() {
-                // Two seeds have nothing to say to each other: do not come back.
-                self.candidates.remove(&slot.addr);
-            } else if was_established {
-                if let Some(c) = self.candidates.get_mut(&slot.addr) {
-                    c.connected = false;
-                    c.failures = 0;
-                    c.next_attempt = now + RECONNECT_DELAY;
-                }
-            } else {
-                self.connect_failed(now, slot.addr);
-            }
-        }
-        if was_established {
-            self.events.push_back(Event::PeerDisconnected {
-                peer: h,
-                addr: slot.addr,
-                reason,
-            });
-        }
-        if was_unchoked && !self.shutting_down {
-            // Its upload slot goes to someone else now.
-            self.choke_round(now, true);
-        }
-        self.fill_all(now);
-        self.maybe_connect(now);
-    }
-
     /// Hands each peer's pending bytes to the driver, in handle order.
     fn flush(&mut self) {
         for (k, s) in self.peers.iter_mut() {
@@ -879,6 +738,11 @@ impl Session {
 
     fn on_handshaked(&mut self, now: Time, h: PeerHandle, peer_id: PeerId) {
         if self.banned_ids.contains(&peer_id.0) {
+            if let Some(slot) = self.peers.get(h.0).filter(|s| s.outgoing) {
+                let addr = slot.addr;
+                self.banned_addrs.insert(addr);
+                self.candidates.remove(&addr);
+            }
             self.remove_peer(h, "banned peer".into(), true);
             return;
         }
@@ -899,6 +763,7 @@ impl Session {
         if let Some(p) = slot.peer.as_mut() {
             p.send_piece_set(now, &self.have);
         }
+        self.known_ids.insert(peer_id.0, addr);
         self.events.push_back(Event::PeerConnected {
             peer: h,
             addr,
@@ -979,124 +844,6 @@ impl Session {
             _ => self.wasted += len,
         }
         self.fill_requests(now, h);
-    }
-
-    // ---- internals: interest and requests ----
-
-    fn recount_needed(&mut self) {
-        self.needed = self
-            .wanted
-            .iter_ones()
-            .filter(|&p| !self.have.get(p))
-            .count() as u32;
-    }
-
-    /// True when `has` holds a wanted piece we lack.
-    fn interesting(&self, has: &Bitfield) -> bool {
-        if self.needed == 0 {
-            return false;
-        }
-        has.as_bytes()
-            .iter()
-            .zip(self.wanted.as_bytes())
-            .zip(self.have.as_bytes())
-            .any(|((h, w), o)| h & w & !o != 0)
-    }
-
-    fn update_interest(&mut self, now: Time, h: PeerHandle) {
-        let Some(p) = self.peer(h) else { return };
-        if !p.is_established() {
-            return;
-        }
-        let want = self.interesting(p.has());
-        if let Some(p) = self.peer_mut(h) {
-            p.set_interested(now, want);
-        }
-    }
-
-    fn update_all_interest(&mut self, now: Time) {
-        let keys: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();
-        for k in keys {
-            self.update_interest(now, PeerHandle(k));
-        }
-    }
-
-    fn fill_all(&mut self, now: Time) {
-        if self.needed == 0 {
-            return;
-        }
-        let keys: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();
-        for k in keys {
-            self.fill_requests(now, PeerHandle(k));
-        }
-    }
-
-    /// Tops up a peer's pipeline from the picker.
-    fn fill_requests(&mut self, now: Time, h: PeerHandle) {
-        if self.needed == 0 {
-            return;
-        }
-        let Some(p) = self.peer(h) else { return };
-        if !p.can_request() || !p.am_interested() {
-            return;
-        }
-        let depth = p.pipeline_depth(now);
-        let n = depth.saturating_sub(p.outstanding_count());
-        if n == 0 {
-            return;
-        }
-        let mut has = p.has().clone();
-        if p.peer_choking() {
-            let mut allowed = Bitfield::new(has.len());
-            for &i in p.allowed_fast() {
-                if has.get(i) {
-                    allowed.set(i);
-                }
-            }
-            has = allowed;
-        }
-        // A piece that failed its check is fetched again from one peer only, so the next
-        // attempt, pass or fail, says who sent bad data. A peer that sent part of the failed
-        // attempt does not get it while a peer that did not has it.
-        if let Some(me) = p.remote_id() {
-            for (&piece, sources) in &self.failed_attempts {
-                if !has.get(piece) {
-                    continue;
-                }
-                if let Some(&owner) = self.retry_owner.get(&piece) {
-                    if owner != h {
-                        has.clear(piece);
-                    }
-                    continue;
-                }
-                let suspect = sources.iter().any(|s| s.sender == me.0);
-                let innocent_has_it = self.peers.iter().any(|(k, s)| {
-                    k != h.0
-                        && s.peer.as_ref().is_some_and(|o| {
-                            o.has().get(piece)
-                                && o.remote_id()
-                                    .is_some_and(|id| !sources.iter().any(|src| src.sender == id.0))
-                        })
-                });
-                if suspect && innocent_has_it {
-                    has.clear(piece);
-                }
-            }
-        }
-        let mut out = std::mem::take(&mut self.pick_buf);
-        out.clear();
-        self.picker.pick(h, &has, n, &mut out);
-        for b in &out {
-            if self.failed_attempts.contains_key(&b.piece) {
-                self.retry_owner.entry(b.piece).or_insert(h);
-            }
-        }
-        if let Some(p) = self.peer_mut(h) {
-            for b in &out {
-                p.add_request(now, request_of(*b));
-            }
-        }
-        self.pick_buf = out;
     }
 }
 

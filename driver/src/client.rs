@@ -14,6 +14,7 @@
 //! writes are more than [`WRITE_BACKLOG_LIMIT`] behind; a socket that had more to give than one
 //! turn's budget is read again next turn, so one fast peer cannot starve the rest.
 
+mod engine;
 mod limit;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -28,9 +29,7 @@ use std::time::{Duration, Instant};
 use kp_torrent_core::bitfield::Bitfield;
 use kp_torrent_core::id::PeerHandle;
 use kp_torrent_core::metainfo::Metainfo;
-use kp_torrent_core::session::{
-    Action, AnnounceEvent, Event, Input, Session, SessionConfig, Torrent,
-};
+use kp_torrent_core::session::{Action, AnnounceEvent, Event, Input, SessionConfig, Torrent};
 use kp_torrent_core::time::Time;
 use kp_torrent_core::tracker::manager::{ManagerConfig, TrackerEvent, TrackerManager};
 use mio::net::{TcpListener, TcpStream};
@@ -43,6 +42,7 @@ use crate::resume::{self, Snapshot as ResumeSnapshot};
 use crate::signals::ShutdownSignals;
 use crate::storage::{Layout, Location, Storage, StorageError};
 use crate::tracker_io::{self, TrackerIo};
+use engine::Engine;
 use limit::{Bucket, Limited};
 
 /// Bytes queued for one peer's socket beyond which no more disk reads are queued for it.
@@ -93,6 +93,8 @@ pub struct Options {
     pub seed_time: Option<Duration>,
     /// Give up a download not finished after this long.
     pub timeout: Option<Duration>,
+    /// Record every input to the engine in this trace file (`--record`).
+    pub record: Option<PathBuf>,
     /// Extra CA certificates for HTTPS trackers.
     pub tracker_ca: Option<PathBuf>,
     /// Seed of the core's randomness (peer id, picking, unchoking).
@@ -145,6 +147,13 @@ pub enum ClientError {
     },
     /// The event loop itself failed (poll, waker, threads).
     Io(io::Error),
+    /// The trace file could not be created or written.
+    Trace {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
     /// The disk filled up; verified pieces are kept and the run can be resumed.
     DiskFull(String),
     /// Seeding found data missing or damaged.
@@ -179,6 +188,7 @@ impl fmt::Display for ClientError {
             }
             ClientError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             ClientError::Io(e) => write!(f, "event loop: {e}"),
+            ClientError::Trace { path, error } => write!(f, "trace {}: {error}", path.display()),
             ClientError::DiskFull(what) => write!(
                 f,
                 "disk full ({what}); verified pieces are kept: free space and run again to resume"
@@ -223,7 +233,7 @@ struct Client {
     opts: Options,
     poll: Poll,
     epoch: Instant,
-    session: Session,
+    session: Engine,
     trackers: TrackerManager,
     tracker_io: TrackerIo,
     has_trackers: bool,
@@ -355,7 +365,12 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
         sequential: opts.sequential,
         ..SessionConfig::default()
     };
-    let session = Session::new(config, torrent, have, Time::ZERO);
+    let session = Engine::new(config, torrent, have, Time::ZERO, opts.record.as_deref()).map_err(
+        |error| ClientError::Trace {
+            path: opts.record.clone().unwrap_or_default(),
+            error,
+        },
+    )?;
     let tiers = opts.metainfo.trackers.clone();
     let has_trackers = tiers.iter().any(|t| !t.is_empty());
     let own_ips: Vec<IpAddr> = if listen_addr.ip().is_unspecified() {
@@ -424,9 +439,15 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
     if let Some(e) = client.fatal.take() {
         return Err(e);
     }
+    let name = client.name.clone();
+    let mut progress = client.progress;
+    if let Err(e) = client.session.finish() {
+        log::error!("{e}");
+        eprintln!("kp-torrent: {e}");
+    }
     if summary.complete && !summary.interrupted {
-        client.progress.finish(&summary_line(
-            &client.name,
+        progress.finish(&summary_line(
+            &name,
             summary.downloaded,
             summary.elapsed,
             summary.peers_used,
@@ -434,8 +455,8 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
     }
     let seeding = matches!(client.opts.location, Location::Seed(_)) || client.opts.keep_seeding;
     if summary.complete && seeding {
-        client.progress.finish(&seed_summary_line(
-            &client.name,
+        progress.finish(&seed_summary_line(
+            &name,
             summary.uploaded,
             summary.total_bytes,
         ));

@@ -1,8 +1,9 @@
 //! A deterministic in-memory swarm: several [`Session`]s joined by a simulated network, with
 //! in-memory storage, driven by a virtual clock.
 //!
-//! Everything is decided by [`SimConfig::seed`]: content, link latencies, node upload bandwidths,
-//! start times, how sends are split into chunks, which connections are lost. Network delivery,
+//! Everything is decided by [`SimConfig::seed`]: content, link latencies and bandwidths, node
+//! upload bandwidths, start times, how sends are split into chunks, which connections are lost.
+//! Network delivery,
 //! disk writes, reads and hashing are scheduled as timestamped inputs in one event queue, so a run
 //! is a pure function of its configuration and can be recorded and replayed.
 //!
@@ -37,14 +38,18 @@ pub struct SimConfig {
     pub leechers: usize,
     /// Nodes that start with all the data and serve corrupted blocks.
     pub hostile: usize,
+    /// Fraction of the blocks a hostile node serves that it corrupts.
+    pub corrupt_rate: f64,
     /// Bytes per piece.
     pub piece_length: u64,
     /// Length of each file (some may be zero).
     pub file_lengths: Vec<u64>,
     /// One-way latency range of a link, in milliseconds.
     pub latency_ms: (u64, u64),
-    /// Upload bandwidth range of a node, in bytes per second.
+    /// Upload bandwidth range of a node (shared by all its connections), in bytes per second.
     pub upload_bps: (u64, u64),
+    /// Bandwidth range of one link, each direction, in bytes per second.
+    pub link_bps: (u64, u64),
     /// Probability that a delivered chunk instead breaks its connection.
     pub loss: f64,
     /// Nodes start (learn their peers) at a random time within this many milliseconds.
@@ -61,10 +66,12 @@ impl SimConfig {
             seeders: 1,
             leechers: 2,
             hostile: 0,
+            corrupt_rate: 1.0,
             piece_length: 32 * 1024,
             file_lengths: vec![300_000],
             latency_ms: (5, 50),
             upload_bps: (2_000_000, 8_000_000),
+            link_bps: (1_000_000, 50_000_000),
             loss: 0.0,
             start_spread_ms: 3000,
             time_limit: Duration::from_secs(3600),
@@ -98,10 +105,12 @@ impl SimConfig {
             seeders: rng.random_range(1..=3),
             leechers: rng.random_range(1..=8),
             hostile: 0,
+            corrupt_rate: 1.0,
             piece_length,
             file_lengths,
             latency_ms: (1, rng.random_range(2..=80)),
             upload_bps: (500_000, rng.random_range(1_000_000..=20_000_000)),
+            link_bps: (250_000, rng.random_range(500_000..=50_000_000)),
             loss: if rng.random_range(0..3) == 0 {
                 0.002
             } else {
@@ -128,6 +137,10 @@ pub enum Role {
 pub struct Node {
     /// Its session.
     pub session: Session,
+    /// The configuration its session was built with (a recorder stores it with the torrent).
+    pub session_config: SessionConfig,
+    /// The pieces it started with.
+    pub initial_have: Bitfield,
     /// Its role.
     pub role: Role,
     /// Its listening address.
@@ -148,6 +161,10 @@ struct Link {
     /// `(node, handle)` of each end; `None` once that end closed (or before it exists).
     ends: [Option<(usize, PeerHandle)>; 2],
     latency: Duration,
+    /// Capacity of each direction, bytes per second.
+    bps: u64,
+    /// When each direction has carried everything queued on it.
+    busy: [Time; 2],
     /// The accepting side's view of the dialer's address (an ephemeral port).
     dialer_addr: SocketAddr,
     dead: bool,
@@ -282,7 +299,12 @@ impl Sim {
                 listen_port: 6881,
                 ..SessionConfig::default()
             };
-            let session = Session::new(session_config, torrent.clone(), have, Time::ZERO);
+            let session = Session::new(
+                session_config.clone(),
+                torrent.clone(),
+                have.clone(),
+                Time::ZERO,
+            );
             let addr = SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1)),
                 6881,
@@ -290,6 +312,8 @@ impl Sim {
             let (lo, hi) = config.upload_bps;
             nodes.push(Node {
                 session,
+                session_config,
+                initial_have: have,
                 role,
                 addr,
                 storage: if complete {
@@ -331,10 +355,6 @@ impl Sim {
             }
             sim.schedule(at, Ev::Start { node });
         }
-        // The sessions' `started` announces.
-        for node in 0..sim.nodes.len() {
-            sim.drain(node);
-        }
         sim
     }
 
@@ -354,6 +374,11 @@ impl Sim {
     /// Runs until every leecher is complete, nothing is left to do, or the time limit.
     pub fn run(&mut self) -> Outcome {
         let limit = Time::ZERO + self.config.time_limit;
+        // What the sessions queued at construction (their `started` announces), after the hooks
+        // were set.
+        for node in 0..self.nodes.len() {
+            self.drain(node);
+        }
         while self.unfinished() > 0 {
             let next_timer = self
                 .nodes
@@ -487,7 +512,9 @@ impl Sim {
                 let start =
                     (u64::from(piece) * self.torrent.piece_length + u64::from(begin)) as usize;
                 let mut data = self.nodes[node].storage[start..start + length as usize].to_vec();
-                if self.nodes[node].role == Role::Hostile {
+                if self.nodes[node].role == Role::Hostile
+                    && self.rng.random_bool(self.config.corrupt_rate)
+                {
                     let i = self.rng.random_range(0..data.len());
                     data[i] ^= 0x55;
                 }
@@ -554,9 +581,13 @@ impl Sim {
                 let latency = Duration::from_millis(self.rng.random_range(lo..=hi.max(lo)));
                 let link = self.links.len();
                 let ip = self.nodes[node].addr.ip();
+                let (blo, bhi) = self.config.link_bps;
+                let bps = self.rng.random_range(blo..=bhi.max(blo));
                 self.links.push(Link {
                     ends: [Some((node, peer)), None],
                     latency,
+                    bps,
+                    busy: [Time::ZERO; 2],
                     dialer_addr: SocketAddr::new(ip, 40000 + (link % 20000) as u16),
                     dead: false,
                 });
@@ -584,11 +615,18 @@ impl Sim {
                     };
                     let (chunk, tail) = rest.split_at(n);
                     rest = tail;
-                    let bps = self.nodes[node].upload_bps.max(1);
-                    let tx = Duration::from_nanos(chunk.len() as u64 * 1_000_000_000 / bps);
-                    let start = self.nodes[node].up_busy.max(now);
-                    self.nodes[node].up_busy = start + tx;
-                    let at = start + tx + latency;
+                    // The node's uplink carries all its connections; each link has its own
+                    // capacity too. The chunk arrives when both have carried it, plus latency.
+                    let len = chunk.len() as u64;
+                    let node_bps = self.nodes[node].upload_bps.max(1);
+                    let node_done = self.nodes[node].up_busy.max(now)
+                        + Duration::from_nanos(len * 1_000_000_000 / node_bps);
+                    self.nodes[node].up_busy = node_done;
+                    let link_bps = self.links[link].bps.max(1);
+                    let link_done = self.links[link].busy[from].max(now)
+                        + Duration::from_nanos(len * 1_000_000_000 / link_bps);
+                    self.links[link].busy[from] = link_done;
+                    let at = node_done.max(link_done) + latency;
                     self.schedule(
                         at,
                         Ev::Deliver {
@@ -612,7 +650,11 @@ impl Sim {
                 let to = 1 - from;
                 if self.links[link].ends[to].is_some() {
                     // The close follows the bytes already sent.
-                    let at = self.nodes[node].up_busy.max(now) + self.links[link].latency;
+                    let at = self.nodes[node]
+                        .up_busy
+                        .max(self.links[link].busy[from])
+                        .max(now)
+                        + self.links[link].latency;
                     self.schedule(at, Ev::Closed { link, to });
                 } else {
                     self.links[link].dead = true;

@@ -553,3 +553,26 @@ fn garbage_never_panics() {
         events(&mut p);
     }
 }
+
+#[test]
+fn allowed_fast_before_the_bitfield_is_accepted() {
+    let mut p = established(true, false);
+    p.handle_bytes(
+        t(1),
+        &[
+            msg(Message::AllowedFast(2)),
+            msg(Message::Bitfield(&[0x20, 0])),
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        events(&mut p),
+        [PeerEvent::AllowedFast(2), PeerEvent::Bitfield]
+    );
+    // A second piece set is a violation.
+    p.handle_bytes(t(1), &msg(Message::HaveNone));
+    assert_eq!(
+        closed_reason(&events(&mut p)).as_deref(),
+        Some("have none after other messages")
+    );
+}

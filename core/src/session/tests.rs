@@ -735,3 +735,167 @@ fn choke_round_unchokes_the_best_uploaders() {
     assert!(unchoked.contains(&fast), "{unchoked:?}");
     assert_eq!(unchoked.len(), 2);
 }
+
+#[test]
+fn dropped_connection_is_reopened_with_growing_delays() {
+    let mut s = leecher();
+    s.handle_peers_discovered(t(0), &[addr(5)]);
+    let mut opened_at = Vec::new();
+    for secs in 0..60 {
+        for a in drain(&mut s).0 {
+            if let Action::Connect { peer, .. } = a {
+                opened_at.push(secs);
+                s.handle_connected(t(secs), peer);
+                s.handle_received(t(secs), peer, &hs(5, true));
+                // The peer hangs up at once.
+                s.handle_peer_closed(t(secs), peer);
+            }
+        }
+        s.handle_timeout(t(secs + 1));
+    }
+    // 5 s, then 10 s, then 20 s between attempts.
+    assert_eq!(opened_at, [0, 5, 15, 35]);
+}
+
+#[test]
+fn endgame_copy_is_cancelled_when_the_block_arrives() {
+    let mut s = leecher();
+    let (a, _) = unchoking_seed(&mut s, t(1), 10);
+    // Every block is requested by now, so `b` gets endgame copies of `a`'s blocks.
+    let (b, sent_b) = unchoking_seed(&mut s, t(1), 11);
+    assert!(sent_b.contains(&"request 0:0".to_string()), "{sent_b:?}");
+    // A peer arriving in endgame is asked for two copies, not a whole pipeline's worth.
+    let (_, sent_c) = unchoking_seed(&mut s, t(1), 12);
+    assert_eq!(
+        sent_c.iter().filter(|m| m.starts_with("request")).count(),
+        2
+    );
+    s.handle_received(t(2), a, &piece_msg(0, 0, &block(0, 0)));
+    let (actions, _) = drain(&mut s);
+    assert_eq!(sent_to(&actions, b), ["cancel 0:0"]);
+    assert!(
+        !s.peer(b)
+            .unwrap()
+            .outstanding()
+            .any(|r| r.index == 0 && r.begin == 0)
+    );
+    // The copy that crossed our cancel is dropped, not written twice.
+    s.handle_received(t(2), b, &piece_msg(0, 0, &block(0, 0)));
+    let (actions, _) = drain(&mut s);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::WriteBlock { .. }))
+    );
+    assert_eq!(s.wasted(), u64::from(BLOCK));
+}
+
+/// Random but well-framed messages with hostile field values, at random times, to a seeder and a
+/// leecher: nothing panics, and nothing unverified is ever counted.
+#[test]
+fn hostile_message_streams_never_panic() {
+    use rand::rngs::ChaCha8Rng;
+    use rand::{RngExt, SeedableRng};
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    let data = vec![0xabu8; BLOCK as usize];
+    for round in 0..300 {
+        let mut s = if round % 2 == 0 { leecher() } else { seeder() };
+        let have_before = s.have().count();
+        let (h, _) = incoming(&mut s, t(1), 40, rng.random_bool(0.5));
+        let mut now = 1;
+        for _ in 0..30 {
+            let index = if rng.random_bool(0.8) {
+                rng.random_range(0..4)
+            } else {
+                rng.random::<u32>()
+            };
+            let begin = [0, BLOCK, 1, u32::MAX][rng.random_range(0..4)];
+            let length = [BLOCK, 1, 0, BLOCK + 1, u32::MAX][rng.random_range(0..5)];
+            let r = BlockRequest {
+                index,
+                begin,
+                length,
+            };
+            let bf = [0xe0u8, 0xff, 0x00];
+            let m = match rng.random_range(0..16) {
+                0 => Message::Choke,
+                1 => Message::Unchoke,
+                2 => Message::Interested,
+                3 => Message::NotInterested,
+                4 => Message::Have(index),
+                5 => Message::Bitfield(&bf[..rng.random_range(0..3)]),
+                6 | 7 => Message::Request(r),
+                8 => Message::Piece {
+                    index,
+                    begin,
+                    data: &data[..rng.random_range(0..data.len())],
+                },
+                9 => Message::Cancel(r),
+                10 => Message::HaveAll,
+                11 => Message::HaveNone,
+                12 => Message::Reject(r),
+                13 => Message::AllowedFast(index),
+                14 => Message::Suggest(index),
+                _ => Message::Extended {
+                    id: rng.random_range(0..3),
+                    payload: b"d1:md6:ut_pexi1eee",
+                },
+            };
+            s.handle_received(t(now), h, &msg(m));
+            now += rng.random_range(0..40);
+            s.handle_timeout(t(now));
+            let (actions, _) = drain(&mut s);
+            for a in actions {
+                match a {
+                    Action::ReadBlock {
+                        peer,
+                        piece,
+                        begin,
+                        length,
+                    } => s.handle_read_done(t(now), peer, piece, begin, &vec![0; length as usize]),
+                    Action::WriteBlock { piece, begin, .. } => {
+                        s.handle_write_done(t(now), piece, begin)
+                    }
+                    Action::HashPiece { piece } => s.handle_piece_hashed(t(now), piece, [1; 20]),
+                    _ => {}
+                }
+            }
+            drain(&mut s);
+        }
+        assert_eq!(s.have().count(), have_before, "round {round}");
+    }
+}
+
+#[test]
+fn banned_peer_listening_port_is_never_dialed() {
+    let mut s = leecher();
+    // An incoming seed that tells us (BEP 10 `p`) it listens on port 7000.
+    let h = s.handle_incoming(t(1), addr(10));
+    let mut hello = Vec::new();
+    Handshake::new(INFO, PeerId([10; 20])).encode(&mut hello);
+    let ext = crate::wire::ExtendedHandshake {
+        p: Some(7000),
+        ..Default::default()
+    };
+    hello.extend(msg(Message::Extended {
+        id: 0,
+        payload: &ext.encode(),
+    }));
+    hello.extend(msg(Message::HaveAll));
+    hello.extend(msg(Message::Unchoke));
+    s.handle_received(t(1), h, &hello);
+    drain(&mut s);
+    for piece in [0, 1] {
+        deliver_piece(&mut s, t(2), h, piece, true);
+        s.handle_piece_hashed(t(2), piece, [0; 20]);
+    }
+    assert!(s.is_banned(&[10; 20]));
+    let listen = SocketAddr::new(addr(10).ip(), 7000);
+    s.handle_peers_discovered(t(3), &[listen]);
+    assert!(
+        !drain(&mut s)
+            .0
+            .iter()
+            .any(|a| matches!(a, Action::Connect { .. }))
+    );
+}

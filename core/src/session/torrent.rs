@@ -2,10 +2,10 @@
 
 use crate::bitfield::Bitfield;
 use crate::id::InfoHash;
-use crate::metainfo::Info;
+use crate::metainfo::{Info, Metainfo};
 
-/// Settings for a [`Session`]. Everything random derives from `seed`.
-#[derive(Debug, Clone)]
+/// Settings for a [`Session`](super::Session). Everything random derives from `seed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionConfig {
     /// Seeds the session's ChaCha8 generator (peer id, picker tie-breaks, optimistic unchokes).
     pub seed: u64,
@@ -70,6 +70,11 @@ pub struct Torrent {
 }
 
 impl Torrent {
+    /// The session's view of a parsed `.torrent` file.
+    pub fn from_metainfo(m: &Metainfo) -> Torrent {
+        Torrent::from_info(m.info_hash, &m.info)
+    }
+
     /// The session's view of a parsed metainfo `info` dictionary.
     pub fn from_info(info_hash: InfoHash, info: &Info) -> Torrent {
         Torrent {
@@ -115,7 +120,7 @@ impl Torrent {
                 continue;
             }
             let first = f.offset / self.piece_length;
-            let last = (f.offset + f.length - 1) / self.piece_length;
+            let last = f.offset.saturating_add(f.length - 1) / self.piece_length;
             for p in first..=last {
                 bf.set(p as u32);
             }

@@ -7,7 +7,6 @@ use core::net::SocketAddr;
 
 use super::{Action, AnnounceEvent, Event, PeerHandle, Session};
 use crate::id::PeerId;
-use crate::peer::Peer;
 use crate::time::Time;
 
 /// A block received for a piece not yet verified: who sent it and a fingerprint of its bytes.
@@ -156,18 +155,29 @@ impl Session {
         if !self.banned_ids.insert(id) {
             return;
         }
-        let victims: Vec<(usize, SocketAddr, bool)> = self
+        let victims: Vec<(usize, SocketAddr, Option<SocketAddr>)> = self
             .peers
             .iter()
-            .filter(|(_, s)| s.peer.as_ref().and_then(Peer::remote_id) == Some(PeerId(id)))
-            .map(|(k, s)| (k, s.addr, s.outgoing))
+            .filter_map(|(k, s)| {
+                let p = s.peer.as_ref()?;
+                (p.remote_id() == Some(PeerId(id))).then(|| {
+                    // Where it listens: the address we dialed, or the port it advertised.
+                    let listen = if s.outgoing {
+                        Some(s.addr)
+                    } else {
+                        p.listen_port()
+                            .map(|port| SocketAddr::new(s.addr.ip(), port))
+                    };
+                    (k, s.addr, listen)
+                })
+            })
             .collect();
-        let mut addr = None;
-        for (k, a, outgoing) in victims {
+        let mut addr = self.known_ids.get(&id).copied();
+        for (k, a, listen) in victims {
             addr = Some(a);
-            if outgoing {
-                self.banned_addrs.insert(a);
-                self.candidates.remove(&a);
+            if let Some(l) = listen {
+                self.banned_addrs.insert(l);
+                self.candidates.remove(&l);
             }
             self.remove_peer(PeerHandle(k), "banned: sent corrupt data".into(), true);
         }

@@ -17,7 +17,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod create;
+pub mod demo;
 pub mod info;
+pub mod replay;
 pub mod transfer;
 
 /// `kp-torrent`'s command line.
@@ -45,6 +47,10 @@ pub enum Command {
     Download(transfer::DownloadArgs),
     /// Seed existing data (shortcut: `kp-torrent FILE.torrent -s PATH`).
     Seed(transfer::SeedArgs),
+    /// Replay a trace recorded with --record; exit 1 at the first divergence.
+    Replay(replay::Args),
+    /// Make sample content, seed it and download it over 127.0.0.1 with two clients in this process.
+    Demo(demo::Args),
 }
 
 impl Command {
@@ -53,7 +59,7 @@ impl Command {
         match self {
             Command::Download(args) => args.common.quiet,
             Command::Seed(args) => args.common.quiet,
-            Command::Info(_) | Command::Create(_) => false,
+            Command::Info(_) | Command::Create(_) | Command::Replay(_) | Command::Demo(_) => false,
         }
     }
 
@@ -64,6 +70,8 @@ impl Command {
             Command::Create(args) => create::run(&args).map(|()| ExitCode::SUCCESS),
             Command::Download(args) => transfer::download(&args),
             Command::Seed(args) => transfer::seed(&args),
+            Command::Demo(args) => demo::run(&args),
+            Command::Replay(args) => replay::run(&args),
         }
     }
 }

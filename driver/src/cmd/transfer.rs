@@ -51,6 +51,11 @@ pub struct Common {
     #[arg(long, value_name = "PEM")]
     pub tracker_ca: Option<PathBuf>,
 
+    /// Write this run's trace (every input to the protocol engine, with its time) to TRACE;
+    /// `kp-torrent replay TRACE` checks that the engine does exactly the same again.
+    #[arg(long, value_name = "TRACE")]
+    pub record: Option<PathBuf>,
+
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -146,6 +151,7 @@ fn options(
         seed_ratio: common.seed_ratio,
         seed_time: common.seed_time.map(Duration::from_secs),
         timeout: None,
+        record: common.record.clone(),
         tracker_ca: common.tracker_ca.clone(),
         rng_seed,
         quiet: common.quiet,

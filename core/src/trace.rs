@@ -1,0 +1,475 @@
+//! Recording a session's run to a compact trace, and replaying it to check that a fresh session
+//! does exactly the same.
+//!
+//! A [`Session`] is a pure function of its construction arguments and its inputs, so a trace of
+//! those replays the run: the [`Recorder`] wraps a session with the same `handle_input` /
+//! `poll_*` surface and writes every input it is given and every action and event it returns;
+//! [`replay`] feeds the recorded inputs to a fresh session, drains it after each input exactly as
+//! the recorder did, and compares the outputs one by one. The first difference is reported as a
+//! [`Divergence`]: which input, which output after it, where in the trace, expected and actual.
+//! Core never opens files: the driver hands the recorder a [`std::io::Write`] and the replayer a
+//! byte slice or a [`std::io::Read`].
+//!
+//! # Format, version 1
+//!
+//! Integers are little-endian. A *varint* is an unsigned LEB128 number (7 bits per byte, lowest
+//! first, high bit set on every byte but the last, at most 10 bytes). *bytes* is a varint length
+//! followed by that many bytes; text is UTF-8 bytes. An *address* is `4`, 4 octets, port `u16`; or
+//! `6`, 16 octets, port `u16`, flow info varint, scope id varint.
+//!
+//! Header:
+//! - magic `KPTR`, version `u16` (= 1), flags `u8` (bit 0: events are recorded);
+//! - the [`SessionConfig`]: seed `u64`, peer id (`0`, or `1` and 20 bytes), listen port `u16`,
+//!   then varints max peers, upload slots, max serve queue, ban after failures, max connect
+//!   failures, and sequential `u8`;
+//! - the [`Torrent`]: info-hash (20 bytes), piece length, total length and piece count (varints),
+//!   the piece SHA-1s (20 bytes each), file count (varint), then per file offset and length
+//!   (varints) and padding `u8`;
+//! - the initial have-bitfield: bit count (varint) and its bytes (BEP 3 order);
+//! - the start time: varint nanoseconds.
+//!
+//! Then records, each one tag byte and its fields, in the order they happened: the actions (and
+//! events) the session queued when constructed, then for every input the input record followed by
+//! the actions it produced (in [`Session::poll_action`] order) and then its events; finally the end
+//! record `0xff`, written by [`Recorder::finish`]. A trace without it (a killed process) replays
+//! up to its last whole record and says it is unfinished.
+//!
+//! Every input record starts with its time: a zigzag varint of the signed difference in
+//! nanoseconds from the previous input's time (the first from the start time), so a typical
+//! input spends one to three bytes on time. Then, per tag:
+//!
+//! | tag | input | fields (varints unless noted) |
+//! |-----|-------|-------------------------------|
+//! | 01 | timeout | — |
+//! | 02 | incoming | address |
+//! | 03, 04, 06 | connected, connect failed, closed | peer |
+//! | 05 | received | peer, bytes |
+//! | 07 | write done | piece, begin |
+//! | 08 | write failed | piece, begin, text |
+//! | 09 | read done | peer, piece, begin, bytes |
+//! | 0a | read failed | peer, piece, begin, text |
+//! | 0b | piece hashed | piece, digest (20 bytes) |
+//! | 0c | peers discovered | count, addresses |
+//! | 0d | select files | count, flags packed 8 per byte, lowest bit first |
+//! | 0e | shutdown | — |
+//!
+//! | tag | action | fields |
+//! |-----|--------|--------|
+//! | 20 | connect | peer, address |
+//! | 21 | send | peer, length, hash (`u64`) |
+//! | 22 | close | peer, reason text |
+//! | 23 | write block | piece, begin, length, hash (`u64`) |
+//! | 24 | read block | peer, piece, begin, length |
+//! | 25 | hash piece | piece |
+//! | 26 | announce | event `u8` (0 none, 1 started, 2 completed, 3 stopped) |
+//!
+//! | tag | event | fields |
+//! |-----|-------|--------|
+//! | 40 | peer connected | peer, address, peer id (20 bytes) |
+//! | 41 | peer disconnected | peer, address, reason text |
+//! | 42, 43 | piece verified, hash failed | piece |
+//! | 44 | complete | — |
+//! | 45 | peer banned | address, peer id (20 bytes) |
+//! | 46 | error | text |
+//!
+//! # Why actions are fingerprints
+//!
+//! Received bytes are stored once, in the input that delivered them; that is what makes the run
+//! reproducible. The payloads of actions (bytes sent, blocks written) are functions of the inputs,
+//! so storing them again would double a download's trace for nothing: the session computes them
+//! again on replay. An action is stored as its kind, key fields, payload length and a 64-bit hash
+//! of the payload ([`payload_hash`]), about 15 bytes, so a 64 MiB download records about 64 MiB
+//! and a few hundred kilobytes. The hash is not cryptographic; it only has to notice that a replay
+//! computed different bytes, and any change confined to one aligned 8-byte word is always noticed
+//! (every step is a bijection of the state). Blocks read from disk to serve a peer are inputs and
+//! are stored whole: a seeder's trace is as large as what it uploaded.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Write};
+
+use core::net::SocketAddr;
+
+mod codec;
+mod replay;
+#[cfg(test)]
+mod tests;
+
+pub use codec::InputRecord;
+pub use replay::{
+    Divergence, Output, ReplayError, ReplayReport, TraceReader, TraceRecord, replay, replay_from,
+};
+
+use crate::bitfield::Bitfield;
+use crate::id::{PeerHandle, to_hex};
+use crate::session::{Action, AnnounceEvent, Event, Input, Session, SessionConfig, Torrent};
+use crate::time::Time;
+
+/// Everything a session was constructed with, as a trace's header stores it.
+#[derive(Debug, Clone)]
+pub struct TraceHeader {
+    /// True when the trace records events as well as actions.
+    pub events: bool,
+    /// The session's settings (with its seed).
+    pub config: SessionConfig,
+    /// The torrent.
+    pub torrent: Torrent,
+    /// The pieces verified before the start.
+    pub have: Bitfield,
+    /// The session's start time.
+    pub start: Time,
+}
+
+impl TraceHeader {
+    /// A fresh session built exactly as the recorded one was.
+    pub fn session(&self) -> Session {
+        Session::new(
+            self.config.clone(),
+            self.torrent.clone(),
+            self.have.clone(),
+            self.start,
+        )
+    }
+}
+
+/// The 64-bit hash a trace stores for an action's payload. Fast (four independent lanes of
+/// 8-byte words), stable across platforms and versions, not cryptographic.
+pub fn payload_hash(data: &[u8]) -> u64 {
+    const K1: u64 = 0x9e37_79b9_7f4a_7c15;
+    const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+    fn word(b: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        let n = b.len().min(8);
+        w[..n].copy_from_slice(&b[..n]);
+        u64::from_le_bytes(w)
+    }
+    let mut lanes = [K1, K2, K1.rotate_left(17), K2.rotate_left(41)];
+    let mut blocks = data.chunks_exact(32);
+    for b in &mut blocks {
+        for (lane, w) in lanes.iter_mut().zip(b.chunks_exact(8)) {
+            *lane = (*lane ^ word(w)).wrapping_mul(K1).rotate_left(31);
+        }
+    }
+    let mut h = (data.len() as u64) ^ K2;
+    for lane in lanes {
+        h = (h ^ lane).wrapping_mul(K2).rotate_left(27);
+    }
+    for w in blocks.remainder().chunks(8) {
+        h = (h ^ word(w)).wrapping_mul(K1).rotate_left(31);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(K2);
+    h ^ (h >> 29)
+}
+
+/// An action as a trace stores it: kind, key fields, and for payloads their length and
+/// [`payload_hash`] instead of the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ActionPrint {
+    /// [`Action::Connect`].
+    Connect {
+        /// Handle for the new connection.
+        peer: PeerHandle,
+        /// Where to connect.
+        addr: SocketAddr,
+    },
+    /// [`Action::Send`].
+    Send {
+        /// The connection.
+        peer: PeerHandle,
+        /// Bytes sent.
+        len: u64,
+        /// Their hash.
+        hash: u64,
+    },
+    /// [`Action::Close`].
+    Close {
+        /// The connection.
+        peer: PeerHandle,
+        /// Why.
+        reason: String,
+    },
+    /// [`Action::WriteBlock`].
+    WriteBlock {
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// Block length.
+        len: u64,
+        /// Hash of the block.
+        hash: u64,
+    },
+    /// [`Action::ReadBlock`].
+    ReadBlock {
+        /// The peer that asked.
+        peer: PeerHandle,
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// Length in bytes.
+        length: u32,
+    },
+    /// [`Action::HashPiece`].
+    HashPiece {
+        /// Piece index.
+        piece: u32,
+    },
+    /// [`Action::Announce`].
+    Announce {
+        /// The event.
+        event: AnnounceEvent,
+    },
+}
+
+impl fmt::Display for ActionPrint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActionPrint::Connect { peer, addr } => write!(f, "connect {peer} to {addr}"),
+            ActionPrint::Send { peer, len, hash } => {
+                write!(f, "send {len} bytes to {peer} (hash {hash:016x})")
+            }
+            ActionPrint::Close { peer, reason } => write!(f, "close {peer}: {reason}"),
+            ActionPrint::WriteBlock {
+                piece,
+                begin,
+                len,
+                hash,
+            } => write!(
+                f,
+                "write piece {piece} at {begin}, {len} bytes (hash {hash:016x})"
+            ),
+            ActionPrint::ReadBlock {
+                peer,
+                piece,
+                begin,
+                length,
+            } => write!(
+                f,
+                "read piece {piece} at {begin}, {length} bytes for {peer}"
+            ),
+            ActionPrint::HashPiece { piece } => write!(f, "hash piece {piece}"),
+            ActionPrint::Announce { event } => write!(f, "announce ({event:?})"),
+        }
+    }
+}
+
+/// An event as a trace stores it (whole: events carry no payloads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPrint(pub Event);
+
+impl fmt::Display for EventPrint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Event::PeerConnected { peer_id, .. } => {
+                write!(f, "event: {} (id {})", self.0, to_hex(peer_id))
+            }
+            other => write!(f, "event: {other}"),
+        }
+    }
+}
+
+/// Writes a trace record by record. Use it directly when something else owns the session and
+/// reports each input and output (a simulation's hooks); otherwise use a [`Recorder`].
+///
+/// I/O errors do not panic and do not stop the caller: the first one is kept (see
+/// [`TraceWriter::error`]), later records are dropped, and [`TraceWriter::finish`] returns it.
+#[derive(Debug)]
+pub struct TraceWriter<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    last: Time,
+    events: bool,
+    error: Option<io::Error>,
+}
+
+/// Buffered records are written out once they reach this size.
+const FLUSH_AT: usize = 64 * 1024;
+
+impl<W: Write> TraceWriter<W> {
+    /// Starts a trace with its header. Record the actions (and events, when `header.events`)
+    /// the session queued at construction before the first input.
+    pub fn new(out: W, header: &TraceHeader) -> TraceWriter<W> {
+        let mut buf = Vec::with_capacity(FLUSH_AT + 1024);
+        codec::encode_header(&mut buf, header);
+        TraceWriter {
+            out,
+            buf,
+            last: header.start,
+            events: header.events,
+            error: None,
+        }
+    }
+
+    /// Records an input, before the session gets it.
+    pub fn input(&mut self, now: Time, input: &Input<'_>) {
+        if self.error.is_some() {
+            return;
+        }
+        let payload = codec::encode_input(&mut self.buf, self.last, now, input);
+        self.last = now;
+        if let Some(p) = payload {
+            if self.buf.len() + p.len() > FLUSH_AT {
+                // Large payloads go straight out instead of through the buffer.
+                self.write_buf();
+                self.write(p);
+            } else {
+                self.buf.extend_from_slice(p);
+            }
+        }
+        self.maybe_flush();
+    }
+
+    /// Records an action the session returned, in [`Session::poll_action`] order.
+    pub fn action(&mut self, action: &Action) {
+        if self.error.is_none() {
+            ActionPrint::of(action).encode(&mut self.buf);
+            self.maybe_flush();
+        }
+    }
+
+    /// Records an event the session returned; ignored when the header says no events.
+    pub fn event(&mut self, event: &Event) {
+        if self.events && self.error.is_none() {
+            EventPrint::of(event).encode(&mut self.buf);
+            self.maybe_flush();
+        }
+    }
+
+    /// The first I/O error met, if any: the trace is incomplete from there on.
+    pub fn error(&self) -> Option<&io::Error> {
+        self.error.as_ref()
+    }
+
+    /// Writes the end record and flushes; returns the writer, or the first I/O error.
+    pub fn finish(mut self) -> io::Result<W> {
+        if self.error.is_none() {
+            self.buf.push(codec::END);
+            self.write_buf();
+        }
+        if self.error.is_none()
+            && let Err(e) = self.out.flush()
+        {
+            self.error = Some(e);
+        }
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.out),
+        }
+    }
+
+    fn maybe_flush(&mut self) {
+        if self.buf.len() >= FLUSH_AT {
+            self.write_buf();
+        }
+    }
+
+    fn write_buf(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        self.write(&buf);
+        self.buf = buf;
+        self.buf.clear();
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.error.is_none()
+            && let Err(e) = self.out.write_all(bytes)
+        {
+            self.error = Some(e);
+        }
+    }
+}
+
+/// A [`Session`] that records its run: use it in place of the session (`--record`). Its
+/// `handle_input` / `poll_*` methods behave like the session's.
+///
+/// After each input it drains the session's actions and events at once (recording them) and
+/// hands them out from its own queues, so the trace's order is the session's order whatever the
+/// caller does in between. Getters go through [`Recorder::session`] (for example
+/// [`Session::next_handle`] before an [`Input::Incoming`]).
+#[derive(Debug)]
+pub struct Recorder<W: Write> {
+    session: Session,
+    writer: TraceWriter<W>,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+}
+
+impl<W: Write> Recorder<W> {
+    /// Builds the session as [`Session::new`] does and starts a trace of it on `out`.
+    pub fn new(
+        out: W,
+        config: SessionConfig,
+        torrent: Torrent,
+        have: Bitfield,
+        now: Time,
+    ) -> Recorder<W> {
+        let header = TraceHeader {
+            events: true,
+            config,
+            torrent,
+            have,
+            start: now,
+        };
+        let writer = TraceWriter::new(out, &header);
+        let mut r = Recorder {
+            session: header.session(),
+            writer,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        r.drain();
+        r
+    }
+
+    /// Records one input and gives it to the session (see [`Session::handle_input`]).
+    pub fn handle_input(&mut self, now: Time, input: Input<'_>) {
+        self.writer.input(now, &input);
+        self.session.handle_input(now, input);
+        self.drain();
+    }
+
+    /// The next thing the driver must do, until `None` (see [`Session::poll_action`]).
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next thing to show the user, until `None` (see [`Session::poll_event`]).
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When the next [`Input::Timeout`] is due (see [`Session::poll_timeout`]).
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.session.poll_timeout()
+    }
+
+    /// The recorded session, for its getters.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The first I/O error met while writing the trace, if any. The session runs on regardless.
+    pub fn error(&self) -> Option<&io::Error> {
+        self.writer.error()
+    }
+
+    /// Ends the trace (end record, flush) and returns the session and the writer, or the first
+    /// I/O error.
+    pub fn finish(self) -> (Session, io::Result<W>) {
+        (self.session, self.writer.finish())
+    }
+
+    fn drain(&mut self) {
+        while let Some(a) = self.session.poll_action() {
+            self.writer.action(&a);
+            self.actions.push_back(a);
+        }
+        while let Some(e) = self.session.poll_event() {
+            self.writer.event(&e);
+            self.events.push_back(e);
+        }
+    }
+}

@@ -1,0 +1,960 @@
+//! Byte-level encoding of trace records (layout in the `trace` module documentation).
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+use crate::bitfield::Bitfield;
+use crate::id::{InfoHash, PeerHandle};
+use crate::metainfo::{MAX_PIECE_LENGTH, MAX_PIECES};
+use crate::session::{Action, AnnounceEvent, Event, FileSpan, Input, SessionConfig, Torrent};
+use crate::time::Time;
+
+use super::{ActionPrint, EventPrint, ReplayError, TraceHeader, payload_hash};
+
+pub(super) const MAGIC: &[u8; 4] = b"KPTR";
+pub(super) const VERSION: u16 = 1;
+pub(super) const FLAG_EVENTS: u8 = 1;
+
+/// Virtual times past this (about 146 years) are refused, so that no timer arithmetic in the
+/// session meets a value near `u64::MAX`.
+const MAX_TIME_NANOS: u64 = 1 << 62;
+
+// Record tags. Inputs, actions and events use disjoint ranges so a reader knows which stream a
+// record belongs to from its first byte.
+pub(super) const IN_TIMEOUT: u8 = 0x01;
+pub(super) const IN_INCOMING: u8 = 0x02;
+pub(super) const IN_CONNECTED: u8 = 0x03;
+pub(super) const IN_CONNECT_FAILED: u8 = 0x04;
+pub(super) const IN_RECEIVED: u8 = 0x05;
+pub(super) const IN_CLOSED: u8 = 0x06;
+pub(super) const IN_WRITE_DONE: u8 = 0x07;
+pub(super) const IN_WRITE_FAILED: u8 = 0x08;
+pub(super) const IN_READ_DONE: u8 = 0x09;
+pub(super) const IN_READ_FAILED: u8 = 0x0a;
+pub(super) const IN_PIECE_HASHED: u8 = 0x0b;
+pub(super) const IN_PEERS: u8 = 0x0c;
+pub(super) const IN_SELECT_FILES: u8 = 0x0d;
+pub(super) const IN_SHUTDOWN: u8 = 0x0e;
+pub(super) const ACT_CONNECT: u8 = 0x20;
+pub(super) const ACT_SEND: u8 = 0x21;
+pub(super) const ACT_CLOSE: u8 = 0x22;
+pub(super) const ACT_WRITE: u8 = 0x23;
+pub(super) const ACT_READ: u8 = 0x24;
+pub(super) const ACT_HASH: u8 = 0x25;
+pub(super) const ACT_ANNOUNCE: u8 = 0x26;
+pub(super) const EV_CONNECTED: u8 = 0x40;
+pub(super) const EV_DISCONNECTED: u8 = 0x41;
+pub(super) const EV_VERIFIED: u8 = 0x42;
+pub(super) const EV_HASH_FAILED: u8 = 0x43;
+pub(super) const EV_COMPLETE: u8 = 0x44;
+pub(super) const EV_BANNED: u8 = 0x45;
+pub(super) const EV_ERROR: u8 = 0x46;
+pub(super) const END: u8 = 0xff;
+
+// ---- writing ----
+
+pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => {
+            out.push(4);
+            out.extend_from_slice(&a.ip().octets());
+            out.extend_from_slice(&a.port().to_le_bytes());
+        }
+        SocketAddr::V6(a) => {
+            out.push(6);
+            out.extend_from_slice(&a.ip().octets());
+            out.extend_from_slice(&a.port().to_le_bytes());
+            put_varint(out, u64::from(a.flowinfo()));
+            put_varint(out, u64::from(a.scope_id()));
+        }
+    }
+}
+
+fn announce_code(e: AnnounceEvent) -> u8 {
+    match e {
+        AnnounceEvent::None => 0,
+        AnnounceEvent::Started => 1,
+        AnnounceEvent::Completed => 2,
+        AnnounceEvent::Stopped => 3,
+    }
+}
+
+pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.push(if h.events { FLAG_EVENTS } else { 0 });
+    // Destructured without `..` so that a new setting fails to compile until it is recorded.
+    let SessionConfig {
+        seed,
+        peer_id,
+        listen_port,
+        max_peers,
+        upload_slots,
+        max_serve_queue,
+        ban_after_failures,
+        max_connect_failures,
+        sequential,
+    } = &h.config;
+    out.extend_from_slice(&seed.to_le_bytes());
+    match peer_id {
+        None => out.push(0),
+        Some(id) => {
+            out.push(1);
+            out.extend_from_slice(id);
+        }
+    }
+    out.extend_from_slice(&listen_port.to_le_bytes());
+    put_varint(out, *max_peers as u64);
+    put_varint(out, *upload_slots as u64);
+    put_varint(out, *max_serve_queue as u64);
+    put_varint(out, u64::from(*ban_after_failures));
+    put_varint(out, u64::from(*max_connect_failures));
+    out.push(u8::from(*sequential));
+    let Torrent {
+        info_hash,
+        piece_length,
+        total_length,
+        piece_hashes,
+        files,
+    } = &h.torrent;
+    out.extend_from_slice(&info_hash.0);
+    put_varint(out, *piece_length);
+    put_varint(out, *total_length);
+    put_varint(out, piece_hashes.len() as u64);
+    for p in piece_hashes {
+        out.extend_from_slice(p);
+    }
+    put_varint(out, files.len() as u64);
+    for f in files {
+        put_varint(out, f.offset);
+        put_varint(out, f.length);
+        out.push(u8::from(f.padding));
+    }
+    put_varint(out, u64::from(h.have.len()));
+    out.extend_from_slice(h.have.as_bytes());
+    put_varint(out, h.start.as_nanos());
+}
+
+fn zigzag(d: i64) -> u64 {
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Encodes an input record, except for its trailing payload (received bytes or block data),
+/// which the caller writes after it so it is never copied into a buffer twice.
+pub(super) fn encode_input<'a>(
+    out: &mut Vec<u8>,
+    prev: Time,
+    now: Time,
+    input: &Input<'a>,
+) -> Option<&'a [u8]> {
+    let delta = zigzag(now.as_nanos().wrapping_sub(prev.as_nanos()) as i64);
+    let tag = match input {
+        Input::Timeout => IN_TIMEOUT,
+        Input::Incoming { .. } => IN_INCOMING,
+        Input::Connected { .. } => IN_CONNECTED,
+        Input::ConnectFailed { .. } => IN_CONNECT_FAILED,
+        Input::Received { .. } => IN_RECEIVED,
+        Input::Closed { .. } => IN_CLOSED,
+        Input::WriteDone { .. } => IN_WRITE_DONE,
+        Input::WriteFailed { .. } => IN_WRITE_FAILED,
+        Input::ReadDone { .. } => IN_READ_DONE,
+        Input::ReadFailed { .. } => IN_READ_FAILED,
+        Input::PieceHashed { .. } => IN_PIECE_HASHED,
+        Input::PeersDiscovered { .. } => IN_PEERS,
+        Input::SelectFiles { .. } => IN_SELECT_FILES,
+        Input::Shutdown => IN_SHUTDOWN,
+    };
+    out.push(tag);
+    put_varint(out, delta);
+    match input {
+        Input::Timeout | Input::Shutdown => None,
+        Input::Incoming { addr } => {
+            put_addr(out, addr);
+            None
+        }
+        Input::Connected { peer } | Input::ConnectFailed { peer } | Input::Closed { peer } => {
+            put_varint(out, peer.0 as u64);
+            None
+        }
+        Input::Received { peer, bytes } => {
+            put_varint(out, peer.0 as u64);
+            put_varint(out, bytes.len() as u64);
+            Some(bytes)
+        }
+        Input::WriteDone { piece, begin } => {
+            put_varint(out, u64::from(*piece));
+            put_varint(out, u64::from(*begin));
+            None
+        }
+        Input::WriteFailed {
+            piece,
+            begin,
+            error,
+        } => {
+            put_varint(out, u64::from(*piece));
+            put_varint(out, u64::from(*begin));
+            put_bytes(out, error.as_bytes());
+            None
+        }
+        Input::ReadDone {
+            peer,
+            piece,
+            begin,
+            data,
+        } => {
+            put_varint(out, peer.0 as u64);
+            put_varint(out, u64::from(*piece));
+            put_varint(out, u64::from(*begin));
+            put_varint(out, data.len() as u64);
+            Some(data)
+        }
+        Input::ReadFailed {
+            peer,
+            piece,
+            begin,
+            error,
+        } => {
+            put_varint(out, peer.0 as u64);
+            put_varint(out, u64::from(*piece));
+            put_varint(out, u64::from(*begin));
+            put_bytes(out, error.as_bytes());
+            None
+        }
+        Input::PieceHashed { piece, digest } => {
+            put_varint(out, u64::from(*piece));
+            out.extend_from_slice(digest);
+            None
+        }
+        Input::PeersDiscovered { addrs } => {
+            put_varint(out, addrs.len() as u64);
+            for a in *addrs {
+                put_addr(out, a);
+            }
+            None
+        }
+        Input::SelectFiles { wanted } => {
+            put_varint(out, wanted.len() as u64);
+            for chunk in wanted.chunks(8) {
+                let mut b = 0u8;
+                for (i, &w) in chunk.iter().enumerate() {
+                    b |= u8::from(w) << i;
+                }
+                out.push(b);
+            }
+            None
+        }
+    }
+}
+
+impl ActionPrint {
+    /// The fingerprint of an action, as a trace stores it.
+    pub fn of(action: &Action) -> ActionPrint {
+        match action {
+            Action::Connect { peer, addr } => ActionPrint::Connect {
+                peer: *peer,
+                addr: *addr,
+            },
+            Action::Send { peer, bytes } => ActionPrint::Send {
+                peer: *peer,
+                len: bytes.len() as u64,
+                hash: payload_hash(bytes),
+            },
+            Action::Close { peer, reason } => ActionPrint::Close {
+                peer: *peer,
+                reason: reason.clone(),
+            },
+            Action::WriteBlock { piece, begin, data } => ActionPrint::WriteBlock {
+                piece: *piece,
+                begin: *begin,
+                len: data.len() as u64,
+                hash: payload_hash(data),
+            },
+            Action::ReadBlock {
+                peer,
+                piece,
+                begin,
+                length,
+            } => ActionPrint::ReadBlock {
+                peer: *peer,
+                piece: *piece,
+                begin: *begin,
+                length: *length,
+            },
+            Action::HashPiece { piece } => ActionPrint::HashPiece { piece: *piece },
+            Action::Announce { event } => ActionPrint::Announce { event: *event },
+        }
+    }
+
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            ActionPrint::Connect { peer, addr } => {
+                out.push(ACT_CONNECT);
+                put_varint(out, peer.0 as u64);
+                put_addr(out, addr);
+            }
+            ActionPrint::Send { peer, len, hash } => {
+                out.push(ACT_SEND);
+                put_varint(out, peer.0 as u64);
+                put_varint(out, *len);
+                out.extend_from_slice(&hash.to_le_bytes());
+            }
+            ActionPrint::Close { peer, reason } => {
+                out.push(ACT_CLOSE);
+                put_varint(out, peer.0 as u64);
+                put_bytes(out, reason.as_bytes());
+            }
+            ActionPrint::WriteBlock {
+                piece,
+                begin,
+                len,
+                hash,
+            } => {
+                out.push(ACT_WRITE);
+                put_varint(out, u64::from(*piece));
+                put_varint(out, u64::from(*begin));
+                put_varint(out, *len);
+                out.extend_from_slice(&hash.to_le_bytes());
+            }
+            ActionPrint::ReadBlock {
+                peer,
+                piece,
+                begin,
+                length,
+            } => {
+                out.push(ACT_READ);
+                put_varint(out, peer.0 as u64);
+                put_varint(out, u64::from(*piece));
+                put_varint(out, u64::from(*begin));
+                put_varint(out, u64::from(*length));
+            }
+            ActionPrint::HashPiece { piece } => {
+                out.push(ACT_HASH);
+                put_varint(out, u64::from(*piece));
+            }
+            ActionPrint::Announce { event } => {
+                out.push(ACT_ANNOUNCE);
+                out.push(announce_code(*event));
+            }
+        }
+    }
+
+    /// True when `action` has this fingerprint; avoids building a print for the common case.
+    pub(super) fn matches(&self, action: &Action) -> bool {
+        match (self, action) {
+            (ActionPrint::Send { peer, len, hash }, Action::Send { peer: p, bytes }) => {
+                peer == p && *len == bytes.len() as u64 && *hash == payload_hash(bytes)
+            }
+            (
+                ActionPrint::WriteBlock {
+                    piece,
+                    begin,
+                    len,
+                    hash,
+                },
+                Action::WriteBlock {
+                    piece: p,
+                    begin: b,
+                    data,
+                },
+            ) => {
+                piece == p && begin == b && *len == data.len() as u64 && *hash == payload_hash(data)
+            }
+            _ => *self == ActionPrint::of(action),
+        }
+    }
+}
+
+impl EventPrint {
+    /// The record of an event, as a trace stores it (events carry no payloads: stored whole).
+    pub fn of(event: &Event) -> EventPrint {
+        EventPrint(event.clone())
+    }
+
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        match &self.0 {
+            Event::PeerConnected {
+                peer,
+                addr,
+                peer_id,
+            } => {
+                out.push(EV_CONNECTED);
+                put_varint(out, peer.0 as u64);
+                put_addr(out, addr);
+                out.extend_from_slice(peer_id);
+            }
+            Event::PeerDisconnected { peer, addr, reason } => {
+                out.push(EV_DISCONNECTED);
+                put_varint(out, peer.0 as u64);
+                put_addr(out, addr);
+                put_bytes(out, reason.as_bytes());
+            }
+            Event::PieceVerified { piece } => {
+                out.push(EV_VERIFIED);
+                put_varint(out, u64::from(*piece));
+            }
+            Event::HashFailed { piece } => {
+                out.push(EV_HASH_FAILED);
+                put_varint(out, u64::from(*piece));
+            }
+            Event::Complete => out.push(EV_COMPLETE),
+            Event::PeerBanned { addr, peer_id } => {
+                out.push(EV_BANNED);
+                put_addr(out, addr);
+                out.extend_from_slice(peer_id);
+            }
+            Event::Error { message } => {
+                out.push(EV_ERROR);
+                put_bytes(out, message.as_bytes());
+            }
+        }
+    }
+}
+
+// ---- reading ----
+
+/// A position in a trace being decoded; every read is bounds-checked.
+pub(super) struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+type R<T> = Result<T, ReplayError>;
+
+impl<'a> Cursor<'a> {
+    pub(super) fn new(buf: &'a [u8]) -> Cursor<'a> {
+        Cursor { buf, pos: 0 }
+    }
+
+    pub(super) fn offset(&self) -> u64 {
+        self.pos as u64
+    }
+
+    pub(super) fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    fn corrupt(&self, what: &'static str) -> ReplayError {
+        ReplayError::Corrupt {
+            offset: self.offset(),
+            what,
+        }
+    }
+
+    pub(super) fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    pub(super) fn bytes(&mut self, n: usize) -> R<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        match end.and_then(|e| self.buf.get(self.pos..e)) {
+            Some(b) => {
+                self.pos += n;
+                Ok(b)
+            }
+            None => Err(ReplayError::Truncated {
+                offset: self.buf.len() as u64,
+            }),
+        }
+    }
+
+    fn array<const N: usize>(&mut self) -> R<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.bytes(N)?);
+        Ok(a)
+    }
+
+    pub(super) fn u8(&mut self) -> R<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> R<u16> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> R<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    pub(super) fn varint(&mut self) -> R<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(self.corrupt("varint overflows 64 bits"));
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.corrupt("varint longer than 10 bytes"))
+    }
+
+    fn u32v(&mut self) -> R<u32> {
+        let v = self.varint()?;
+        u32::try_from(v).map_err(|_| self.corrupt("number too large for 32 bits"))
+    }
+
+    fn usizev(&mut self) -> R<usize> {
+        let v = self.varint()?;
+        usize::try_from(v).map_err(|_| self.corrupt("number too large for this machine"))
+    }
+
+    fn peer(&mut self) -> R<PeerHandle> {
+        Ok(PeerHandle(self.usizev()?))
+    }
+
+    fn flag(&mut self) -> R<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(self.corrupt("flag is neither 0 nor 1")),
+        }
+    }
+
+    /// A length-prefixed payload that must fit in what is left of the trace.
+    fn payload(&mut self) -> R<&'a [u8]> {
+        let n = self.usizev()?;
+        self.bytes(n)
+    }
+
+    fn string(&mut self) -> R<String> {
+        let b = self.payload()?;
+        match std::str::from_utf8(b) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(_) => Err(self.corrupt("text is not UTF-8")),
+        }
+    }
+
+    fn addr(&mut self) -> R<SocketAddr> {
+        match self.u8()? {
+            4 => {
+                let ip = Ipv4Addr::from(self.array::<4>()?);
+                let port = self.u16()?;
+                Ok(SocketAddr::new(IpAddr::V4(ip), port))
+            }
+            6 => {
+                let ip = Ipv6Addr::from(self.array::<16>()?);
+                let port = self.u16()?;
+                let flow = self.u32v()?;
+                let scope = self.u32v()?;
+                Ok(SocketAddr::V6(SocketAddrV6::new(ip, port, flow, scope)))
+            }
+            _ => Err(self.corrupt("unknown address family")),
+        }
+    }
+
+    fn time(&mut self, prev: Time) -> R<Time> {
+        let d = unzigzag(self.varint()?);
+        let t = prev.as_nanos().wrapping_add(d as u64);
+        if t > MAX_TIME_NANOS {
+            return Err(self.corrupt("time out of range"));
+        }
+        Ok(Time::from_nanos(t))
+    }
+
+    pub(super) fn header(&mut self) -> R<TraceHeader> {
+        if self.remaining() < MAGIC.len() || self.bytes(MAGIC.len())? != MAGIC {
+            return Err(ReplayError::NotATrace);
+        }
+        let version = self.u16()?;
+        if version != VERSION {
+            return Err(ReplayError::UnsupportedVersion { version });
+        }
+        let flags = self.u8()?;
+        if flags & !FLAG_EVENTS != 0 {
+            return Err(self.corrupt("unknown header flags"));
+        }
+        let seed = self.u64()?;
+        let peer_id = if self.flag()? {
+            Some(self.array::<20>()?)
+        } else {
+            None
+        };
+        let config = SessionConfig {
+            seed,
+            peer_id,
+            listen_port: self.u16()?,
+            max_peers: self.usizev()?,
+            upload_slots: self.usizev()?,
+            max_serve_queue: self.usizev()?,
+            ban_after_failures: self.u32v()?,
+            max_connect_failures: self.u32v()?,
+            sequential: self.flag()?,
+        };
+        let info_hash = InfoHash(self.array::<20>()?);
+        let piece_length = self.varint()?;
+        let total_length = self.varint()?;
+        if piece_length == 0 || piece_length > MAX_PIECE_LENGTH {
+            return Err(self.corrupt("piece length out of range"));
+        }
+        let count = self.usizev()?;
+        if count > MAX_PIECES as usize || count as u64 != total_length.div_ceil(piece_length) {
+            return Err(self.corrupt("piece count does not match the lengths"));
+        }
+        if count.saturating_mul(20) > self.remaining() {
+            return Err(ReplayError::Truncated {
+                offset: self.buf.len() as u64,
+            });
+        }
+        let mut piece_hashes = Vec::with_capacity(count);
+        for _ in 0..count {
+            piece_hashes.push(self.array::<20>()?);
+        }
+        let file_count = self.usizev()?;
+        if file_count > self.remaining() {
+            return Err(ReplayError::Truncated {
+                offset: self.buf.len() as u64,
+            });
+        }
+        let mut files = Vec::with_capacity(file_count);
+        let mut end = 0u64;
+        for _ in 0..file_count {
+            let offset = self.varint()?;
+            let length = self.varint()?;
+            let padding = self.flag()?;
+            if offset != end {
+                return Err(self.corrupt("files are not contiguous"));
+            }
+            end = offset
+                .checked_add(length)
+                .filter(|&e| e <= total_length)
+                .ok_or_else(|| self.corrupt("files extend past the total length"))?;
+            files.push(FileSpan {
+                offset,
+                length,
+                padding,
+            });
+        }
+        if end != total_length {
+            return Err(self.corrupt("files do not add up to the total length"));
+        }
+        let bits = self.u32v()?;
+        if bits as usize != count {
+            return Err(self.corrupt("have-bitfield length is not the piece count"));
+        }
+        let raw = self.bytes(count.div_ceil(8))?;
+        let have = Bitfield::from_bytes(raw, bits)
+            .map_err(|_| self.corrupt("have-bitfield is invalid"))?;
+        let start = self.time(Time::ZERO)?;
+        Ok(TraceHeader {
+            events: flags & FLAG_EVENTS != 0,
+            config,
+            torrent: Torrent {
+                info_hash,
+                piece_length,
+                total_length,
+                piece_hashes,
+                files,
+            },
+            have,
+            start,
+        })
+    }
+
+    /// Decodes the input record whose tag was just read.
+    pub(super) fn input(&mut self, tag: u8, prev: Time) -> R<(Time, InputRecord<'a>)> {
+        let now = self.time(prev)?;
+        let input = match tag {
+            IN_TIMEOUT => InputRecord::Timeout,
+            IN_INCOMING => InputRecord::Incoming { addr: self.addr()? },
+            IN_CONNECTED => InputRecord::Connected { peer: self.peer()? },
+            IN_CONNECT_FAILED => InputRecord::ConnectFailed { peer: self.peer()? },
+            IN_RECEIVED => InputRecord::Received {
+                peer: self.peer()?,
+                bytes: self.payload()?,
+            },
+            IN_CLOSED => InputRecord::Closed { peer: self.peer()? },
+            IN_WRITE_DONE => InputRecord::WriteDone {
+                piece: self.u32v()?,
+                begin: self.u32v()?,
+            },
+            IN_WRITE_FAILED => InputRecord::WriteFailed {
+                piece: self.u32v()?,
+                begin: self.u32v()?,
+                error: self.string()?,
+            },
+            IN_READ_DONE => InputRecord::ReadDone {
+                peer: self.peer()?,
+                piece: self.u32v()?,
+                begin: self.u32v()?,
+                data: self.payload()?,
+            },
+            IN_READ_FAILED => InputRecord::ReadFailed {
+                peer: self.peer()?,
+                piece: self.u32v()?,
+                begin: self.u32v()?,
+                error: self.string()?,
+            },
+            IN_PIECE_HASHED => InputRecord::PieceHashed {
+                piece: self.u32v()?,
+                digest: self.array::<20>()?,
+            },
+            IN_PEERS => {
+                let n = self.usizev()?;
+                if n > self.remaining() / 7 {
+                    return Err(ReplayError::Truncated {
+                        offset: self.buf.len() as u64,
+                    });
+                }
+                let mut addrs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    addrs.push(self.addr()?);
+                }
+                InputRecord::PeersDiscovered { addrs }
+            }
+            IN_SELECT_FILES => {
+                let n = self.usizev()?;
+                let packed = self.bytes(n.div_ceil(8))?;
+                let wanted = (0..n)
+                    .map(|i| packed.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1))
+                    .collect();
+                InputRecord::SelectFiles { wanted }
+            }
+            IN_SHUTDOWN => InputRecord::Shutdown,
+            _ => return Err(self.corrupt("unknown input record")),
+        };
+        Ok((now, input))
+    }
+
+    pub(super) fn action(&mut self, tag: u8) -> R<ActionPrint> {
+        Ok(match tag {
+            ACT_CONNECT => ActionPrint::Connect {
+                peer: self.peer()?,
+                addr: self.addr()?,
+            },
+            ACT_SEND => ActionPrint::Send {
+                peer: self.peer()?,
+                len: self.varint()?,
+                hash: self.u64()?,
+            },
+            ACT_CLOSE => ActionPrint::Close {
+                peer: self.peer()?,
+                reason: self.string()?,
+            },
+            ACT_WRITE => ActionPrint::WriteBlock {
+                piece: self.u32v()?,
+                begin: self.u32v()?,
+                len: self.varint()?,
+                hash: self.u64()?,
+            },
+            ACT_READ => ActionPrint::ReadBlock {
+                peer: self.peer()?,
+                piece: self.u32v()?,
+                begin: self.u32v()?,
+                length: self.u32v()?,
+            },
+            ACT_HASH => ActionPrint::HashPiece {
+                piece: self.u32v()?,
+            },
+            ACT_ANNOUNCE => ActionPrint::Announce {
+                event: match self.u8()? {
+                    0 => AnnounceEvent::None,
+                    1 => AnnounceEvent::Started,
+                    2 => AnnounceEvent::Completed,
+                    3 => AnnounceEvent::Stopped,
+                    _ => return Err(self.corrupt("unknown announce event")),
+                },
+            },
+            _ => return Err(self.corrupt("unknown action record")),
+        })
+    }
+
+    pub(super) fn event(&mut self, tag: u8) -> R<EventPrint> {
+        Ok(EventPrint(match tag {
+            EV_CONNECTED => Event::PeerConnected {
+                peer: self.peer()?,
+                addr: self.addr()?,
+                peer_id: self.array::<20>()?,
+            },
+            EV_DISCONNECTED => Event::PeerDisconnected {
+                peer: self.peer()?,
+                addr: self.addr()?,
+                reason: self.string()?,
+            },
+            EV_VERIFIED => Event::PieceVerified {
+                piece: self.u32v()?,
+            },
+            EV_HASH_FAILED => Event::HashFailed {
+                piece: self.u32v()?,
+            },
+            EV_COMPLETE => Event::Complete,
+            EV_BANNED => Event::PeerBanned {
+                addr: self.addr()?,
+                peer_id: self.array::<20>()?,
+            },
+            EV_ERROR => Event::Error {
+                message: self.string()?,
+            },
+            _ => return Err(self.corrupt("unknown event record")),
+        }))
+    }
+}
+
+/// A decoded input: an [`Input`] with owned storage for the parts a trace cannot lend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputRecord<'a> {
+    /// See [`Input::Timeout`].
+    Timeout,
+    /// See [`Input::Incoming`].
+    Incoming {
+        /// The remote address.
+        addr: SocketAddr,
+    },
+    /// See [`Input::Connected`].
+    Connected {
+        /// The connection.
+        peer: PeerHandle,
+    },
+    /// See [`Input::ConnectFailed`].
+    ConnectFailed {
+        /// The connection.
+        peer: PeerHandle,
+    },
+    /// See [`Input::Received`].
+    Received {
+        /// The connection.
+        peer: PeerHandle,
+        /// The bytes, borrowed from the trace.
+        bytes: &'a [u8],
+    },
+    /// See [`Input::Closed`].
+    Closed {
+        /// The connection.
+        peer: PeerHandle,
+    },
+    /// See [`Input::WriteDone`].
+    WriteDone {
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+    },
+    /// See [`Input::WriteFailed`].
+    WriteFailed {
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// The error text.
+        error: String,
+    },
+    /// See [`Input::ReadDone`].
+    ReadDone {
+        /// The peer that asked.
+        peer: PeerHandle,
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// The block, borrowed from the trace.
+        data: &'a [u8],
+    },
+    /// See [`Input::ReadFailed`].
+    ReadFailed {
+        /// The peer that asked.
+        peer: PeerHandle,
+        /// Piece index.
+        piece: u32,
+        /// Offset in the piece.
+        begin: u32,
+        /// The error text.
+        error: String,
+    },
+    /// See [`Input::PieceHashed`].
+    PieceHashed {
+        /// Piece index.
+        piece: u32,
+        /// The recorded digest.
+        digest: [u8; 20],
+    },
+    /// See [`Input::PeersDiscovered`].
+    PeersDiscovered {
+        /// The addresses.
+        addrs: Vec<SocketAddr>,
+    },
+    /// See [`Input::SelectFiles`].
+    SelectFiles {
+        /// One flag per file.
+        wanted: Vec<bool>,
+    },
+    /// See [`Input::Shutdown`].
+    Shutdown,
+}
+
+impl InputRecord<'_> {
+    /// The [`Input`] to give a session.
+    pub fn as_input(&self) -> Input<'_> {
+        match self {
+            InputRecord::Timeout => Input::Timeout,
+            InputRecord::Incoming { addr } => Input::Incoming { addr: *addr },
+            InputRecord::Connected { peer } => Input::Connected { peer: *peer },
+            InputRecord::ConnectFailed { peer } => Input::ConnectFailed { peer: *peer },
+            InputRecord::Received { peer, bytes } => Input::Received { peer: *peer, bytes },
+            InputRecord::Closed { peer } => Input::Closed { peer: *peer },
+            InputRecord::WriteDone { piece, begin } => Input::WriteDone {
+                piece: *piece,
+                begin: *begin,
+            },
+            InputRecord::WriteFailed {
+                piece,
+                begin,
+                error,
+            } => Input::WriteFailed {
+                piece: *piece,
+                begin: *begin,
+                error: error.clone(),
+            },
+            InputRecord::ReadDone {
+                peer,
+                piece,
+                begin,
+                data,
+            } => Input::ReadDone {
+                peer: *peer,
+                piece: *piece,
+                begin: *begin,
+                data,
+            },
+            InputRecord::ReadFailed {
+                peer,
+                piece,
+                begin,
+                error,
+            } => Input::ReadFailed {
+                peer: *peer,
+                piece: *piece,
+                begin: *begin,
+                error: error.clone(),
+            },
+            InputRecord::PieceHashed { piece, digest } => Input::PieceHashed {
+                piece: *piece,
+                digest: *digest,
+            },
+            InputRecord::PeersDiscovered { addrs } => Input::PeersDiscovered { addrs },
+            InputRecord::SelectFiles { wanted } => Input::SelectFiles { wanted },
+            InputRecord::Shutdown => Input::Shutdown,
+        }
+    }
+}

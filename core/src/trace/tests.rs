@@ -1,0 +1,294 @@
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::io;
+use std::time::Duration;
+
+use sha1::Digest;
+
+use super::*;
+use crate::id::InfoHash;
+use crate::metainfo::hash_pieces;
+use crate::session::FileSpan;
+
+/// A seeder and a recorded leecher joined directly, delivering every send at once, one
+/// millisecond per step. Returns the leecher's trace.
+fn record_pair(piece_length: u64, total: usize) -> Vec<u8> {
+    let content: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+    let torrent = Torrent {
+        info_hash: InfoHash([9; 20]),
+        piece_length,
+        total_length: total as u64,
+        piece_hashes: hash_pieces(&content, piece_length),
+        files: vec![FileSpan {
+            offset: 0,
+            length: total as u64,
+            padding: false,
+        }],
+    };
+    let count = torrent.piece_count();
+    let seeder_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 6881);
+    let leecher_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 40000);
+    let config = |seed| SessionConfig {
+        seed,
+        ..SessionConfig::default()
+    };
+    let mut seeder = Session::new(
+        config(1),
+        torrent.clone(),
+        Bitfield::full(count),
+        Time::ZERO,
+    );
+    let mut leecher = Recorder::new(
+        Vec::new(),
+        config(2),
+        torrent,
+        Bitfield::new(count),
+        Time::ZERO,
+    );
+    let mut storage = vec![0u8; total];
+    let mut now = Time::ZERO;
+    let mut seeder_peer = None;
+    let mut leecher_peer = None;
+    leecher.handle_input(
+        now,
+        Input::PeersDiscovered {
+            addrs: &[seeder_addr],
+        },
+    );
+    for _ in 0..200_000 {
+        if leecher.session().is_complete() {
+            break;
+        }
+        now += Duration::from_millis(1);
+        let mut progressed = false;
+        while let Some(a) = leecher.poll_action() {
+            progressed = true;
+            match a {
+                Action::Connect { peer, .. } => {
+                    leecher_peer = Some(peer);
+                    seeder_peer = Some(seeder.next_handle());
+                    seeder.handle_input(now, Input::Incoming { addr: leecher_addr });
+                    leecher.handle_input(now, Input::Connected { peer });
+                }
+                Action::Send { bytes, .. } => {
+                    if let Some(peer) = seeder_peer {
+                        seeder.handle_input(
+                            now,
+                            Input::Received {
+                                peer,
+                                bytes: &bytes,
+                            },
+                        );
+                    }
+                }
+                Action::WriteBlock { piece, begin, data } => {
+                    let at = (u64::from(piece) * piece_length) as usize + begin as usize;
+                    storage[at..at + data.len()].copy_from_slice(&data);
+                    leecher.handle_input(now, Input::WriteDone { piece, begin });
+                }
+                Action::HashPiece { piece } => {
+                    let at = (u64::from(piece) * piece_length) as usize;
+                    let end = (at + piece_length as usize).min(total);
+                    let digest: [u8; 20] = sha1::Sha1::digest(&storage[at..end]).into();
+                    leecher.handle_input(now, Input::PieceHashed { piece, digest });
+                }
+                _ => {}
+            }
+        }
+        while leecher.poll_event().is_some() {}
+        while let Some(a) = seeder.poll_action() {
+            progressed = true;
+            match a {
+                Action::Send { bytes, .. } => {
+                    if let Some(peer) = leecher_peer {
+                        // Split sends in two so decoders see arbitrary boundaries.
+                        let (x, y) = bytes.split_at(bytes.len() / 2);
+                        for part in [x, y] {
+                            leecher.handle_input(now, Input::Received { peer, bytes: part });
+                        }
+                    }
+                }
+                Action::ReadBlock {
+                    peer,
+                    piece,
+                    begin,
+                    length,
+                } => {
+                    let at = (u64::from(piece) * piece_length) as usize + begin as usize;
+                    let data = &content[at..at + length as usize];
+                    seeder.handle_input(
+                        now,
+                        Input::ReadDone {
+                            peer,
+                            piece,
+                            begin,
+                            data,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        while seeder.poll_event().is_some() {}
+        if !progressed && let Some(t) = leecher.poll_timeout() {
+            now = now.max(t);
+            leecher.handle_input(now, Input::Timeout);
+        }
+    }
+    assert!(leecher.session().is_complete(), "the pair did not finish");
+    assert_eq!(storage, content);
+    let (_, out) = leecher.finish();
+    out.expect("writing to a Vec cannot fail")
+}
+
+#[test]
+fn recorded_pair_replays_without_divergence() {
+    let trace = record_pair(32 * 1024, 200_000);
+    let report = replay(&trace).expect("trace decodes");
+    assert_eq!(report.divergence, None, "{report}");
+    assert!(report.finished);
+    assert!(report.received_bytes >= 200_000);
+    assert!(report.inputs > 10 && report.actions > 10 && report.events > 0);
+    // Actions are fingerprints: the trace is not much larger than the traffic it holds.
+    assert!(
+        (trace.len() as u64) < report.received_bytes + report.received_bytes / 20,
+        "{} bytes of trace for {} received",
+        trace.len(),
+        report.received_bytes
+    );
+}
+
+#[test]
+fn changed_digest_diverges_at_that_input() {
+    let trace = record_pair(32 * 1024, 100_000);
+    let mut reader = TraceReader::new(&trace).unwrap();
+    let mut target = None;
+    while let Some(rec) = reader.next_record().unwrap() {
+        if let TraceRecord::Input {
+            offset,
+            index,
+            input: InputRecord::PieceHashed { .. },
+            ..
+        } = rec
+        {
+            target = Some((offset, index));
+            break;
+        }
+    }
+    let (offset, index) = target.expect("the leecher hashed a piece");
+    let mut bad = trace.clone();
+    // Tag, one-byte time delta, one-byte piece index, then the digest.
+    let at = offset as usize + 3 + 5;
+    bad[at] ^= 1;
+    let report = replay(&bad).unwrap();
+    let d = report.divergence.expect("a changed digest must diverge");
+    assert_eq!(d.input, Some(index), "{d}");
+    assert!(report.inputs == index + 1);
+}
+
+#[test]
+fn truncated_traces_are_errors_or_unfinished() {
+    let trace = record_pair(16 * 1024, 40_000);
+    let header_len = {
+        let r = TraceReader::new(&trace).unwrap();
+        r.offset() as usize
+    };
+    for cut in [0, 3, 10, header_len - 1] {
+        assert!(replay(&trace[..cut]).is_err(), "cut at {cut}");
+    }
+    // Cut mid-way: an error, or (at a record boundary) an unfinished report with no divergence.
+    for cut in (header_len..trace.len() - 1).step_by(997) {
+        match replay(&trace[..cut]) {
+            Err(ReplayError::Truncated { .. }) => {}
+            Err(e) => panic!("cut at {cut}: {e}"),
+            Ok(r) => assert!(!r.finished && r.divergence.is_none(), "cut at {cut}: {r}"),
+        }
+    }
+    assert!(matches!(
+        replay(b"XXXX\x01\x00"),
+        Err(ReplayError::NotATrace)
+    ));
+    let mut v2 = trace.clone();
+    v2[4] = 2;
+    assert!(matches!(
+        replay(&v2),
+        Err(ReplayError::UnsupportedVersion { version: 2 })
+    ));
+}
+
+#[test]
+fn payload_hash_sees_every_single_byte_change() {
+    let data: Vec<u8> = (0..1000u32).map(|i| (i * 31) as u8).collect();
+    let h = payload_hash(&data);
+    for i in 0..data.len() {
+        let mut d = data.clone();
+        d[i] ^= 0x80;
+        assert_ne!(payload_hash(&d), h, "byte {i}");
+    }
+    assert_ne!(payload_hash(&data[..999]), h);
+    assert_ne!(payload_hash(&[]), payload_hash(&[0]));
+}
+
+#[test]
+fn varints_round_trip_and_reject_overflow() {
+    for v in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+        let mut b = Vec::new();
+        codec::put_varint(&mut b, v);
+        let mut c = codec::Cursor::new(&b);
+        assert_eq!(c.varint().unwrap(), v);
+        assert!(c.at_end());
+    }
+    let eleven = [0xffu8; 11];
+    assert!(codec::Cursor::new(&eleven).varint().is_err());
+    let too_big = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+    assert!(codec::Cursor::new(&too_big).varint().is_err());
+}
+
+/// Fails every write after the first `ok` bytes.
+struct FailingWriter {
+    ok: usize,
+}
+
+impl io::Write for FailingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.ok == 0 {
+            return Err(io::Error::other("disk full"));
+        }
+        let n = buf.len().min(self.ok);
+        self.ok -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn recorder_keeps_io_errors_and_runs_on() {
+    let torrent = Torrent {
+        info_hash: InfoHash([1; 20]),
+        piece_length: 16384,
+        total_length: 16384,
+        piece_hashes: vec![[0; 20]],
+        files: vec![FileSpan {
+            offset: 0,
+            length: 16384,
+            padding: false,
+        }],
+    };
+    let mut r = Recorder::new(
+        FailingWriter { ok: 10 },
+        SessionConfig::default(),
+        torrent,
+        Bitfield::new(1),
+        Time::ZERO,
+    );
+    assert!(matches!(r.poll_action(), Some(Action::Announce { .. })));
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1);
+    r.handle_input(
+        Time::from_secs(1),
+        Input::PeersDiscovered { addrs: &[addr] },
+    );
+    assert!(matches!(r.poll_action(), Some(Action::Connect { .. })));
+    let (_, res) = r.finish();
+    assert_eq!(res.err().map(|e| e.to_string()), Some("disk full".into()));
+}
