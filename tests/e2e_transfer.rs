@@ -74,11 +74,14 @@ fn transfer(dir: &TempDir, data: &Dataset, torrent: &Torrent, tracker: Option<&O
     assert!(!leecher.log().contains("panicked"));
     data.assert_same(&dest);
     if let Some(tracker) = tracker {
-        // The leecher said `completed` before leaving, so the tracker counts two seeders... and
-        // `stopped` when leaving, which takes it off again: only the seeder remains.
-        tracker.wait_for_swarm(&torrent.info_hash, SWARM, "only the seeder", |s| {
-            s.seeders == 1 && s.leechers == 0
-        });
+        // The leecher told the tracker `completed` before it exited (counted as a download),
+        // then `stopped`, which takes it off the list: only the seeder remains.
+        tracker.wait_for_swarm(
+            &torrent.info_hash,
+            SWARM,
+            "one completed download and only the seeder",
+            |s| s.downloaded == 1 && s.seeders == 1 && s.leechers == 0,
+        );
     }
     drop(seeder);
 }
