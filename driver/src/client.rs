@@ -256,7 +256,7 @@ struct Client {
     fatal: Option<ClientError>,
     interrupted: bool,
     completed_announced: bool,
-    /// The trackers' `stopped` round is over (answered or timed out).
+    /// The trackers said goodbye (or gave up): shutdown need not wait for them.
     tracker_stopped: bool,
     complete_at: Option<Instant>,
 }
@@ -453,7 +453,24 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
             summary.peers_used,
         ));
     }
+    let seeding = matches!(client.opts.location, Location::Seed(_)) || client.opts.keep_seeding;
+    if summary.complete && seeding {
+        progress.finish(&seed_summary_line(
+            &name,
+            summary.uploaded,
+            summary.total_bytes,
+        ));
+    }
     Ok(summary)
+}
+
+/// The line printed when seeding stops: `NAME: stopped seeding, uploaded X (N bytes), ratio R`.
+fn seed_summary_line(name: &str, uploaded: u64, total: u64) -> String {
+    format!(
+        "{name}: stopped seeding, uploaded {} ({uploaded} bytes), ratio {:.2}",
+        crate::units::format_bytes(uploaded),
+        uploaded as f64 / total.max(1) as f64
+    )
 }
 
 /// Hashes the pieces the start plan asks for ("checking"), showing progress. `Ok(None)` when
@@ -1119,8 +1136,8 @@ impl Client {
             }
             if let Some(since) = stopping {
                 let disk_idle = self.disk.in_flight() == 0;
-                let tracker_stopped = self.tracker_stopped || !self.has_trackers;
-                if tracker_stopped && disk_idle {
+                let trackers_done = self.tracker_stopped || !self.has_trackers;
+                if trackers_done && disk_idle {
                     return Ok(());
                 }
                 if since.elapsed() > SHUTDOWN_GRACE {
@@ -1128,7 +1145,7 @@ impl Client {
                         "{}: leaving after {}s without {}",
                         self.name,
                         SHUTDOWN_GRACE.as_secs(),
-                        if tracker_stopped {
+                        if trackers_done {
                             "the last disk writes"
                         } else {
                             "the trackers' answer to `stopped`"

@@ -31,6 +31,8 @@ pub struct Swarm {
     pub seeders: i64,
     /// Peers still downloading.
     pub leechers: i64,
+    /// Downloads finished so far: `completed` announces the tracker counted.
+    pub downloaded: i64,
 }
 
 impl Opentracker {
@@ -124,6 +126,7 @@ impl Opentracker {
         Some(Swarm {
             seeders: stats.get_int(b"complete")?,
             leechers: stats.get_int(b"incomplete")?,
+            downloaded: stats.get_int(b"downloaded").unwrap_or(0),
         })
     }
 

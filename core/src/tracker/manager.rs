@@ -270,7 +270,6 @@ pub struct TrackerManager {
     /// The cycle's position (tier, index) and its job while one runs.
     cycle: Option<(usize, usize, Option<u64>)>,
     next_announce: Option<Time>,
-    last_success: Option<Time>,
     completed_pending: bool,
     completed_sent: bool,
     phase: Phase,
@@ -372,7 +371,6 @@ impl TrackerManager {
             next_conn: 0,
             cycle: None,
             next_announce: has_usable.then_some(Time::ZERO),
-            last_success: None,
             completed_pending: false,
             completed_sent: false,
             phase: Phase::Running,
@@ -406,14 +404,10 @@ impl TrackerManager {
             return;
         }
         self.completed_pending = true;
-        // An event announce does not wait for the tracker's `min interval`, which paces regular
-        // re-announces only (Transmission and libtorrent send `completed` at once too): opentracker
-        // asks for 885 s, and a leecher that exits once `completed` went out would wait that long.
+        // An event, not a re-announce: `min interval` does not hold it back (libtorrent and
+        // Transmission send it at once too), and `download` waits for it before exiting.
         if self.cycle.is_none() {
-            self.next_announce = Some(match self.next_announce {
-                Some(t) => t.min(now),
-                None => now,
-            });
+            self.next_announce = Some(now);
         }
         self.run(now);
     }
@@ -1047,7 +1041,6 @@ impl TrackerManager {
                 ids.retain(|&i| i != tracker);
                 ids.insert(0, tracker);
             }
-            self.last_success = Some(now);
             self.cycle = None;
             let next = if self.completed_pending {
                 now
@@ -1366,18 +1359,16 @@ mod tests {
     }
 
     #[test]
-    fn completed_is_sent_once_at_once_despite_min_interval() {
+    fn completed_is_sent_once_and_at_once_despite_min_interval() {
         let mut m = mgr(&[&["http://a/announce"]]);
-        // opentracker's reply: interval 1770, min interval 885.
-        announce_ok(&mut m, Time::ZERO, &reply(Some(1770), Some(885), &[]));
+        announce_ok(&mut m, Time::ZERO, &reply(Some(1800), Some(120), &[]));
         m.handle_completed(secs(10));
-        let line = announce_ok(&mut m, secs(10), &reply(Some(1770), Some(885), &[]));
+        let line = announce_ok(&mut m, secs(10), &reply(Some(1800), Some(120), &[]));
         assert!(line.contains("event=completed"), "{line}");
-        m.handle_completed(secs(20));
-        assert_eq!(m.poll_timeout(), Some(secs(1780)));
-        assert!(actions(&mut m).is_empty());
-        m.handle_timeout(secs(1780));
-        let line = announce_ok(&mut m, secs(1780), &reply(Some(1770), None, &[]));
+        m.handle_completed(secs(130));
+        assert_eq!(m.poll_timeout(), Some(secs(1810)));
+        m.handle_timeout(secs(1810));
+        let line = announce_ok(&mut m, secs(1810), &reply(Some(1800), None, &[]));
         assert!(!line.contains("event="), "{line}");
     }
 

@@ -54,6 +54,15 @@ pub enum Command {
 }
 
 impl Command {
+    /// True when the user asked for `--quiet`: then only errors are logged by default.
+    pub fn quiet(&self) -> bool {
+        match self {
+            Command::Download(args) => args.common.quiet,
+            Command::Seed(args) => args.common.quiet,
+            Command::Info(_) | Command::Create(_) | Command::Replay(_) | Command::Demo(_) => false,
+        }
+    }
+
     /// Runs the command to completion; the exit code on success (130 for an interrupted download).
     pub fn run(self) -> Result<ExitCode, CliError> {
         match self {
