@@ -3,6 +3,8 @@
 //!
 //! A [`KpTorrent`] is a [`RealProcess`] (log file, bounded waits, killed when dropped) that listens
 //! on 127.0.0.1 at a port from [`free_port`], retried when another process took it first.
+//! `KP_KEEP_LOGS=DIR` (e.g. with `RUST_LOG=debug`) copies each run's whole log into `DIR` when it
+//! is dropped, since a panic message holds only the tail and the log folder is usually temporary.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -192,6 +194,19 @@ impl KpTorrent {
         let line = log.lines().find(|l| l.contains(": stopped seeding, "))?;
         let inside = line.split(" (").nth(1)?.split(" bytes)").next()?;
         inside.parse().ok()
+    }
+}
+
+impl Drop for KpTorrent {
+    fn drop(&mut self) {
+        if let Some(keep) = std::env::var_os("KP_KEEP_LOGS") {
+            let keep = PathBuf::from(keep);
+            let log = self.process.log_path();
+            let stem = log.file_stem().unwrap_or_default().to_string_lossy();
+            let name = format!("{stem}-{}.log", self.process.pid());
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(log, keep.join(name));
+        }
     }
 }
 
