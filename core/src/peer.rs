@@ -39,6 +39,8 @@ pub const SNUB_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_PIPELINE: usize = 250;
 /// Requests outstanding with a peer whose rate is not yet known.
 pub const MIN_PIPELINE: usize = 4;
+/// Most allowed-fast pieces remembered per peer (BEP 6 suggests about 10; libtorrent sends 5).
+pub const MAX_ALLOWED_FAST: usize = 64;
 /// Rates are averaged over this window: long enough to be stable, short enough to follow a
 /// peer that speeds up or stalls.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
@@ -857,8 +859,12 @@ impl Peer {
             Message::AllowedFast(i) => {
                 if !self.fast {
                     self.close("allowed fast without the fast extension".into());
-                } else if i < self.config.piece_count && !self.allowed_fast.contains(&i) {
-                    // Out-of-range indices are ignored (BEP 6 lets the set be advisory).
+                } else if i < self.config.piece_count
+                    && self.allowed_fast.len() < MAX_ALLOWED_FAST
+                    && !self.allowed_fast.contains(&i)
+                {
+                    // Out-of-range indices and sets beyond MAX_ALLOWED_FAST are ignored (BEP 6
+                    // lets the set be advisory); the cap keeps a flood from costing n² lookups.
                     self.allowed_fast.push(i);
                     self.events.push_back(PeerEvent::AllowedFast(i));
                 }

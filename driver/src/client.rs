@@ -495,15 +495,20 @@ fn check_existing(
     });
     let mut events = Events::with_capacity(16);
     loop {
-        poll.poll(&mut events, Some(Duration::from_millis(500)))
-            .map_err(ClientError::Io)?;
+        match poll.poll(&mut events, Some(Duration::from_millis(500))) {
+            Ok(()) => {}
+            // A signal handler ran (Ctrl-C is seen through the signal pipe just below).
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ClientError::Io(e)),
+        }
         if signals.as_mut().is_some_and(ShutdownSignals::take) {
             return Ok(None);
         }
         while let Some(c) = disk.poll_completion() {
             match c {
                 Completion::CheckProgress { checked, .. } => {
-                    let done = u64::from(checked) * total_bytes / u64::from(to_check.max(1));
+                    let done = (u128::from(checked) * u128::from(total_bytes)
+                        / u128::from(to_check.max(1))) as u64;
                     progress.update(
                         Instant::now(),
                         &Snapshot {
@@ -789,7 +794,20 @@ impl Client {
         }
     }
 
+    /// True when a peer has more queued for it than [`SEND_QUEUE_LIMIT`]: it is not read until it
+    /// drains, so a peer that sends requests but never reads cannot grow our replies without bound.
+    fn send_blocked(&self, idx: usize) -> bool {
+        self.peers
+            .get(idx)
+            .and_then(Option::as_ref)
+            .is_some_and(|p| p.out.len() > SEND_QUEUE_LIMIT)
+    }
+
     fn read_peer(&mut self, now: Time, idx: usize) {
+        if self.send_blocked(idx) {
+            self.read_pending.insert(idx);
+            return;
+        }
         if self.disk.queued_write_bytes() > WRITE_BACKLOG_LIMIT {
             self.read_pending.insert(idx);
             return;
@@ -1170,7 +1188,8 @@ impl Client {
             }
             let paused =
                 self.down.available() == 0 || self.disk.queued_write_bytes() > WRITE_BACKLOG_LIMIT;
-            if !self.read_pending.is_empty() && !paused {
+            let readable_now = self.read_pending.iter().any(|&i| !self.send_blocked(i));
+            if readable_now && !paused {
                 wait = Duration::ZERO;
             } else if paused {
                 wait = wait.min(Duration::from_millis(20));

@@ -386,6 +386,24 @@ fn allowed_fast_lets_us_request_while_choked() {
 }
 
 #[test]
+fn an_allowed_fast_flood_is_capped() {
+    let big = PeerConfig {
+        piece_count: 1_000_000,
+        ..config()
+    };
+    let mut p = Peer::new(big, true, t(0));
+    p.handle_bytes(t(0), &handshake(INFO, THEM, true, false));
+    assert!(p.is_established());
+    let mut flood = Vec::new();
+    for i in 0..100_000 {
+        flood.extend(msg(Message::AllowedFast(i)));
+    }
+    p.handle_bytes(t(0), &flood);
+    assert!(closed_reason(&events(&mut p)).is_none());
+    assert_eq!(p.allowed_fast().len(), MAX_ALLOWED_FAST);
+}
+
+#[test]
 fn extended_handshake_read_and_unknown_extensions_ignored() {
     let mut p = established(false, true);
     let mut ext = ExtendedHandshake::default();

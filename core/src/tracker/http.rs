@@ -100,9 +100,13 @@ pub struct ResponseParser {
     state: State,
     location: Option<String>,
     body: Vec<u8>,
+    /// Interim (1xx) responses seen; each costs a copy of the rest of the input, so they are capped.
+    interim: u8,
 }
 
 const CHUNK_LINE_MAX: usize = 1024;
+/// Interim (1xx) responses accepted before the real one; real servers send one at most.
+const INTERIM_MAX: u8 = 8;
 const TRAILER_MAX: usize = 16 * 1024;
 
 impl ResponseParser {
@@ -113,6 +117,7 @@ impl ResponseParser {
             state: State::Head(Vec::new()),
             location: None,
             body: Vec::new(),
+            interim: 0,
         }
     }
 
@@ -168,6 +173,10 @@ impl ResponseParser {
         let status = resp.code.unwrap_or(0);
         if (100..200).contains(&status) {
             // An interim response (100 Continue): the real one follows.
+            self.interim += 1;
+            if self.interim > INTERIM_MAX {
+                return Err(TrackerError::BadHttp("too many interim (1xx) responses"));
+            }
             self.state = State::Head(Vec::new());
             return Ok(Some(used));
         }
@@ -697,6 +706,17 @@ mod tests {
                 location: None,
                 body: b"de".to_vec()
             }
+        );
+    }
+
+    #[test]
+    fn endless_interim_responses_are_refused() {
+        let mut raw = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(100_000);
+        raw.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nde");
+        let mut p = ResponseParser::new(HttpLimits::default());
+        assert_eq!(
+            p.feed(&raw),
+            Err(TrackerError::BadHttp("too many interim (1xx) responses"))
         );
     }
 
