@@ -49,7 +49,12 @@ fn spawn_server(ca: &TestCa) -> (u16, std::thread::JoinHandle<()>) {
 }
 
 /// Drives a non-blocking client until the server closes, returning the plaintext received.
-fn exchange(host: &str, port: u16, ca: Option<&std::path::Path>) -> Result<Vec<u8>, TlsError> {
+fn exchange(
+    host: &str,
+    port: u16,
+    ca: Option<&std::path::Path>,
+    limit: usize,
+) -> Result<Vec<u8>, TlsError> {
     let mut tls = TlsStream::new(client_config(ca)?, host)?;
     let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
     sock.set_nonblocking(true).unwrap();
@@ -58,7 +63,7 @@ fn exchange(host: &str, port: u16, ca: Option<&std::path::Path>) -> Result<Vec<u
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         tls.write_tls_to(&mut sock)?;
-        if tls.read_tls_from(&mut sock, &mut got)? == ReadState::Closed {
+        if tls.read_tls_from(&mut sock, &mut got, limit)? == ReadState::Closed {
             return Ok(got);
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -73,7 +78,7 @@ fn client_trusts_the_extra_ca_and_exchanges_bytes() {
         return;
     };
     let (port, server) = spawn_server(&ca);
-    let got = exchange("localhost", port, Some(&ca.ca_pem)).unwrap();
+    let got = exchange("localhost", port, Some(&ca.ca_pem), 1 << 20).unwrap();
     assert_eq!(got, b"echo: hello tracker");
     server.join().unwrap();
 }
@@ -85,7 +90,7 @@ fn client_refuses_a_certificate_outside_its_roots() {
         return;
     };
     let (port, _server) = spawn_server(&ca);
-    let err = exchange("localhost", port, None).unwrap_err();
+    let err = exchange("localhost", port, None, 1 << 20).unwrap_err();
     assert!(err.to_string().contains("certificate"), "{err}");
 }
 
@@ -96,6 +101,21 @@ fn client_refuses_a_name_the_certificate_does_not_cover() {
         return;
     };
     let (port, _server) = spawn_server(&ca);
-    let err = exchange("tracker.invalid", port, Some(&ca.ca_pem)).unwrap_err();
+    let err = exchange("tracker.invalid", port, Some(&ca.ca_pem), 1 << 20).unwrap_err();
     assert!(err.to_string().contains("certificate"), "{err}");
+}
+
+#[test]
+fn more_plaintext_than_the_limit_is_an_error() {
+    let dir = TempDir::new("tls-limit");
+    let Some(ca) = make_test_ca(dir.path()) else {
+        return;
+    };
+    let (port, _server) = spawn_server(&ca);
+    // The server answers 19 bytes; a 4-byte limit must stop the read with an error.
+    let err = exchange("localhost", port, Some(&ca.ca_pem), 4).unwrap_err();
+    assert!(
+        err.to_string().contains("more data than any reply"),
+        "{err}"
+    );
 }

@@ -127,21 +127,31 @@ impl TlsStream {
     }
 
     /// Reads ciphertext from `socket` until it would block or closes, appending the decrypted
-    /// plaintext to `plaintext`.
+    /// plaintext to `plaintext`; more than `limit` bytes of plaintext is an error, so a peer
+    /// streaming faster than we read cannot grow the buffer without bound.
     pub fn read_tls_from(
         &mut self,
         socket: &mut impl Read,
         plaintext: &mut Vec<u8>,
+        limit: usize,
     ) -> Result<ReadState, TlsError> {
+        let too_much = || TlsError::Io(io::Error::other("more data than any reply may hold"));
         loop {
             match self.conn.read_tls(socket) {
                 Ok(0) => {
                     self.drain_plaintext(plaintext)?;
+                    if plaintext.len() > limit {
+                        return Err(too_much());
+                    }
                     return Ok(ReadState::Closed);
                 }
                 Ok(_) => {
                     self.conn.process_new_packets().map_err(TlsError::Session)?;
-                    if self.drain_plaintext(plaintext)? {
+                    let closed = self.drain_plaintext(plaintext)?;
+                    if plaintext.len() > limit {
+                        return Err(too_much());
+                    }
+                    if closed {
                         return Ok(ReadState::Closed);
                     }
                 }

@@ -20,6 +20,14 @@ use crate::conn::{ReadOutcome, SendQueue, read_budgeted};
 use crate::resolver::{self, LookupKey, Resolver};
 use crate::tls::{self, ReadState, TlsStream};
 
+/// Bytes read from one tracker connection per readiness event at most: more than any reply the
+/// manager accepts (its head and body caps), so a tracker streaming faster than we read cannot
+/// keep the loop here or grow this buffer without bound; the manager rejects the reply anyway.
+const TCP_READ_LIMIT: usize = 8 << 20;
+/// Datagrams read from a tracker UDP socket per readiness event at most. Any host can send to it;
+/// datagrams left over are read at the next event (trackers retransmit lost exchanges).
+const UDP_READ_LIMIT: usize = 1024;
+
 /// Most tracker TCP connections open at once; the tokens `conn_base..conn_base + MAX_CONNS` are ours.
 pub const MAX_CONNS: usize = 1024;
 
@@ -398,16 +406,20 @@ impl TrackerIo {
         let id = c.id;
         let mut data = Vec::new();
         let outcome = match &mut c.tls {
-            Some(t) => match t.read_tls_from(stream, &mut data) {
+            Some(t) => match t.read_tls_from(stream, &mut data, TCP_READ_LIMIT) {
                 Ok(ReadState::WouldBlock) => Ok(false),
                 Ok(ReadState::Closed) => Ok(true),
                 Err(e) => Err(e.to_string()),
             },
-            None => read_budgeted(stream, &mut self.buf, usize::MAX, |chunk| {
+            None => read_budgeted(stream, &mut self.buf, TCP_READ_LIMIT, |chunk| {
                 data.extend_from_slice(chunk)
             })
-            .map(|o| o == ReadOutcome::Closed)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())
+            .and_then(|o| match o {
+                ReadOutcome::Closed => Ok(true),
+                ReadOutcome::Drained => Ok(false),
+                ReadOutcome::BudgetSpent => Err("tracker reply larger than any accepted".into()),
+            }),
         };
         // A TLS session may need to answer (key updates, alerts) after reading.
         if outcome.is_ok() {
@@ -488,9 +500,9 @@ impl TrackerIo {
         let Some(sock) = sock else {
             return;
         };
-        // Readiness is edge-triggered: read until the socket is empty. Each datagram costs the
-        // manager a lookup at most, so a flood cannot make this expensive.
-        loop {
+        // Readiness is edge-triggered, so this normally reads until the socket is empty; a flood
+        // is cut at UDP_READ_LIMIT so it cannot hold the loop here.
+        for _ in 0..UDP_READ_LIMIT {
             match sock.recv_from(&mut self.buf) {
                 Ok((n, from)) => mgr.handle_udp_datagram(now, from, &self.buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
