@@ -78,8 +78,8 @@ impl SendQueue {
     }
 }
 
-/// Reads from `r` into `buf` until it would block, the peer closes, or `budget` bytes were read,
-/// handing each chunk to `sink`.
+/// Reads from `r` into `buf` until it would block, the peer closes, or exactly `budget` bytes were
+/// read (never more), handing each chunk to `sink`.
 pub fn read_budgeted(
     r: &mut impl Read,
     buf: &mut [u8],
@@ -91,7 +91,9 @@ pub fn read_budgeted(
         if total >= budget {
             return Ok(ReadOutcome::BudgetSpent);
         }
-        match r.read(buf) {
+        // Never read past the budget: a rate limit hands out small budgets many times a second.
+        let want = (budget - total).min(buf.len());
+        match r.read(&mut buf[..want]) {
             Ok(0) => return Ok(ReadOutcome::Closed),
             Ok(n) => {
                 total += n;
@@ -164,6 +166,10 @@ mod tests {
         let out = read_budgeted(&mut r, &mut buf, 4096, |c| got.extend_from_slice(c)).unwrap();
         assert_eq!(out, ReadOutcome::BudgetSpent);
         assert_eq!(got.len(), 4096);
+        // A budget smaller than the buffer is not overshot.
+        let out = read_budgeted(&mut r, &mut buf, 100, |c| got.extend_from_slice(c)).unwrap();
+        assert_eq!(out, ReadOutcome::BudgetSpent);
+        assert_eq!(got.len(), 4196);
         let out =
             read_budgeted(&mut r, &mut buf, usize::MAX, |c| got.extend_from_slice(c)).unwrap();
         assert_eq!(out, ReadOutcome::Closed);
