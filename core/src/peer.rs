@@ -355,15 +355,27 @@ impl Peer {
             return;
         }
         self.last_recv = now;
-        // Whole messages are decoded straight from `bytes`; only a partial one is kept.
-        let held = std::mem::take(&mut self.inbuf);
-        let joined;
-        let buf: &[u8] = if held.is_empty() {
-            bytes
-        } else {
-            joined = [held.as_slice(), bytes].concat();
-            &joined
-        };
+        // Whole messages are decoded straight from `bytes`; only a partial one is kept, and later
+        // bytes are appended to it, so a message trickling in byte by byte costs linear time.
+        let mut held = std::mem::take(&mut self.inbuf);
+        let from_held = !held.is_empty();
+        if from_held {
+            held.extend_from_slice(bytes);
+        }
+        let pos = self.decode_from(now, if from_held { &held } else { bytes });
+        if self.state != PeerState::Closed {
+            if from_held {
+                held.drain(..pos.min(held.len()));
+                self.inbuf = held;
+            } else {
+                self.inbuf = bytes.get(pos..).unwrap_or(&[]).to_vec();
+            }
+        }
+    }
+
+    /// Decodes the handshake (while handshaking) and whole messages from `buf`; returns how many
+    /// bytes were used.
+    fn decode_from(&mut self, now: Time, buf: &[u8]) -> usize {
         let mut pos = 0;
         if self.state == PeerState::Handshaking {
             match Handshake::decode(buf) {
@@ -386,9 +398,7 @@ impl Peer {
                 Err(e) => self.close(format!("{e}")),
             }
         }
-        if self.state != PeerState::Closed {
-            self.inbuf = buf.get(pos..).unwrap_or(&[]).to_vec();
-        }
+        pos
     }
 
     /// Fires the timers due at `now`: handshake deadline, keep-alive, idle drop, request
