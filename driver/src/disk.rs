@@ -328,8 +328,9 @@ impl DiskPool {
 }
 
 impl Drop for DiskPool {
-    /// Finishes the queued jobs (writes must land) but cuts a running check short, then joins
-    /// the workers. Completions not polled by then are dropped.
+    /// Finishes the queued writes and resume saves (data must land), skips queued reads and
+    /// hashes, cuts a running check short, then joins the workers. Completions not polled by then
+    /// are dropped.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.jobs = None;
@@ -349,6 +350,13 @@ impl Worker {
             let Ok(job) = job else {
                 return;
             };
+            // Stopping: only work that keeps data (writes, the resume file) is still worth doing;
+            // reads for peers and hashes would only delay the exit.
+            if self.stop.load(Ordering::Relaxed)
+                && matches!(job, Job::Read { .. } | Job::Hash { .. })
+            {
+                continue;
+            }
             let c = self.execute(job);
             self.complete(c);
         }

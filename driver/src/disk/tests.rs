@@ -269,6 +269,14 @@ fn dropping_the_pool_finishes_queued_writes() {
             begin: 0,
             data: chunk.to_vec(),
         });
+        // Reads and hashes queued among the writes are skipped on drop; the writes are not.
+        r.pool.submit(Job::Read {
+            peer: PeerHandle(0),
+            piece: p as u32,
+            begin: 0,
+            length: 1 << 12,
+        });
+        r.pool.submit(Job::Hash { piece: p as u32 });
     }
     drop(r.pool);
     assert_eq!(std::fs::read(r.dir.join("data")).unwrap(), data);
