@@ -71,3 +71,58 @@ fn download_limit_keeps_the_rate_below_the_limit() {
         "2 MiB arrived in {took:?} despite --download-limit 512k"
     );
 }
+
+#[test]
+fn seeding_and_downloading_over_ipv6_loopback() {
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("e2e-ipv6");
+    let data = Dataset::single(dir.path(), "file.bin", 300 * 1024 + 7, 16 * 1024, 6);
+    let bin = kp_torrent_tests::kp_torrent_bin();
+    let port = kp_torrent_tests::real::free_port().to_string();
+    let mut seeder = Command::new(&bin)
+        .arg("seed")
+        .arg(&data.torrent.path)
+        .arg("-s")
+        .arg(&data.source)
+        .args(["--bind", "::1", "--port", &port, "--quiet"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("::1", port.parse::<u16>().unwrap())).is_err() {
+        if Instant::now() > deadline {
+            let _ = seeder.kill();
+            panic!("the seeder did not listen on [::1]:{port} (no IPv6 loopback here?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dest = dir.path().join("out");
+    let out = Command::new(&bin)
+        .arg("download")
+        .arg(&data.torrent.path)
+        .arg("-d")
+        .arg(&dest)
+        .args([
+            "--bind",
+            "::1",
+            "--port",
+            &kp_torrent_tests::real::free_port().to_string(),
+        ])
+        .args([
+            "--peer",
+            &format!("[::1]:{port}"),
+            "--timeout",
+            "30",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    let _ = seeder.kill();
+    let _ = seeder.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    data.assert_same(&dest);
+}
