@@ -8,6 +8,7 @@ mod trace_sim;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use kp_torrent_core::session::Input;
 use kp_torrent_core::trace::{
     ActionPrint, InputRecord, ReplayReport, TraceReader, TraceRecord, replay, replay_from,
 };
@@ -59,7 +60,7 @@ fn received_block(trace: &[u8], content: &[u8]) -> (u64, usize) {
             TraceRecord::Input {
                 offset,
                 index,
-                input: InputRecord::Received { bytes, .. },
+                input: InputRecord::Borrowed(Input::Received { bytes, .. }),
                 ..
             } => last = Some((index, offset, bytes)),
             TraceRecord::Input { .. } => last = None,
@@ -127,7 +128,7 @@ fn changed_digest_diverges_at_that_input() {
     while let Some(rec) = reader.next_record().unwrap() {
         if let TraceRecord::Input {
             index,
-            input: InputRecord::PieceHashed { digest, .. },
+            input: InputRecord::Borrowed(Input::PieceHashed { digest, .. }),
             ..
         } = rec
         {

@@ -676,38 +676,38 @@ impl<'a> Cursor<'a> {
     /// Decodes the input record whose tag was just read.
     pub(super) fn input(&mut self, tag: u8, prev: Time) -> R<(Time, InputRecord<'a>)> {
         let now = self.time(prev)?;
-        let input = match tag {
-            IN_TIMEOUT => InputRecord::Timeout,
-            IN_INCOMING => InputRecord::Incoming { addr: self.addr()? },
-            IN_CONNECTED => InputRecord::Connected { peer: self.peer()? },
-            IN_CONNECT_FAILED => InputRecord::ConnectFailed { peer: self.peer()? },
-            IN_RECEIVED => InputRecord::Received {
+        let input = InputRecord::Borrowed(match tag {
+            IN_TIMEOUT => Input::Timeout,
+            IN_INCOMING => Input::Incoming { addr: self.addr()? },
+            IN_CONNECTED => Input::Connected { peer: self.peer()? },
+            IN_CONNECT_FAILED => Input::ConnectFailed { peer: self.peer()? },
+            IN_RECEIVED => Input::Received {
                 peer: self.peer()?,
                 bytes: self.payload()?,
             },
-            IN_CLOSED => InputRecord::Closed { peer: self.peer()? },
-            IN_WRITE_DONE => InputRecord::WriteDone {
+            IN_CLOSED => Input::Closed { peer: self.peer()? },
+            IN_WRITE_DONE => Input::WriteDone {
                 piece: self.u32v()?,
                 begin: self.u32v()?,
             },
-            IN_WRITE_FAILED => InputRecord::WriteFailed {
+            IN_WRITE_FAILED => Input::WriteFailed {
                 piece: self.u32v()?,
                 begin: self.u32v()?,
                 error: self.string()?,
             },
-            IN_READ_DONE => InputRecord::ReadDone {
+            IN_READ_DONE => Input::ReadDone {
                 peer: self.peer()?,
                 piece: self.u32v()?,
                 begin: self.u32v()?,
                 data: self.payload()?,
             },
-            IN_READ_FAILED => InputRecord::ReadFailed {
+            IN_READ_FAILED => Input::ReadFailed {
                 peer: self.peer()?,
                 piece: self.u32v()?,
                 begin: self.u32v()?,
                 error: self.string()?,
             },
-            IN_PIECE_HASHED => InputRecord::PieceHashed {
+            IN_PIECE_HASHED => Input::PieceHashed {
                 piece: self.u32v()?,
                 digest: self.array::<20>()?,
             },
@@ -722,7 +722,7 @@ impl<'a> Cursor<'a> {
                 for _ in 0..n {
                     addrs.push(self.addr()?);
                 }
-                InputRecord::PeersDiscovered { addrs }
+                return Ok((now, InputRecord::PeersDiscovered(addrs)));
             }
             IN_SELECT_FILES => {
                 let n = self.usizev()?;
@@ -730,11 +730,11 @@ impl<'a> Cursor<'a> {
                 let wanted = (0..n)
                     .map(|i| packed.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1))
                     .collect();
-                InputRecord::SelectFiles { wanted }
+                return Ok((now, InputRecord::SelectFiles(wanted)));
             }
-            IN_SHUTDOWN => InputRecord::Shutdown,
+            IN_SHUTDOWN => Input::Shutdown,
             _ => return Err(self.corrupt("unknown input record")),
-        };
+        });
         Ok((now, input))
     }
 
@@ -812,149 +812,25 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// A decoded input: an [`Input`] with owned storage for the parts a trace cannot lend.
+/// A decoded input. Most inputs borrow what they carry straight from the trace; the two whose
+/// [`Input`] borrows a slice of decoded values (addresses, flags) own that storage here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputRecord<'a> {
-    /// See [`Input::Timeout`].
-    Timeout,
-    /// See [`Input::Incoming`].
-    Incoming {
-        /// The remote address.
-        addr: SocketAddr,
-    },
-    /// See [`Input::Connected`].
-    Connected {
-        /// The connection.
-        peer: PeerHandle,
-    },
-    /// See [`Input::ConnectFailed`].
-    ConnectFailed {
-        /// The connection.
-        peer: PeerHandle,
-    },
-    /// See [`Input::Received`].
-    Received {
-        /// The connection.
-        peer: PeerHandle,
-        /// The bytes, borrowed from the trace.
-        bytes: &'a [u8],
-    },
-    /// See [`Input::Closed`].
-    Closed {
-        /// The connection.
-        peer: PeerHandle,
-    },
-    /// See [`Input::WriteDone`].
-    WriteDone {
-        /// Piece index.
-        piece: u32,
-        /// Offset in the piece.
-        begin: u32,
-    },
-    /// See [`Input::WriteFailed`].
-    WriteFailed {
-        /// Piece index.
-        piece: u32,
-        /// Offset in the piece.
-        begin: u32,
-        /// The error text.
-        error: String,
-    },
-    /// See [`Input::ReadDone`].
-    ReadDone {
-        /// The peer that asked.
-        peer: PeerHandle,
-        /// Piece index.
-        piece: u32,
-        /// Offset in the piece.
-        begin: u32,
-        /// The block, borrowed from the trace.
-        data: &'a [u8],
-    },
-    /// See [`Input::ReadFailed`].
-    ReadFailed {
-        /// The peer that asked.
-        peer: PeerHandle,
-        /// Piece index.
-        piece: u32,
-        /// Offset in the piece.
-        begin: u32,
-        /// The error text.
-        error: String,
-    },
-    /// See [`Input::PieceHashed`].
-    PieceHashed {
-        /// Piece index.
-        piece: u32,
-        /// The recorded digest.
-        digest: [u8; 20],
-    },
-    /// See [`Input::PeersDiscovered`].
-    PeersDiscovered {
-        /// The addresses.
-        addrs: Vec<SocketAddr>,
-    },
-    /// See [`Input::SelectFiles`].
-    SelectFiles {
-        /// One flag per file.
-        wanted: Vec<bool>,
-    },
-    /// See [`Input::Shutdown`].
-    Shutdown,
+    /// An input whose data the trace lends as it is.
+    Borrowed(Input<'a>),
+    /// [`Input::PeersDiscovered`], with its addresses decoded.
+    PeersDiscovered(Vec<SocketAddr>),
+    /// [`Input::SelectFiles`], with its flags unpacked.
+    SelectFiles(Vec<bool>),
 }
 
 impl InputRecord<'_> {
     /// The [`Input`] to give a session.
     pub fn as_input(&self) -> Input<'_> {
         match self {
-            InputRecord::Timeout => Input::Timeout,
-            InputRecord::Incoming { addr } => Input::Incoming { addr: *addr },
-            InputRecord::Connected { peer } => Input::Connected { peer: *peer },
-            InputRecord::ConnectFailed { peer } => Input::ConnectFailed { peer: *peer },
-            InputRecord::Received { peer, bytes } => Input::Received { peer: *peer, bytes },
-            InputRecord::Closed { peer } => Input::Closed { peer: *peer },
-            InputRecord::WriteDone { piece, begin } => Input::WriteDone {
-                piece: *piece,
-                begin: *begin,
-            },
-            InputRecord::WriteFailed {
-                piece,
-                begin,
-                error,
-            } => Input::WriteFailed {
-                piece: *piece,
-                begin: *begin,
-                error: error.clone(),
-            },
-            InputRecord::ReadDone {
-                peer,
-                piece,
-                begin,
-                data,
-            } => Input::ReadDone {
-                peer: *peer,
-                piece: *piece,
-                begin: *begin,
-                data,
-            },
-            InputRecord::ReadFailed {
-                peer,
-                piece,
-                begin,
-                error,
-            } => Input::ReadFailed {
-                peer: *peer,
-                piece: *piece,
-                begin: *begin,
-                error: error.clone(),
-            },
-            InputRecord::PieceHashed { piece, digest } => Input::PieceHashed {
-                piece: *piece,
-                digest: *digest,
-            },
-            InputRecord::PeersDiscovered { addrs } => Input::PeersDiscovered { addrs },
-            InputRecord::SelectFiles { wanted } => Input::SelectFiles { wanted },
-            InputRecord::Shutdown => Input::Shutdown,
+            InputRecord::Borrowed(input) => input.clone(),
+            InputRecord::PeersDiscovered(addrs) => Input::PeersDiscovered { addrs },
+            InputRecord::SelectFiles(wanted) => Input::SelectFiles { wanted },
         }
     }
 }

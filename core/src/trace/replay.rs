@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io::Read;
 
-use crate::session::Session;
+use crate::session::{Input, Session};
 use crate::time::Time;
 
 use super::codec::{self, Cursor, InputRecord};
@@ -359,11 +359,11 @@ pub fn replay(trace: &[u8]) -> Result<ReplayReport, ReplayError> {
                 input: rec,
                 ..
             }) => {
-                match &rec {
-                    InputRecord::Received { bytes, .. } => {
+                match rec.as_input() {
+                    Input::Received { bytes, .. } => {
                         report.received_bytes += bytes.len() as u64;
                     }
-                    InputRecord::ReadDone { data, .. } => report.read_bytes += data.len() as u64,
+                    Input::ReadDone { data, .. } => report.read_bytes += data.len() as u64,
                     _ => {}
                 }
                 report.inputs += 1;
@@ -449,24 +449,24 @@ fn compare(
 
 impl fmt::Display for InputRecord<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            InputRecord::Timeout => f.write_str("timeout"),
-            InputRecord::Incoming { addr } => write!(f, "incoming connection from {addr}"),
-            InputRecord::Connected { peer } => write!(f, "{peer} connected"),
-            InputRecord::ConnectFailed { peer } => write!(f, "{peer} failed to connect"),
-            InputRecord::Received { peer, bytes } => {
+        match self.as_input() {
+            Input::Timeout => f.write_str("timeout"),
+            Input::Incoming { addr } => write!(f, "incoming connection from {addr}"),
+            Input::Connected { peer } => write!(f, "{peer} connected"),
+            Input::ConnectFailed { peer } => write!(f, "{peer} failed to connect"),
+            Input::Received { peer, bytes } => {
                 write!(f, "received {} bytes from {peer}", bytes.len())
             }
-            InputRecord::Closed { peer } => write!(f, "{peer} closed"),
-            InputRecord::WriteDone { piece, begin } => {
+            Input::Closed { peer } => write!(f, "{peer} closed"),
+            Input::WriteDone { piece, begin } => {
                 write!(f, "write of piece {piece} at {begin} done")
             }
-            InputRecord::WriteFailed {
+            Input::WriteFailed {
                 piece,
                 begin,
                 error,
             } => write!(f, "write of piece {piece} at {begin} failed: {error}"),
-            InputRecord::ReadDone {
+            Input::ReadDone {
                 peer,
                 piece,
                 begin,
@@ -476,7 +476,7 @@ impl fmt::Display for InputRecord<'_> {
                 "read of piece {piece} at {begin} for {peer} done ({} bytes)",
                 data.len()
             ),
-            InputRecord::ReadFailed {
+            Input::ReadFailed {
                 peer,
                 piece,
                 begin,
@@ -485,19 +485,19 @@ impl fmt::Display for InputRecord<'_> {
                 f,
                 "read of piece {piece} at {begin} for {peer} failed: {error}"
             ),
-            InputRecord::PieceHashed { piece, digest } => {
-                write!(f, "piece {piece} hashed: {}", crate::id::to_hex(digest))
+            Input::PieceHashed { piece, digest } => {
+                write!(f, "piece {piece} hashed: {}", crate::id::to_hex(&digest))
             }
-            InputRecord::PeersDiscovered { addrs } => {
+            Input::PeersDiscovered { addrs } => {
                 write!(f, "{} peer addresses discovered", addrs.len())
             }
-            InputRecord::SelectFiles { wanted } => write!(
+            Input::SelectFiles { wanted } => write!(
                 f,
                 "{} of {} files selected",
                 wanted.iter().filter(|w| **w).count(),
                 wanted.len()
             ),
-            InputRecord::Shutdown => f.write_str("shutdown"),
+            Input::Shutdown => f.write_str("shutdown"),
         }
     }
 }

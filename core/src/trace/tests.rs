@@ -166,7 +166,7 @@ fn changed_digest_diverges_at_that_input() {
         if let TraceRecord::Input {
             offset,
             index,
-            input: InputRecord::PieceHashed { .. },
+            input: InputRecord::Borrowed(Input::PieceHashed { .. }),
             ..
         } = rec
         {
