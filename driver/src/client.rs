@@ -50,6 +50,8 @@ use peers::PeerSock;
 pub const SEND_QUEUE_LIMIT: usize = 1 << 20;
 /// Bytes read from one socket per loop turn at most.
 const READ_BUDGET: usize = 256 * 1024;
+/// How often the progress display is refreshed.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// How often the resume file is rewritten while downloading.
 const RESUME_EVERY: Duration = Duration::from_secs(30);
 /// How long a clean shutdown may take (stopped announces, disk flush) before we leave anyway.
@@ -568,7 +570,6 @@ impl Client {
                 worked = true;
                 self.show(event);
             }
-            self.stats_to_trackers();
             self.tracker_io
                 .run_actions(self.poll.registry(), now, &mut self.trackers);
             while let Some(event) = self.trackers.poll_event() {
@@ -899,6 +900,7 @@ impl Client {
         }
         let mut events = Events::with_capacity(256);
         let mut stopping: Option<Instant> = None;
+        let mut last_progress: Option<Instant> = None;
         loop {
             let now = self.now();
             let wall = Instant::now();
@@ -907,6 +909,9 @@ impl Client {
             if self.session.poll_timeout().is_some_and(|t| t <= now) {
                 self.input(now, Input::Timeout);
             }
+            // Once a turn: the session's byte counts walk every wanted piece, so they are not
+            // recomputed after every input; announces use them at most one turn old.
+            self.stats_to_trackers();
             if self.trackers.poll_timeout().is_some_and(|t| t <= now) {
                 self.trackers.handle_timeout(now);
                 self.pump(now);
@@ -928,7 +933,11 @@ impl Client {
                 }
             }
             self.pump(now);
-            self.progress.update(wall, &self.snapshot());
+            // The snapshot walks every wanted piece and peer: build it a few times a second only.
+            if last_progress.is_none_or(|t| wall.saturating_duration_since(t) >= PROGRESS_EVERY) {
+                last_progress = Some(wall);
+                self.progress.update(wall, &self.snapshot());
+            }
             if stopping.is_none() && self.last_resume.elapsed() >= RESUME_EVERY {
                 self.save_resume();
             }
