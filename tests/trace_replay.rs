@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use kp_torrent_core::session::Input;
+use kp_torrent_core::torrent::TorrentInput;
 use kp_torrent_core::trace::{
     ActionPrint, InputRecord, ReplayReport, TraceReader, TraceRecord, replay, replay_from,
 };
@@ -60,7 +61,7 @@ fn received_block(trace: &[u8], content: &[u8]) -> (u64, usize) {
             TraceRecord::Input {
                 offset,
                 index,
-                input: InputRecord::Borrowed(Input::Received { bytes, .. }),
+                input: InputRecord::Borrowed(TorrentInput::Session(Input::Received { bytes, .. })),
                 ..
             } => last = Some((index, offset, bytes)),
             TraceRecord::Input { .. } => last = None,
@@ -128,7 +129,7 @@ fn changed_digest_diverges_at_that_input() {
     while let Some(rec) = reader.next_record().unwrap() {
         if let TraceRecord::Input {
             index,
-            input: InputRecord::Borrowed(Input::PieceHashed { digest, .. }),
+            input: InputRecord::Borrowed(TorrentInput::Session(Input::PieceHashed { digest, .. })),
             ..
         } = rec
         {

@@ -7,29 +7,34 @@
 //!
 //! # The contract with a driver
 //!
-//! A torrent is one [`session::Session`]. The driver (the event loop in the `kp-torrent` binary,
-//! a simulation, or a trace replayer) runs this loop:
+//! A torrent is one [`torrent::TorrentTask`]: its start-up check, its swarm
+//! ([`session::Session`]: peers, picking, choking, verification) and its trackers
+//! ([`tracker::manager::TrackerManager`]). The driver (the event loop in the `kp-torrent`
+//! binary, a simulation, or a trace replayer) runs this loop:
 //!
-//! 1. Feed one input with a `handle_*(now, …)` method: a peer connected, was accepted
-//!    ([`Session::handle_incoming`](session::Session::handle_incoming) returns its handle),
-//!    failed to connect, sent bytes or closed; a disk write, read or hash finished or failed;
-//!    peers were discovered; a timer is due; shutdown. Every one of them goes through
-//!    [`Session::handle_input`](session::Session::handle_input), which is what a trace records.
-//! 2. Drain [`Session::poll_action`](session::Session::poll_action) until `None`, carrying out
-//!    each [`session::Action`] in order: connect, send bytes, close (the handle is then free for
-//!    reuse), write a block, read a block, hash a piece, announce.
-//! 3. Drain [`Session::poll_event`](session::Session::poll_event) until `None` for the user
-//!    interface ([`session::Event`]: piece verified, hash failed, complete, peer banned, …).
-//! 4. Sleep until [`Session::poll_timeout`](session::Session::poll_timeout) or the next I/O,
-//!    whichever comes first; when the deadline passes call
-//!    [`Session::handle_timeout`](session::Session::handle_timeout) (calling it early or twice
-//!    does nothing extra) and go back to step 2.
+//! 1. Feed one input with [`TorrentTask::handle_input`](torrent::TorrentTask::handle_input)
+//!    (a [`torrent::TorrentInput`]): what is on disk at start (file stamps and resume bytes); a
+//!    swarm input ([`session::Input`]: a peer connected, was accepted, failed, sent bytes or
+//!    closed; a disk write, read or hash finished or failed; peers were discovered; a timer is
+//!    due; shutdown); or a tracker socket's news (connected, data, closed, resolved, datagram).
+//!    One enum, so a trace of it records everything the torrent saw.
+//! 2. Drain [`TorrentTask::poll_action`](torrent::TorrentTask::poll_action) until `None`,
+//!    carrying out each [`torrent::TorrentAction`] in order: swarm and disk actions (connect,
+//!    send, close, write, read, hash) and tracker socket actions (resolve, open, send, close,
+//!    datagram).
+//! 3. Drain [`TorrentTask::poll_event`](torrent::TorrentTask::poll_event) until `None` for the
+//!    user interface ([`torrent::TorrentEvent`]: check finished, piece verified, peer banned,
+//!    tracker errors, …).
+//! 4. Sleep until [`TorrentTask::poll_timeout`](torrent::TorrentTask::poll_timeout) or the next
+//!    I/O, whichever comes first; when the deadline passes feed `Input::Timeout` (calling it
+//!    early or twice does nothing extra) and go back to step 2.
 //!
 //! `now` is a [`time::Time`] the driver reads from its own monotonic clock. It must not go
-//! backwards; if it does, the session treats it as the latest time it has seen. Disk and hash
+//! backwards; if it does, the task treats it as the latest time it has seen. Disk and hash
 //! work may run on other threads: their completions come back as ordinary inputs, so a trace
-//! captures their timing. The session decides everything else: a piece counts only after the
-//! driver reported its SHA-1 and the session found it equal to the torrent's.
+//! captures their timing. The core decides everything else: which pieces count at start, what
+//! to request, when to announce; a piece counts only after the driver reported its SHA-1 and
+//! the core found it equal to the torrent's.
 //!
 //! Modules:
 //! - [`bencode`]: strict decoder with exact byte spans, canonical encoder.
@@ -41,8 +46,10 @@
 //! - [`peer`]: one peer connection's protocol state machine (handshake, flags, timers, pipelining).
 //! - [`picker`]: which blocks to request from which peer (rarest first, endgame, sequential).
 //! - [`rate`]: transfer rates over a sliding window.
+//! - [`resume`]: resume data and the start-up verdict (which pieces count before any peer).
 //! - [`session`]: one torrent's swarm: peers, picker, choker, verification, the driver's API.
 //! - [`time`]: the virtual time every input carries.
+//! - [`torrent`]: one torrent whole (start-up check, swarm, trackers) behind one input enum.
 //! - [`trace`]: recording a session's inputs and outputs to a compact trace, and replaying it.
 //! - [`tracker`]: HTTP(S) and UDP tracker announce and scrape, BEP 12 tiers and the announce cycle.
 //! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
@@ -57,8 +64,10 @@ pub mod metainfo;
 pub mod peer;
 pub mod picker;
 pub mod rate;
+pub mod resume;
 pub mod session;
 pub mod time;
+pub mod torrent;
 pub mod trace;
 pub mod tracker;
 pub mod wire;

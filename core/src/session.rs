@@ -420,6 +420,12 @@ impl Session {
                 }
             }
             Input::PieceHashed { piece, digest } => self.on_piece_hashed(now, piece, digest),
+            Input::HashFailed { piece, error } => {
+                self.events.push_back(Event::Error {
+                    message: format!("reading piece {piece} to hash it failed: {error}"),
+                });
+                self.on_hash_unreadable(now, piece);
+            }
             Input::PeersDiscovered { addrs } => {
                 for &addr in addrs {
                     if self.banned_addrs.contains(&addr) || self.candidates.contains_key(&addr) {

@@ -1,5 +1,6 @@
-//! One torrent, run to the end: the mio event loop around the core's [`Session`] and
-//! [`TrackerManager`].
+//! One torrent, run to the end: the mio event loop around the core's
+//! [`TorrentTask`](kp_torrent_core::torrent::TorrentTask) (its
+//! start-up check, swarm and trackers).
 //!
 //! One thread runs the loop. Each turn it (1) reads the clock once, (2) fires the core's due
 //! timers, (3) drains the core's actions and carries them out (connect, send, close, disk jobs,
@@ -27,11 +28,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use kp_torrent_core::bitfield::Bitfield;
 use kp_torrent_core::metainfo::Metainfo;
-use kp_torrent_core::session::{Action, AnnounceEvent, Event, Input, SessionConfig, Torrent};
+use kp_torrent_core::session::{Action, Event, Input, Session, SessionConfig, Torrent};
 use kp_torrent_core::time::Time;
-use kp_torrent_core::tracker::manager::{ManagerConfig, TrackerEvent, TrackerManager};
+use kp_torrent_core::torrent::{
+    StartState, TorrentAction, TorrentConfig, TorrentEvent, TorrentInput,
+};
+use kp_torrent_core::tracker::manager::{ManagerConfig, TrackerEvent};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -228,9 +231,7 @@ struct Client {
     poll: Poll,
     epoch: Instant,
     session: Engine,
-    trackers: TrackerManager,
     tracker_io: TrackerIo,
-    has_trackers: bool,
     listener: TcpListener,
     listen_addr: SocketAddr,
     signals: Option<ShutdownSignals>,
@@ -249,10 +250,9 @@ struct Client {
     last_tracker_error: Option<String>,
     fatal: Option<ClientError>,
     interrupted: bool,
-    completed_announced: bool,
-    /// The trackers said goodbye (or gave up): shutdown need not wait for them.
-    tracker_stopped: bool,
     complete_at: Option<Instant>,
+    /// The listener had connections waiting while the task did not take peers yet.
+    accept_pending: bool,
 }
 
 /// Runs one torrent until it is done (downloaded, or seeding stopped), interrupted, or failed.
@@ -265,75 +265,29 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
         crate::storage::DEFAULT_OPEN_FILES,
     )
     .map_err(ClientError::Storage)?;
-    let mut poll = Poll::new().map_err(ClientError::Io)?;
+    let poll = Poll::new().map_err(ClientError::Io)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ClientError::Io)?);
-    let mut signals = if opts.handle_signals {
+    let signals = if opts.handle_signals {
         Some(ShutdownSignals::register(poll.registry(), SIGNALS).map_err(ClientError::Io)?)
     } else {
         None
     };
 
-    // Resume plan first (it must see the files before they are created), then allocate.
+    // What is on disk first (it must see the files before they are created), then allocate.
     let info_hash = opts.metainfo.info_hash;
-    let piece_count = opts.metainfo.info.piece_count();
-    let (resume_path, plan) = match &opts.location {
-        Location::Download(dir) => {
-            let path = resume::resume_path(dir, &info_hash);
-            let plan = resume::plan(&path, &info_hash, &storage);
-            (Some(path), plan)
-        }
-        Location::Seed(_) => {
-            let plan = resume::StartPlan {
-                have: Bitfield::new(piece_count),
-                check: Bitfield::full(piece_count),
-                ignored: None,
-            };
-            (None, plan)
-        }
+    let resume_path = match &opts.location {
+        Location::Download(dir) => Some(resume::resume_path(dir, &info_hash)),
+        Location::Seed(_) => None,
     };
-    if let Some(why) = &plan.ignored {
-        log::warn!("{why}");
-    }
+    let on_disk = resume::read_start(resume_path.as_deref(), &storage);
     if storage.writable() {
         storage.allocate().map_err(ClientError::Storage)?;
     }
     let storage = Arc::new(storage);
-    let mut disk = DiskPool::new(storage.clone(), waker.clone(), disk::DEFAULT_WORKERS)
+    let disk = DiskPool::new(storage.clone(), waker.clone(), disk::DEFAULT_WORKERS)
         .map_err(ClientError::Io)?;
     let name = opts.metainfo.info.name.clone();
-    let mut progress = Progress::new(&name, opts.quiet, opts.status_every);
-
-    let have = check_existing(
-        &mut poll,
-        &mut disk,
-        &mut signals,
-        &mut progress,
-        &opts.metainfo,
-        plan,
-    )?;
-    let Some(have) = have else {
-        return Ok(Summary {
-            complete: false,
-            total_bytes: opts.metainfo.info.total_length,
-            downloaded: 0,
-            uploaded: 0,
-            elapsed: started.elapsed(),
-            peers_used: 0,
-            interrupted: true,
-            listen: opts.listen,
-        });
-    };
-    if matches!(opts.location, Location::Seed(_)) && !have.is_full() {
-        let total = opts.metainfo.info.total_length;
-        let missing: u64 = (0..piece_count)
-            .filter(|p| !have.get(*p))
-            .map(|p| opts.metainfo.info.piece_size(p))
-            .sum();
-        return Err(ClientError::SeedDataIncomplete {
-            have: total - missing,
-            total,
-        });
-    }
+    let progress = Progress::new(&name, opts.quiet, opts.status_every);
 
     let mut listener = TcpListener::bind(opts.listen).map_err(|error| ClientError::Listen {
         addr: opts.listen,
@@ -352,37 +306,36 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
 
     let epoch = Instant::now();
     let torrent = Torrent::from_info(info_hash, &opts.metainfo.info);
-    let config = SessionConfig {
-        seed: opts.rng_seed,
-        listen_port: listen_addr.port(),
-        max_peers: opts.max_peers,
-        sequential: opts.sequential,
-        ..SessionConfig::default()
-    };
-    let session = Engine::new(config, torrent, have, Time::ZERO, opts.record.as_deref()).map_err(
-        |error| ClientError::Trace {
-            path: opts.record.clone().unwrap_or_default(),
-            error,
-        },
-    )?;
-    let tiers = opts.metainfo.trackers.clone();
-    let has_trackers = tiers.iter().any(|t| !t.is_empty());
     let own_ips: Vec<IpAddr> = if listen_addr.ip().is_unspecified() {
         Vec::new()
     } else {
         vec![listen_addr.ip()]
     };
-    let trackers = TrackerManager::new(
-        ManagerConfig {
+    let config = TorrentConfig {
+        session: SessionConfig {
+            seed: opts.rng_seed,
+            listen_port: listen_addr.port(),
+            max_peers: opts.max_peers,
+            sequential: opts.sequential,
+            ..SessionConfig::default()
+        },
+        trackers: ManagerConfig {
             own_ips,
             ..ManagerConfig::default()
         },
-        tiers,
-        info_hash,
-        session.peer_id(),
-        listen_addr.port(),
-        opts.rng_seed ^ 0x7472_6163_6b65_7273,
-    );
+        tiers: opts.metainfo.trackers.clone(),
+    };
+    let session = Engine::new(
+        config,
+        torrent,
+        StartState::Check,
+        Time::ZERO,
+        opts.record.as_deref(),
+    )
+    .map_err(|error| ClientError::Trace {
+        path: opts.record.clone().unwrap_or_default(),
+        error,
+    })?;
     let bind_ip = (!listen_addr.ip().is_unspecified()).then(|| listen_addr.ip());
     let tracker_io = TrackerIo::new(TRACKER_TOKENS, waker, bind_ip, opts.tracker_ca.clone())
         .map_err(ClientError::Io)?;
@@ -395,9 +348,7 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
         poll,
         epoch,
         session,
-        trackers,
         tracker_io,
-        has_trackers,
         listener,
         listen_addr,
         signals,
@@ -413,18 +364,29 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
         last_tracker_error: None,
         fatal: None,
         interrupted: false,
-        completed_announced: false,
-        tracker_stopped: false,
         complete_at: None,
+        accept_pending: false,
     };
+    let start = client.now();
+    client.session.handle_input(
+        start,
+        TorrentInput::Start {
+            files: &on_disk.files,
+            resume: on_disk.resume.as_deref(),
+        },
+    );
+    client.pump(start);
     client.start();
     client.run_loop()?;
-    let (done, total) = client.session.progress();
+    let swarm = client.session.session();
+    let (done, total) = swarm.map_or((0, client.opts.metainfo.info.total_length), |s| {
+        s.progress()
+    });
     let summary = Summary {
-        complete: done == total,
+        complete: swarm.is_some() && done == total,
         total_bytes: total,
-        downloaded: client.session.downloaded(),
-        uploaded: client.session.uploaded(),
+        downloaded: swarm.map_or(0, Session::downloaded),
+        uploaded: swarm.map_or(0, Session::uploaded),
         elapsed: started.elapsed(),
         peers_used: client.peers_seen.len(),
         interrupted: client.interrupted,
@@ -467,72 +429,14 @@ fn seed_summary_line(name: &str, uploaded: u64, total: u64) -> String {
     )
 }
 
-/// Hashes the pieces the start plan asks for ("checking"), showing progress. `Ok(None)` when
-/// interrupted.
-fn check_existing(
-    poll: &mut Poll,
-    disk: &mut DiskPool,
-    signals: &mut Option<ShutdownSignals>,
-    progress: &mut Progress,
-    metainfo: &Metainfo,
-    plan: resume::StartPlan,
-) -> Result<Option<Bitfield>, ClientError> {
-    let mut have = plan.have;
-    if plan.check.count() == 0 {
-        return Ok(Some(have));
-    }
-    let total_bytes = metainfo.info.total_length;
-    let to_check = plan.check.count();
-    disk.submit(Job::Check {
-        pieces: plan.check,
-        expected: metainfo.info.pieces.clone().into(),
-    });
-    let mut events = Events::with_capacity(16);
-    loop {
-        match poll.poll(&mut events, Some(Duration::from_millis(500))) {
-            Ok(()) => {}
-            // A signal handler ran (Ctrl-C is seen through the signal pipe just below).
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ClientError::Io(e)),
-        }
-        if signals.as_mut().is_some_and(ShutdownSignals::take) {
-            return Ok(None);
-        }
-        while let Some(c) = disk.poll_completion() {
-            match c {
-                Completion::CheckProgress { checked, .. } => {
-                    let done = (u128::from(checked) * u128::from(total_bytes)
-                        / u128::from(to_check.max(1))) as u64;
-                    progress.update(
-                        Instant::now(),
-                        &Snapshot {
-                            phase: Some(Phase::Checking),
-                            total_bytes,
-                            done_bytes: done,
-                            ..Snapshot::default()
-                        },
-                    );
-                }
-                Completion::Checked { valid, .. } => {
-                    for p in valid.iter_ones() {
-                        have.set(p);
-                    }
-                    return Ok(Some(have));
-                }
-                other => log::debug!("unexpected completion while checking: {other:?}"),
-            }
-        }
-    }
-}
-
 impl Client {
     fn now(&self) -> Time {
         Time::from_nanos(self.epoch.elapsed().as_nanos() as u64)
     }
 
-    /// Feeds the session one input and carries out everything it asks.
+    /// Feeds the swarm one input and carries out everything the task asks.
     fn input(&mut self, now: Time, input: Input<'_>) {
-        self.session.handle_input(now, input);
+        self.session.handle_input(now, TorrentInput::Session(input));
         self.pump(now);
     }
 
@@ -550,35 +454,31 @@ impl Client {
         self.input(now, Input::Timeout);
     }
 
-    fn stats_to_trackers(&mut self) {
-        self.trackers.handle_stats(
-            self.session.uploaded(),
-            self.session.downloaded(),
-            self.session.left(),
-        );
-    }
-
-    /// Drains the session's and the trackers' outputs until both are quiet.
+    /// Drains the task's outputs until it is quiet.
     fn pump(&mut self, now: Time) {
         loop {
             let mut worked = false;
             while let Some(action) = self.session.poll_action() {
                 worked = true;
-                self.act(now, action);
+                match action {
+                    TorrentAction::Session(a) => self.act(now, a),
+                    TorrentAction::Tracker(a) => {
+                        self.tracker_io
+                            .execute(self.poll.registry(), now, a, &mut self.session)
+                    }
+                }
             }
             while let Some(event) = self.session.poll_event() {
                 worked = true;
                 self.show(event);
             }
-            self.tracker_io
-                .run_actions(self.poll.registry(), now, &mut self.trackers);
-            while let Some(event) = self.trackers.poll_event() {
-                worked = true;
-                self.tracker_event(now, event);
-            }
             if !worked {
-                return;
+                break;
             }
+        }
+        if self.accept_pending && self.session.accepts_peers() {
+            self.accept_pending = false;
+            self.accept(now);
         }
     }
 
@@ -593,8 +493,10 @@ impl Client {
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
                         log::debug!("register {addr}: {e}");
-                        self.session
-                            .handle_input(now, Input::ConnectFailed { peer });
+                        self.session.handle_input(
+                            now,
+                            TorrentInput::Session(Input::ConnectFailed { peer }),
+                        );
                         return;
                     }
                     self.set_peer(
@@ -610,7 +512,7 @@ impl Client {
                 Err(e) => {
                     log::debug!("connect {addr}: {e}");
                     self.session
-                        .handle_input(now, Input::ConnectFailed { peer });
+                        .handle_input(now, TorrentInput::Session(Input::ConnectFailed { peer }));
                 }
             },
             Action::Send { peer, bytes } => {
@@ -655,22 +557,36 @@ impl Client {
                 }
             }
             Action::HashPiece { piece } => self.disk.submit(Job::Hash { piece }),
-            Action::Announce { event } => match event {
-                AnnounceEvent::Completed => {
-                    self.stats_to_trackers();
-                    self.trackers.handle_completed(now);
-                }
-                AnnounceEvent::Stopped => {
-                    self.stats_to_trackers();
-                    self.trackers.handle_stop(now);
-                }
-                // The tracker manager sends `started` by itself when it starts.
-                _ => {}
-            },
+            // The task handles announces itself; none reaches the driver.
+            Action::Announce { .. } => {}
         }
     }
 
-    fn show(&mut self, event: Event) {
+    fn show(&mut self, event: TorrentEvent) {
+        let event = match event {
+            TorrentEvent::Session(e) => e,
+            TorrentEvent::Tracker(e) => return self.tracker_event(e),
+            TorrentEvent::ResumeIgnored(e) => {
+                let path = self.resume_path.as_deref().unwrap_or(Path::new("?"));
+                return log::warn!("ignoring resume file {}: {e}", path.display());
+            }
+            TorrentEvent::Checked { verified, pieces } => {
+                log::info!("{}: checked, {verified} of {pieces} pieces good", self.name);
+                if matches!(self.opts.location, Location::Seed(_)) && verified < pieces {
+                    let info = &self.opts.metainfo.info;
+                    let have = self.session.have();
+                    let bytes: u64 = have.iter_ones().map(|p| info.piece_size(p)).sum();
+                    self.fatal.get_or_insert(ClientError::SeedDataIncomplete {
+                        have: bytes,
+                        total: info.total_length,
+                    });
+                }
+                if self.session.is_complete() {
+                    self.complete_at.get_or_insert_with(Instant::now);
+                }
+                return;
+            }
+        };
         match &event {
             Event::PeerConnected { peer_id, .. } => {
                 self.peers_seen.insert(*peer_id);
@@ -688,20 +604,13 @@ impl Client {
         }
     }
 
-    fn tracker_event(&mut self, now: Time, event: TrackerEvent) {
+    fn tracker_event(&mut self, event: TrackerEvent) {
         match event {
-            TrackerEvent::Peers { addrs, .. } => {
-                self.session
-                    .handle_input(now, Input::PeersDiscovered { addrs: &addrs });
-            }
+            // The task hands tracker peers to the swarm itself.
+            TrackerEvent::Peers { .. } => {}
             TrackerEvent::Announced { event, tracker, .. } => {
-                log::info!(
-                    "announced {event:?} to {}",
-                    self.trackers.url(tracker).unwrap_or("?")
-                );
-                if event == AnnounceEvent::Completed {
-                    self.completed_announced = true;
-                }
+                let url = self.session.trackers().and_then(|t| t.url(tracker));
+                log::info!("announced {event:?} to {}", url.unwrap_or("?"));
             }
             TrackerEvent::Warning { url, message, .. } => {
                 log::warn!("tracker {url}: {message}");
@@ -713,9 +622,7 @@ impl Client {
             TrackerEvent::AllFailed { .. } => {
                 log::warn!("no tracker answered; retrying");
             }
-            // `pump` drains most tracker events, this one included: the shutdown waits on it.
-            TrackerEvent::Stopped => self.tracker_stopped = true,
-            TrackerEvent::Scrape { .. } => {}
+            TrackerEvent::Stopped | TrackerEvent::Scrape { .. } => {}
         }
     }
 
@@ -787,19 +694,8 @@ impl Client {
                 }
                 Completion::HashFailed { piece, error } => {
                     log::warn!("hashing piece {piece}: {error}");
-                    // An unreadable piece cannot match: report a digest that fails the check.
-                    let digest =
-                        self.opts
-                            .metainfo
-                            .info
-                            .pieces
-                            .get(piece as usize)
-                            .map_or([0; 20], |h| {
-                                let mut d = *h;
-                                d[0] ^= 0xff;
-                                d
-                            });
-                    self.input(now, Input::PieceHashed { piece, digest });
+                    let error = error.to_string();
+                    self.input(now, Input::HashFailed { piece, error });
                 }
                 Completion::ResumeFailed { path, error } => {
                     log::warn!("resume file {}: {error}", path.display());
@@ -823,11 +719,22 @@ impl Client {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let (done, total) = self.session.progress();
-        let (down, up) = self.session.rates();
-        let (peers, seeds) = self.session.established_count();
+        let Some(swarm) = self.session.session() else {
+            let total_bytes = self.opts.metainfo.info.total_length;
+            let (checked, to_check) = self.session.check_progress().unwrap_or((0, 0));
+            let done = u128::from(checked) * u128::from(total_bytes) / u128::from(to_check.max(1));
+            return Snapshot {
+                phase: Some(Phase::Checking),
+                total_bytes,
+                done_bytes: done as u64,
+                ..Snapshot::default()
+            };
+        };
+        let (done, total) = swarm.progress();
+        let (down, up) = swarm.rates();
+        let (peers, seeds) = swarm.established_count();
         Snapshot {
-            phase: Some(if self.session.is_complete() {
+            phase: Some(if swarm.is_complete() {
                 Phase::Seeding
             } else {
                 Phase::Downloading
@@ -836,7 +743,7 @@ impl Client {
             done_bytes: done,
             download_rate: down,
             upload_rate: up,
-            uploaded: self.session.uploaded(),
+            uploaded: swarm.uploaded(),
             peers,
             seeds,
         }
@@ -862,12 +769,13 @@ impl Client {
             let waited = self
                 .complete_at
                 .is_some_and(|t| t.elapsed() > Duration::from_secs(15));
-            return self.completed_announced || !self.has_trackers || waited;
+            return self.session.completed_announced() || waited;
         }
+        let uploaded = self.session.session().map_or(0, Session::uploaded);
         if complete && seeding {
             let total = self.opts.metainfo.info.total_length.max(1);
             if let Some(ratio) = self.opts.seed_ratio
-                && self.session.uploaded() as f64 / total as f64 >= ratio
+                && uploaded as f64 / total as f64 >= ratio
             {
                 return true;
             }
@@ -881,7 +789,11 @@ impl Client {
             && let Some(limit) = self.opts.timeout
             && started.elapsed() >= limit
         {
-            let (have, total) = self.session.progress();
+            let info = &self.opts.metainfo.info;
+            let (have, total) = self
+                .session
+                .session()
+                .map_or((0, info.total_length), Session::progress);
             self.fatal = Some(ClientError::TimedOut {
                 after: limit,
                 have,
@@ -908,13 +820,6 @@ impl Client {
             self.up.refill(wall);
             if self.session.poll_timeout().is_some_and(|t| t <= now) {
                 self.input(now, Input::Timeout);
-            }
-            // Once a turn: the session's byte counts walk every wanted piece, so they are not
-            // recomputed after every input; announces use them at most one turn old.
-            self.stats_to_trackers();
-            if self.trackers.poll_timeout().is_some_and(|t| t <= now) {
-                self.trackers.handle_timeout(now);
-                self.pump(now);
             }
             // Sockets left with bytes (budget spent or paused by a limit).
             let pending: Vec<usize> = self.read_pending.iter().copied().collect();
@@ -945,16 +850,11 @@ impl Client {
             if stopping.is_none() && self.should_stop(started) {
                 stopping = Some(Instant::now());
                 self.input(now, Input::Shutdown);
-                if self.has_trackers {
-                    self.stats_to_trackers();
-                    self.trackers.handle_stop(now);
-                    self.pump(now);
-                }
                 self.save_resume();
             }
             if let Some(since) = stopping {
                 let disk_idle = self.disk.in_flight() == 0;
-                let trackers_done = self.tracker_stopped || !self.has_trackers;
+                let trackers_done = self.session.is_stopped();
                 if trackers_done && disk_idle {
                     return Ok(());
                 }
@@ -974,10 +874,7 @@ impl Client {
             }
 
             let mut wait = Duration::from_secs(1);
-            for deadline in [self.session.poll_timeout(), self.trackers.poll_timeout()]
-                .into_iter()
-                .flatten()
-            {
+            if let Some(deadline) = self.session.poll_timeout() {
                 wait = wait.min(deadline.saturating_since(now));
             }
             for refill in [self.down.next_refill(), self.up.next_refill()]
@@ -1008,11 +905,8 @@ impl Client {
                     LISTENER if stopping.is_none() => self.accept(now),
                     WAKER => {
                         self.disk_completions(now);
-                        self.tracker_io.handle_wakeup(
-                            self.poll.registry(),
-                            now,
-                            &mut self.trackers,
-                        );
+                        self.tracker_io
+                            .handle_wakeup(self.poll.registry(), now, &mut self.session);
                         self.pump(now);
                     }
                     SIGNALS if self.signals.as_mut().is_some_and(ShutdownSignals::take) => {
@@ -1023,7 +917,7 @@ impl Client {
                             self.poll.registry(),
                             now,
                             event,
-                            &mut self.trackers,
+                            &mut self.session,
                         );
                         self.pump(now);
                     }
@@ -1033,9 +927,6 @@ impl Client {
             }
             // Completions can arrive without a wake-up being seen in this batch.
             self.disk_completions(now);
-            while let Some(e) = self.trackers.poll_event() {
-                self.tracker_event(now, e);
-            }
         }
     }
 }

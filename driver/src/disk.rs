@@ -8,10 +8,8 @@
 //! Mapping to the core's session: `Action::WriteBlock`, `ReadBlock` and `HashPiece` become
 //! [`Job::Write`], [`Job::Read`] and [`Job::Hash`]; [`Completion::Written`], `WriteFailed` (its
 //! error's `Display` is the user's message), `Read`, `ReadFailed` and `Hashed` become the inputs
-//! of the same names. The session has no "hash failed" input: report [`Completion::HashFailed`]
-//! as a hash that cannot match (the piece is fetched again) and log the error. At start, the
-//! valid pieces of [`Completion::Checked`] plus the resume plan's `have` are the session's
-//! initial bitfield.
+//! of the same names, and [`Completion::HashFailed`] becomes the `HashFailed` input. The start-up
+//! check is the core's too: it asks for the pieces to check as ordinary hashes.
 //!
 //! Ordering: jobs start in submission order, but with several workers they may finish in any
 //! order. One guarantee matters to the core: a [`Job::Hash`] of a piece waits until every
@@ -22,7 +20,7 @@
 //! the loop thread). The loop keeps the queues bounded by looking before it submits:
 //! [`DiskPool::queued_read_bytes`] per peer (stop queuing reads for a peer whose send buffer is
 //! full or whose reads already exceed a limit) and [`DiskPool::queued_write_bytes`] (stop reading
-//! sockets while writes are behind). A check reports progress at most about 100 times.
+//! sockets while writes are behind).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,7 +29,6 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use kp_torrent_core::bitfield::Bitfield;
 use kp_torrent_core::id::PeerHandle;
 use mio::Waker;
 
@@ -74,14 +71,6 @@ pub enum Job {
     Hash {
         /// Piece index.
         piece: u32,
-    },
-    /// Hash the pieces in `pieces` and compare them with `expected` (one hash per piece): the
-    /// "checking" of existing data at start. Runs on one worker; the others stay free.
-    Check {
-        /// Pieces to hash.
-        pieces: Bitfield,
-        /// The torrent's piece hashes.
-        expected: Arc<[[u8; 20]]>,
     },
     /// Flush the data and write the resume file (see [`resume::save`]).
     SaveResume {
@@ -153,20 +142,6 @@ pub enum Completion {
         piece: u32,
         /// Why.
         error: StorageError,
-    },
-    /// A check is under way: `checked` of `total` pieces hashed.
-    CheckProgress {
-        /// Pieces hashed so far.
-        checked: u32,
-        /// Pieces to hash.
-        total: u32,
-    },
-    /// A check finished: the pieces whose data matched. Unreadable pieces simply do not match.
-    Checked {
-        /// Pieces verified on disk.
-        valid: Bitfield,
-        /// False when the pool shut down before the check finished.
-        complete: bool,
     },
     /// The resume file is written.
     ResumeSaved {
@@ -296,9 +271,7 @@ impl DiskPool {
             }
             _ => {}
         }
-        if !matches!(c, Completion::CheckProgress { .. }) {
-            self.in_flight = self.in_flight.saturating_sub(1);
-        }
+        self.in_flight = self.in_flight.saturating_sub(1);
         Some(c)
     }
 
@@ -429,41 +402,10 @@ impl Worker {
                 Ok(digest) => Completion::Hashed { piece, digest },
                 Err(error) => Completion::HashFailed { piece, error },
             },
-            Job::Check { pieces, expected } => self.check(&pieces, &expected),
             Job::SaveResume { path, snapshot } => match resume::save(&path, &snapshot, s) {
                 Ok(()) => Completion::ResumeSaved { path },
                 Err(error) => Completion::ResumeFailed { path, error },
             },
-        }
-    }
-
-    fn check(&self, pieces: &Bitfield, expected: &[[u8; 20]]) -> Completion {
-        let total = pieces.count();
-        let step = total.div_ceil(100).max(1);
-        let mut valid = Bitfield::new(pieces.len());
-        let mut checked = 0;
-        for piece in pieces.iter_ones() {
-            if self.stop.load(Ordering::Relaxed) {
-                return Completion::Checked {
-                    valid,
-                    complete: false,
-                };
-            }
-            match self.storage.hash_piece(piece) {
-                Ok(digest) if expected.get(piece as usize) == Some(&digest) => {
-                    valid.set(piece);
-                }
-                Ok(_) => {}
-                Err(e) => log::debug!("checking piece {piece}: {e}"),
-            }
-            checked += 1;
-            if checked % step == 0 && checked < total {
-                self.complete(Completion::CheckProgress { checked, total });
-            }
-        }
-        Completion::Checked {
-            valid,
-            complete: true,
         }
     }
 }

@@ -1,25 +1,21 @@
-//! The resume file: which pieces are verified on disk, so a restart skips re-hashing them.
+//! The resume file on disk: where it lives, reading it at start and writing it atomically.
 //!
 //! It lives at `<dest>/.kp-torrent/<info-hash hex>.resume` ([`resume_path`]), beside the data it
-//! describes, so two downloads of one torrent into two folders never share one. It holds the
-//! verified-piece bitfield and each file's size and modification time at the moment of saving.
-//!
-//! Format (version 1): the 8 bytes `KPRESUME`, the SHA-1 of the rest, then a bencoded dictionary
-//! `{version, info-hash, pieces, have, files: [[size, mtime seconds, mtime nanoseconds], ..]}` with
-//! one entry per file of the layout (padding files as `[0, 0, 0]`). A file that is truncated,
-//! corrupt, of another version or for another torrent is ignored with a warning, never trusted.
+//! describes, so two downloads of one torrent into two folders never share one. Its format and
+//! the start-up verdict (which pieces to trust, which to hash) are the core's
+//! ([`kp_torrent_core::resume`]); this module only reads files and their stamps ([`read_start`])
+//! and writes the file ([`save`]).
 //!
 //! Crash safety: [`save`] first flushes every written file to the device, then looks at the files'
 //! sizes and times, then writes the resume file atomically (temporary file, `fsync`, rename,
 //! `fsync` of the folder). The loop passes a snapshot of pieces that were verified after all their
 //! blocks were written, so every piece in a saved bitfield is on the device. After a `kill -9`
-//! the files written since the last save have a newer time, so [`plan`] re-checks exactly the
+//! the files written since the last save have a newer time, so the core re-checks exactly the
 //! pieces touching them: at most the pieces in flight are lost.
 //!
-//! At start: [`Storage::new`], then [`plan`] (it must see the files before
-//! [`Storage::allocate`] creates them), then `allocate`, then hash the pieces in
-//! [`StartPlan::check`] (a [`crate::disk::Job::Check`]) and add the good ones to
-//! [`StartPlan::have`].
+//! At start: [`Storage::new`], then [`read_start`] (it must see the files before
+//! [`Storage::allocate`] creates them), then `allocate`, then the stamps and the resume bytes go
+//! to the task as its `Start` input.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -27,15 +23,11 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use kp_torrent_core::bencode::{self, Owned};
 use kp_torrent_core::bitfield::Bitfield;
 use kp_torrent_core::id::InfoHash;
-use sha1::{Digest, Sha1};
+use kp_torrent_core::resume::{FileStamp, ResumeData};
 
 use crate::storage::{Storage, StorageError};
-
-const MAGIC: &[u8; 8] = b"KPRESUME";
-const VERSION: i64 = 1;
 
 /// Where the resume file of torrent `info_hash` downloading into `dest` lives.
 pub fn resume_path(dest: &Path, info_hash: &InfoHash) -> PathBuf {
@@ -43,17 +35,9 @@ pub fn resume_path(dest: &Path, info_hash: &InfoHash) -> PathBuf {
         .join(format!("{}.resume", info_hash.to_hex()))
 }
 
-/// A file's size and modification time, to notice it changed while we were not running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct Stamp {
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-fn stamp(path: &Path) -> io::Result<Stamp> {
+fn stamp(path: &Path) -> io::Result<FileStamp> {
     let m = fs::metadata(path)?;
-    Ok(Stamp {
+    Ok(FileStamp {
         size: m.len(),
         mtime: m.mtime(),
         mtime_nsec: m.mtime_nsec(),
@@ -119,34 +103,19 @@ pub fn save(path: &Path, snapshot: &Snapshot, storage: &Storage) -> Result<(), R
         });
     }
     storage.flush().map_err(ResumeError::Storage)?;
-    let files = (0..layout.files().len())
+    // A file we cannot look at gets a stamp that matches nothing, so it is re-checked.
+    let files: Vec<FileStamp> = (0..layout.files().len())
         .map(|i| {
-            // A file we cannot look at gets a stamp that matches nothing, so it is re-checked.
-            let s = storage
+            storage
                 .path(i)
                 .and_then(|p| stamp(p).ok())
-                .unwrap_or_default();
-            Owned::List(vec![
-                Owned::Int(i64::try_from(s.size).unwrap_or(-1)),
-                Owned::Int(s.mtime),
-                Owned::Int(s.mtime_nsec),
-            ])
+                .unwrap_or(FileStamp {
+                    size: u64::MAX,
+                    ..FileStamp::default()
+                })
         })
         .collect();
-    let body: Owned = [
-        ("version", Owned::Int(VERSION)),
-        ("info-hash", Owned::bytes(snapshot.info_hash.0)),
-        ("pieces", Owned::Int(i64::from(layout.piece_count()))),
-        ("have", Owned::bytes(snapshot.have.as_bytes())),
-        ("files", Owned::List(files)),
-    ]
-    .into_iter()
-    .collect();
-    let body = body.encode();
-    let mut out = Vec::with_capacity(28 + body.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&Sha1::digest(&body));
-    out.extend_from_slice(&body);
+    let out = ResumeData::encode(&snapshot.info_hash, &snapshot.have, &files);
     write_atomically(path, &out)
 }
 
@@ -169,133 +138,54 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ResumeError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))
 }
 
-/// What is known at start: pieces to trust and pieces to hash before trusting them.
+/// What is on disk at start, for the task's `Start` input.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartPlan {
-    /// Pieces the resume file vouches for, in files unchanged since it was written.
-    pub have: Bitfield,
-    /// Pieces to hash: those touching a file that changed (all existing data when there is no
-    /// usable resume file). Pieces touching a missing file are in neither set: they are fetched.
-    pub check: Bitfield,
-    /// Why the resume file was not used, for a warning (`None` when used or absent).
-    pub ignored: Option<String>,
+pub struct OnDisk {
+    /// Each file's stamp now (`None`: missing, or not a file we can look at).
+    pub files: Vec<Option<FileStamp>>,
+    /// The resume file's bytes, if there is one we could read.
+    pub resume: Option<Vec<u8>>,
 }
 
-/// Reads the resume file at `path` (if any) and compares it with the files as they are now.
-/// Call before [`Storage::allocate`]. Never fails: an unusable resume file means "check all".
-pub fn plan(path: &Path, info_hash: &InfoHash, storage: &Storage) -> StartPlan {
-    let layout = storage.layout();
-    let count = layout.piece_count();
-    let now: Vec<Option<Stamp>> = (0..layout.files().len())
+/// Reads the resume file at `path` (if any) and stamps the files as they are now. Call before
+/// [`Storage::allocate`]. Never fails: an unreadable resume file is logged and left out.
+pub fn read_start(path: Option<&Path>, storage: &Storage) -> OnDisk {
+    let files = (0..storage.layout().files().len())
         .map(|i| storage.path(i).and_then(|p| stamp(p).ok()))
         .collect();
-    let (saved, ignored) = match fs::read(path) {
-        Ok(bytes) => match parse(&bytes, info_hash, count, now.len()) {
-            Ok(saved) => (Some(saved), None),
-            Err(why) => {
-                let why = format!("ignoring resume file {}: {why}", path.display());
-                log::warn!("{why}");
-                (None, Some(why))
-            }
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
+    let resume = path.and_then(|path| match fs::read(path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => {
-            let why = format!("ignoring resume file {}: {e}", path.display());
-            log::warn!("{why}");
-            (None, Some(why))
+            log::warn!("ignoring resume file {}: {e}", path.display());
+            None
         }
-    };
-
-    let mut missing = Bitfield::new(count);
-    let mut changed = Bitfield::new(count);
-    for (i, file) in layout.files().iter().enumerate() {
-        if file.padding {
-            continue;
-        }
-        let (set, differs) = match (&saved, now[i]) {
-            (_, None) => (&mut missing, true),
-            (Some((_, stamps)), Some(now)) => {
-                (&mut changed, stamps[i] != now || now.size != file.length)
-            }
-            (None, Some(_)) => (&mut changed, false),
-        };
-        if differs {
-            for p in layout.pieces_of_file(i) {
-                set.set(p);
-            }
-        }
-    }
-    let mut have = Bitfield::new(count);
-    let mut check = Bitfield::new(count);
-    for p in 0..count {
-        if missing.get(p) {
-            // Missing data cannot verify: these pieces are fetched, not hashed.
-            continue;
-        }
-        match &saved {
-            None => {
-                check.set(p);
-            }
-            Some(_) if changed.get(p) => {
-                check.set(p);
-            }
-            Some((saved_have, _)) if saved_have.get(p) => {
-                have.set(p);
-            }
-            Some(_) => {}
-        }
-    }
-    StartPlan {
-        have,
-        check,
-        ignored,
-    }
+    });
+    OnDisk { files, resume }
 }
 
-type Saved = (Bitfield, Vec<Stamp>);
-
-fn parse(bytes: &[u8], info_hash: &InfoHash, count: u32, files: usize) -> Result<Saved, String> {
-    let rest = bytes
-        .strip_prefix(MAGIC)
-        .ok_or("not a kp-torrent resume file")?;
-    let (sum, body) = rest.split_at_checked(20).ok_or("truncated")?;
-    if Sha1::digest(body)[..] != sum[..] {
-        return Err("checksum mismatch (truncated or corrupt)".into());
-    }
-    let value = bencode::decode(body).map_err(|e| format!("corrupt: {e}"))?;
-    let d = value.as_dict().ok_or("corrupt: not a dictionary")?;
-    match d.get_int(b"version") {
-        Some(VERSION) => {}
-        v => return Err(format!("unsupported version {v:?}")),
-    }
-    if d.get_bytes(b"info-hash") != Some(&info_hash.0[..]) {
-        return Err("written for another torrent".into());
-    }
-    if d.get_int(b"pieces") != Some(i64::from(count)) {
-        return Err("piece count differs from the torrent".into());
-    }
-    let have = Bitfield::from_bytes(d.get_bytes(b"have").unwrap_or_default(), count)
-        .map_err(|e| format!("corrupt bitfield: {e}"))?;
-    let list = d.get_list(b"files").ok_or("corrupt: no file list")?;
-    if list.len() != files {
-        return Err("file count differs from the torrent".into());
-    }
-    let stamps = list
-        .iter()
-        .map(|v| {
-            let l = v.as_list()?;
-            let [size, mtime, mtime_nsec] = l.items() else {
-                return None;
-            };
-            Some(Stamp {
-                size: u64::try_from(size.as_int()?).ok()?,
-                mtime: mtime.as_int()?,
-                mtime_nsec: mtime_nsec.as_int()?,
+/// The core's view of a layout's torrent (piece hashes left zero), for tests of the plan.
+#[cfg(test)]
+pub(crate) fn test_torrent(
+    layout: &crate::storage::Layout,
+    info_hash: &InfoHash,
+) -> kp_torrent_core::session::Torrent {
+    use kp_torrent_core::session::{FileSpan, Torrent};
+    Torrent {
+        info_hash: *info_hash,
+        piece_length: layout.piece_length(),
+        total_length: layout.total_length(),
+        piece_hashes: vec![[0; 20]; layout.piece_count() as usize],
+        files: layout
+            .files()
+            .iter()
+            .map(|f| FileSpan {
+                offset: f.offset,
+                length: f.length,
+                padding: f.padding,
             })
-        })
-        .collect::<Option<Vec<_>>>()
-        .ok_or("corrupt file entry")?;
-    Ok((have, stamps))
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,44 @@ use std::sync::Arc;
 
 use kp_torrent_core::time::Time;
 use kp_torrent_core::tracker::manager::{ConnId, TrackerAction, TrackerId, TrackerManager};
+
+/// Where the sockets' news goes: the torrent's tracker inputs (the loop feeds them to its task,
+/// which records them); a bare [`TrackerManager`] takes them directly.
+pub trait TrackerPort {
+    /// A lookup for a UDP tracker finished (empty: it failed).
+    fn handle_resolved(&mut self, now: Time, tracker: TrackerId, addrs: &[SocketAddr]);
+    /// A TCP (or TLS) connection could not be made.
+    fn handle_connect_failed(&mut self, now: Time, conn: ConnId, why: String);
+    /// A TCP connection is open.
+    fn handle_tcp_connected(&mut self, now: Time, conn: ConnId);
+    /// Bytes arrived on a TCP connection.
+    fn handle_tcp_data(&mut self, now: Time, conn: ConnId, bytes: &[u8]);
+    /// A TCP connection ended (`error` when it broke).
+    fn handle_tcp_closed(&mut self, now: Time, conn: ConnId, error: Option<String>);
+    /// A datagram arrived on a tracker UDP socket.
+    fn handle_udp_datagram(&mut self, now: Time, from: SocketAddr, bytes: &[u8]);
+}
+
+impl TrackerPort for TrackerManager {
+    fn handle_resolved(&mut self, now: Time, tracker: TrackerId, addrs: &[SocketAddr]) {
+        TrackerManager::handle_resolved(self, now, tracker, addrs);
+    }
+    fn handle_connect_failed(&mut self, now: Time, conn: ConnId, why: String) {
+        TrackerManager::handle_connect_failed(self, now, conn, why);
+    }
+    fn handle_tcp_connected(&mut self, now: Time, conn: ConnId) {
+        TrackerManager::handle_tcp_connected(self, now, conn);
+    }
+    fn handle_tcp_data(&mut self, now: Time, conn: ConnId, bytes: &[u8]) {
+        TrackerManager::handle_tcp_data(self, now, conn, bytes);
+    }
+    fn handle_tcp_closed(&mut self, now: Time, conn: ConnId, error: Option<String>) {
+        TrackerManager::handle_tcp_closed(self, now, conn, error);
+    }
+    fn handle_udp_datagram(&mut self, now: Time, from: SocketAddr, bytes: &[u8]) {
+        TrackerManager::handle_udp_datagram(self, now, from, bytes);
+    }
+}
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token, Waker};
 use slab::Slab;
@@ -116,19 +154,20 @@ impl TrackerIo {
             || (self.tokens.conn_base..self.tokens.conn_base + MAX_CONNS).contains(&token.0)
     }
 
-    /// Drains the manager's actions and carries them out.
+    /// Drains a bare manager's actions and carries them out.
     pub fn run_actions(&mut self, registry: &Registry, now: Time, mgr: &mut TrackerManager) {
         while let Some(action) = mgr.poll_action() {
             self.execute(registry, now, action, mgr);
         }
     }
 
-    fn execute(
+    /// Carries out one tracker action; what the sockets say at once goes to `mgr`.
+    pub fn execute(
         &mut self,
         registry: &Registry,
         now: Time,
         action: TrackerAction,
-        mgr: &mut TrackerManager,
+        mgr: &mut dyn TrackerPort,
     ) {
         match action {
             TrackerAction::Resolve {
@@ -205,7 +244,7 @@ impl TrackerIo {
     }
 
     /// Takes lookup answers after the loop's waker fired.
-    pub fn handle_wakeup(&mut self, registry: &Registry, now: Time, mgr: &mut TrackerManager) {
+    pub fn handle_wakeup(&mut self, registry: &Registry, now: Time, mgr: &mut dyn TrackerPort) {
         while let Some(answer) = self.resolver.try_take() {
             match self.lookups.remove(&answer.key) {
                 Some(Lookup::Udp { tracker, port }) => {
@@ -233,7 +272,6 @@ impl TrackerIo {
                 None => {}
             }
         }
-        self.run_actions(registry, now, mgr);
     }
 
     /// Handles readiness of one of our tokens.
@@ -242,7 +280,7 @@ impl TrackerIo {
         registry: &Registry,
         now: Time,
         event: &mio::event::Event,
-        mgr: &mut TrackerManager,
+        mgr: &mut dyn TrackerPort,
     ) {
         let token = event.token();
         if token == self.tokens.udp4 || token == self.tokens.udp6 {
@@ -261,7 +299,6 @@ impl TrackerIo {
                 }
             }
         }
-        self.run_actions(registry, now, mgr);
     }
 
     fn lookup_key(&mut self, lookup: Lookup) -> LookupKey {
@@ -277,7 +314,7 @@ impl TrackerIo {
         now: Time,
         key: usize,
         mut addrs: Vec<SocketAddr>,
-        mgr: &mut TrackerManager,
+        mgr: &mut dyn TrackerPort,
     ) {
         addrs.reverse();
         let mut last_err = String::from("no address");
@@ -318,7 +355,7 @@ impl TrackerIo {
         registry: &Registry,
         now: Time,
         key: usize,
-        mgr: &mut TrackerManager,
+        mgr: &mut dyn TrackerPort,
     ) {
         let c = &mut self.conns[key];
         let State::Connecting { stream, rest } = &mut c.state else {
@@ -380,7 +417,7 @@ impl TrackerIo {
         Ok(cfg)
     }
 
-    fn flush(&mut self, registry: &Registry, now: Time, key: usize, mgr: &mut TrackerManager) {
+    fn flush(&mut self, registry: &Registry, now: Time, key: usize, mgr: &mut dyn TrackerPort) {
         let c = &mut self.conns[key];
         let State::Open { stream } = &mut c.state else {
             return;
@@ -398,7 +435,7 @@ impl TrackerIo {
         }
     }
 
-    fn read_tcp(&mut self, registry: &Registry, now: Time, key: usize, mgr: &mut TrackerManager) {
+    fn read_tcp(&mut self, registry: &Registry, now: Time, key: usize, mgr: &mut dyn TrackerPort) {
         let c = &mut self.conns[key];
         let State::Open { stream } = &mut c.state else {
             return;
@@ -450,7 +487,7 @@ impl TrackerIo {
         now: Time,
         key: usize,
         why: String,
-        mgr: &mut TrackerManager,
+        mgr: &mut dyn TrackerPort,
     ) {
         let id = self.conns[key].id;
         self.forget(registry, key);
@@ -495,7 +532,7 @@ impl TrackerIo {
             .ok_or_else(|| io::Error::other("UDP socket missing"))
     }
 
-    fn read_udp(&mut self, now: Time, v6: bool, mgr: &mut TrackerManager) {
+    fn read_udp(&mut self, now: Time, v6: bool, mgr: &mut dyn TrackerPort) {
         let sock = if v6 { &self.udp6 } else { &self.udp4 };
         let Some(sock) = sock else {
             return;

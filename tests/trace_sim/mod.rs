@@ -2,8 +2,9 @@
 //! replay benchmark.
 //!
 //! The simulation owns its sessions, so instead of swapping in a `Recorder` this replaces a
-//! node's session by one built from a known header and records it through the simulation's input
-//! and action hooks with a `TraceWriter` (the hooks see no events, so the traces hold none).
+//! node's session by one built from a known header (a task with no trackers and known pieces,
+//! which runs exactly that session) and records it through the simulation's input and action
+//! hooks with a `TraceWriter` (the hooks see no events, so the traces hold none).
 
 #![allow(dead_code)]
 
@@ -11,8 +12,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use kp_torrent_core::bitfield::Bitfield;
-use kp_torrent_core::session::SessionConfig;
+use kp_torrent_core::session::{Session, SessionConfig};
 use kp_torrent_core::time::Time;
+use kp_torrent_core::torrent::{StartState, TorrentConfig};
 use kp_torrent_core::trace::{TraceHeader, TraceWriter};
 
 use crate::sim::{Role, Sim, SimConfig};
@@ -26,25 +28,35 @@ pub fn record_nodes(sim: &mut Sim, nodes: &[usize], seed: u64) -> Vec<SharedWrit
     let count = sim.torrent.piece_count();
     let mut writers = Vec::new();
     for (k, &node) in nodes.iter().enumerate() {
+        let have = if sim.nodes[node].role == Role::Leecher {
+            Bitfield::new(count)
+        } else {
+            Bitfield::full(count)
+        };
         let header = TraceHeader {
             events: false,
-            config: SessionConfig {
-                seed: seed.wrapping_add(k as u64),
-                listen_port: 6881,
-                ..SessionConfig::default()
+            config: TorrentConfig {
+                session: SessionConfig {
+                    seed: seed.wrapping_add(k as u64),
+                    listen_port: 6881,
+                    ..SessionConfig::default()
+                },
+                trackers: Default::default(),
+                tiers: Vec::new(),
             },
             torrent: sim.torrent.clone(),
-            have: if sim.nodes[node].role == Role::Leecher {
-                Bitfield::new(count)
-            } else {
-                Bitfield::full(count)
-            },
+            start_state: StartState::Verified(have.clone()),
             start: Time::ZERO,
         };
-        let mut session = header.session();
+        let mut session = Session::new(
+            header.config.session.clone(),
+            header.torrent.clone(),
+            have,
+            header.start,
+        );
         let mut writer = TraceWriter::new(Vec::new(), &header);
         while let Some(a) = session.poll_action() {
-            writer.action(&a);
+            writer.session_action(&a);
         }
         while session.poll_event().is_some() {}
         sim.nodes[node].session = session;
@@ -55,12 +67,12 @@ pub fn record_nodes(sim: &mut Sim, nodes: &[usize], seed: u64) -> Vec<SharedWrit
     let inputs = by_node.clone();
     sim.on_input = Some(Box::new(move |node, now, input| {
         if let Some((_, w)) = inputs.iter().find(|(n, _)| *n == node) {
-            w.borrow_mut().input(now, input);
+            w.borrow_mut().session_input(now, input);
         }
     }));
     sim.on_action = Some(Box::new(move |node, action| {
         if let Some((_, w)) = by_node.iter().find(|(n, _)| *n == node) {
-            w.borrow_mut().action(action);
+            w.borrow_mut().session_action(action);
         }
     }));
     writers

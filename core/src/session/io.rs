@@ -84,6 +84,14 @@ pub enum Input<'a> {
         /// The digest of the data on disk.
         digest: [u8; 20],
     },
+    /// A piece asked for with [`Action::HashPiece`] could not be read, so it has no digest; it
+    /// counts as missing (fetched again) without blaming any peer.
+    HashFailed {
+        /// Piece index.
+        piece: u32,
+        /// What went wrong, for the user.
+        error: String,
+    },
     /// Peer addresses learnt from a tracker or the command line.
     PeersDiscovered {
         /// The addresses; known ones are ignored.
@@ -143,7 +151,8 @@ pub enum Action {
         /// Length in bytes.
         length: u32,
     },
-    /// Hash the stored piece; report [`Input::PieceHashed`]. Its writes have all completed.
+    /// Hash the stored piece; report [`Input::PieceHashed`] (or [`Input::HashFailed`] when it
+    /// cannot be read). Its writes have all completed.
     HashPiece {
         /// Piece index.
         piece: u32,

@@ -68,6 +68,16 @@ impl Session {
         }
     }
 
+    /// The driver could not read a piece back to hash it: nobody is to blame, it is fetched again.
+    pub(super) fn on_hash_unreadable(&mut self, now: Time, piece: u32) {
+        if !self.pieces.get(&piece).is_some_and(|p| p.hashing) {
+            return;
+        }
+        self.pieces.remove(&piece);
+        self.picker.piece_verified(piece, false);
+        self.fill_all(now);
+    }
+
     pub(super) fn on_piece_hashed(&mut self, now: Time, piece: u32, digest: [u8; 20]) {
         let Some(progress) = self.pieces.get(&piece) else {
             return;

@@ -1,17 +1,25 @@
 //! Byte-level encoding of trace records (layout in the `trace` module documentation).
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use core::time::Duration;
 
 use crate::bitfield::Bitfield;
 use crate::id::{InfoHash, PeerHandle};
 use crate::metainfo::{MAX_PIECE_LENGTH, MAX_PIECES};
-use crate::session::{Action, AnnounceEvent, Event, FileSpan, Input, SessionConfig, Torrent};
+use crate::resume::FileStamp;
+use crate::session::{Action, Event, FileSpan, Input, SessionConfig, Torrent};
 use crate::time::Time;
+use crate::torrent::{
+    StartState, TorrentAction, TorrentConfig, TorrentEvent, TorrentInput, TrackerInput,
+};
+use crate::tracker::HttpLimits;
+use crate::tracker::manager::{ConnId, ManagerConfig, TrackerAction, TrackerId};
+use crate::tracker::udp::UdpConfig;
 
 use super::{ActionPrint, EventPrint, ReplayError, TraceHeader, payload_hash};
 
 pub(super) const MAGIC: &[u8; 4] = b"KPTR";
-pub(super) const VERSION: u16 = 1;
+pub(super) const VERSION: u16 = 2;
 pub(super) const FLAG_EVENTS: u8 = 1;
 
 /// Virtual times past this (about 146 years) are refused, so that no timer arithmetic in the
@@ -34,13 +42,25 @@ pub(super) const IN_PIECE_HASHED: u8 = 0x0b;
 pub(super) const IN_PEERS: u8 = 0x0c;
 pub(super) const IN_SELECT_FILES: u8 = 0x0d;
 pub(super) const IN_SHUTDOWN: u8 = 0x0e;
+pub(super) const IN_HASH_FAILED: u8 = 0x0f;
+pub(super) const IN_START: u8 = 0x10;
+pub(super) const IN_TCP_CONNECTED: u8 = 0x11;
+pub(super) const IN_TCP_DATA: u8 = 0x12;
+pub(super) const IN_TCP_CLOSED: u8 = 0x13;
+pub(super) const IN_TCP_FAILED: u8 = 0x14;
+pub(super) const IN_RESOLVED: u8 = 0x15;
+pub(super) const IN_DATAGRAM: u8 = 0x16;
 pub(super) const ACT_CONNECT: u8 = 0x20;
 pub(super) const ACT_SEND: u8 = 0x21;
 pub(super) const ACT_CLOSE: u8 = 0x22;
 pub(super) const ACT_WRITE: u8 = 0x23;
 pub(super) const ACT_READ: u8 = 0x24;
 pub(super) const ACT_HASH: u8 = 0x25;
-pub(super) const ACT_ANNOUNCE: u8 = 0x26;
+pub(super) const ACT_RESOLVE: u8 = 0x27;
+pub(super) const ACT_OPEN_TCP: u8 = 0x28;
+pub(super) const ACT_SEND_TCP: u8 = 0x29;
+pub(super) const ACT_CLOSE_TCP: u8 = 0x2a;
+pub(super) const ACT_SEND_UDP: u8 = 0x2b;
 pub(super) const EV_CONNECTED: u8 = 0x40;
 pub(super) const EV_DISCONNECTED: u8 = 0x41;
 pub(super) const EV_VERIFIED: u8 = 0x42;
@@ -48,6 +68,7 @@ pub(super) const EV_HASH_FAILED: u8 = 0x43;
 pub(super) const EV_COMPLETE: u8 = 0x44;
 pub(super) const EV_BANNED: u8 = 0x45;
 pub(super) const EV_ERROR: u8 = 0x46;
+pub(super) const EV_OTHER: u8 = 0x47;
 pub(super) const END: u8 = 0xff;
 
 // ---- writing ----
@@ -82,12 +103,88 @@ fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
     }
 }
 
-fn announce_code(e: AnnounceEvent) -> u8 {
-    match e {
-        AnnounceEvent::None => 0,
-        AnnounceEvent::Started => 1,
-        AnnounceEvent::Completed => 2,
-        AnnounceEvent::Stopped => 3,
+fn put_duration(out: &mut Vec<u8>, d: Duration) {
+    put_varint(out, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+}
+
+fn put_ip(out: &mut Vec<u8>, ip: &IpAddr) {
+    match ip {
+        IpAddr::V4(a) => {
+            out.push(4);
+            out.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            out.push(6);
+            out.extend_from_slice(&a.octets());
+        }
+    }
+}
+
+fn put_text_opt(out: &mut Vec<u8>, t: Option<&[u8]>) {
+    match t {
+        None => out.push(0),
+        Some(b) => {
+            out.push(1);
+            put_bytes(out, b);
+        }
+    }
+}
+
+fn put_addrs(out: &mut Vec<u8>, addrs: &[SocketAddr]) {
+    put_varint(out, addrs.len() as u64);
+    for a in addrs {
+        put_addr(out, a);
+    }
+}
+
+/// The tracker settings, destructured so that a new setting fails to compile until recorded.
+fn encode_tracker_config(out: &mut Vec<u8>, c: &ManagerConfig) {
+    let ManagerConfig {
+        http_timeout,
+        udp,
+        http_limits,
+        numwant,
+        max_peers_per_reply,
+        default_interval,
+        min_reannounce,
+        max_reannounce,
+        retry_base,
+        retry_max,
+        stop_timeout,
+        own_ips,
+    } = c;
+    let UdpConfig {
+        retransmit_base,
+        max_retransmits,
+        connection_id_ttl,
+    } = udp;
+    let HttpLimits {
+        max_head,
+        max_body,
+        max_redirects,
+    } = http_limits;
+    put_duration(out, *http_timeout);
+    put_duration(out, *retransmit_base);
+    put_varint(out, u64::from(*max_retransmits));
+    put_duration(out, *connection_id_ttl);
+    put_varint(out, *max_head as u64);
+    put_varint(out, *max_body as u64);
+    put_varint(out, *max_redirects as u64);
+    put_varint(out, u64::from(*numwant));
+    put_varint(out, *max_peers_per_reply as u64);
+    for d in [
+        default_interval,
+        min_reannounce,
+        max_reannounce,
+        retry_base,
+        retry_max,
+        stop_timeout,
+    ] {
+        put_duration(out, *d);
+    }
+    put_varint(out, own_ips.len() as u64);
+    for ip in own_ips {
+        put_ip(out, ip);
     }
 }
 
@@ -106,7 +203,7 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
         ban_after_failures,
         max_connect_failures,
         sequential,
-    } = &h.config;
+    } = &h.config.session;
     out.extend_from_slice(&seed.to_le_bytes());
     match peer_id {
         None => out.push(0),
@@ -122,6 +219,14 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
     put_varint(out, u64::from(*ban_after_failures));
     put_varint(out, u64::from(*max_connect_failures));
     out.push(u8::from(*sequential));
+    encode_tracker_config(out, &h.config.trackers);
+    put_varint(out, h.config.tiers.len() as u64);
+    for tier in &h.config.tiers {
+        put_varint(out, tier.len() as u64);
+        for url in tier {
+            put_bytes(out, url.as_bytes());
+        }
+    }
     let Torrent {
         info_hash,
         piece_length,
@@ -142,8 +247,14 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
         put_varint(out, f.length);
         out.push(u8::from(f.padding));
     }
-    put_varint(out, u64::from(h.have.len()));
-    out.extend_from_slice(h.have.as_bytes());
+    match &h.start_state {
+        StartState::Check => out.push(0),
+        StartState::Verified(have) => {
+            out.push(1);
+            put_varint(out, u64::from(have.len()));
+            out.extend_from_slice(have.as_bytes());
+        }
+    }
     put_varint(out, h.start.as_nanos());
 }
 
@@ -161,27 +272,91 @@ pub(super) fn encode_input<'a>(
     out: &mut Vec<u8>,
     prev: Time,
     now: Time,
-    input: &Input<'a>,
+    input: &TorrentInput<'a>,
 ) -> Option<&'a [u8]> {
     let delta = zigzag(now.as_nanos().wrapping_sub(prev.as_nanos()) as i64);
     let tag = match input {
-        Input::Timeout => IN_TIMEOUT,
-        Input::Incoming { .. } => IN_INCOMING,
-        Input::Connected { .. } => IN_CONNECTED,
-        Input::ConnectFailed { .. } => IN_CONNECT_FAILED,
-        Input::Received { .. } => IN_RECEIVED,
-        Input::Closed { .. } => IN_CLOSED,
-        Input::WriteDone { .. } => IN_WRITE_DONE,
-        Input::WriteFailed { .. } => IN_WRITE_FAILED,
-        Input::ReadDone { .. } => IN_READ_DONE,
-        Input::ReadFailed { .. } => IN_READ_FAILED,
-        Input::PieceHashed { .. } => IN_PIECE_HASHED,
-        Input::PeersDiscovered { .. } => IN_PEERS,
-        Input::SelectFiles { .. } => IN_SELECT_FILES,
-        Input::Shutdown => IN_SHUTDOWN,
+        TorrentInput::Start { .. } => IN_START,
+        TorrentInput::Tracker(t) => match t {
+            TrackerInput::TcpConnected { .. } => IN_TCP_CONNECTED,
+            TrackerInput::TcpData { .. } => IN_TCP_DATA,
+            TrackerInput::TcpClosed { .. } => IN_TCP_CLOSED,
+            TrackerInput::ConnectFailed { .. } => IN_TCP_FAILED,
+            TrackerInput::Resolved { .. } => IN_RESOLVED,
+            TrackerInput::Datagram { .. } => IN_DATAGRAM,
+        },
+        TorrentInput::Session(i) => match i {
+            Input::Timeout => IN_TIMEOUT,
+            Input::Incoming { .. } => IN_INCOMING,
+            Input::Connected { .. } => IN_CONNECTED,
+            Input::ConnectFailed { .. } => IN_CONNECT_FAILED,
+            Input::Received { .. } => IN_RECEIVED,
+            Input::Closed { .. } => IN_CLOSED,
+            Input::WriteDone { .. } => IN_WRITE_DONE,
+            Input::WriteFailed { .. } => IN_WRITE_FAILED,
+            Input::ReadDone { .. } => IN_READ_DONE,
+            Input::ReadFailed { .. } => IN_READ_FAILED,
+            Input::PieceHashed { .. } => IN_PIECE_HASHED,
+            Input::HashFailed { .. } => IN_HASH_FAILED,
+            Input::PeersDiscovered { .. } => IN_PEERS,
+            Input::SelectFiles { .. } => IN_SELECT_FILES,
+            Input::Shutdown => IN_SHUTDOWN,
+        },
     };
     out.push(tag);
     put_varint(out, delta);
+    let input = match input {
+        TorrentInput::Start { files, resume } => {
+            put_varint(out, files.len() as u64);
+            for f in *files {
+                match f {
+                    None => out.push(0),
+                    Some(s) => {
+                        out.push(1);
+                        put_varint(out, s.size);
+                        put_varint(out, zigzag(s.mtime));
+                        put_varint(out, zigzag(s.mtime_nsec));
+                    }
+                }
+            }
+            put_text_opt(out, *resume);
+            return None;
+        }
+        TorrentInput::Tracker(t) => {
+            return match t {
+                TrackerInput::TcpConnected { conn } => {
+                    put_varint(out, conn.0 as u64);
+                    None
+                }
+                TrackerInput::TcpData { conn, bytes } => {
+                    put_varint(out, conn.0 as u64);
+                    put_varint(out, bytes.len() as u64);
+                    Some(bytes)
+                }
+                TrackerInput::TcpClosed { conn, error } => {
+                    put_varint(out, conn.0 as u64);
+                    put_text_opt(out, error.as_deref().map(str::as_bytes));
+                    None
+                }
+                TrackerInput::ConnectFailed { conn, why } => {
+                    put_varint(out, conn.0 as u64);
+                    put_bytes(out, why.as_bytes());
+                    None
+                }
+                TrackerInput::Resolved { tracker, addrs } => {
+                    put_varint(out, tracker.0 as u64);
+                    put_addrs(out, addrs);
+                    None
+                }
+                TrackerInput::Datagram { from, bytes } => {
+                    put_addr(out, from);
+                    put_varint(out, bytes.len() as u64);
+                    Some(bytes)
+                }
+            };
+        }
+        TorrentInput::Session(i) => i,
+    };
     match input {
         Input::Timeout | Input::Shutdown => None,
         Input::Incoming { addr } => {
@@ -241,11 +416,13 @@ pub(super) fn encode_input<'a>(
             out.extend_from_slice(digest);
             None
         }
+        Input::HashFailed { piece, error } => {
+            put_varint(out, u64::from(*piece));
+            put_bytes(out, error.as_bytes());
+            None
+        }
         Input::PeersDiscovered { addrs } => {
-            put_varint(out, addrs.len() as u64);
-            for a in *addrs {
-                put_addr(out, a);
-            }
+            put_addrs(out, addrs);
             None
         }
         Input::SelectFiles { wanted } => {
@@ -264,7 +441,54 @@ pub(super) fn encode_input<'a>(
 
 impl ActionPrint {
     /// The fingerprint of an action, as a trace stores it.
-    pub fn of(action: &Action) -> ActionPrint {
+    pub fn of(action: &TorrentAction) -> ActionPrint {
+        match action {
+            TorrentAction::Session(a) => ActionPrint::of_session(a),
+            TorrentAction::Tracker(a) => match a {
+                TrackerAction::Resolve {
+                    tracker,
+                    host,
+                    port,
+                } => ActionPrint::Resolve {
+                    tracker: *tracker,
+                    host: host.clone(),
+                    port: *port,
+                },
+                TrackerAction::OpenTcp {
+                    conn,
+                    tracker,
+                    host,
+                    port,
+                    tls,
+                } => ActionPrint::OpenTcp {
+                    conn: *conn,
+                    tracker: *tracker,
+                    host: host.clone(),
+                    port: *port,
+                    tls: *tls,
+                },
+                TrackerAction::SendTcp { conn, bytes } => ActionPrint::SendTcp {
+                    conn: *conn,
+                    len: bytes.len() as u64,
+                    hash: payload_hash(bytes),
+                },
+                TrackerAction::CloseTcp { conn } => ActionPrint::CloseTcp { conn: *conn },
+                TrackerAction::SendUdp {
+                    tracker,
+                    addr,
+                    bytes,
+                } => ActionPrint::SendUdp {
+                    tracker: *tracker,
+                    addr: *addr,
+                    len: bytes.len() as u64,
+                    hash: payload_hash(bytes),
+                },
+            },
+        }
+    }
+
+    /// The fingerprint of a swarm action.
+    pub fn of_session(action: &Action) -> ActionPrint {
         match action {
             Action::Connect { peer, addr } => ActionPrint::Connect {
                 peer: *peer,
@@ -347,15 +571,63 @@ impl ActionPrint {
                 out.push(ACT_HASH);
                 put_varint(out, u64::from(*piece));
             }
-            ActionPrint::Announce { event } => {
-                out.push(ACT_ANNOUNCE);
-                out.push(announce_code(*event));
+            ActionPrint::Announce { .. } => {
+                // A task consumes its session's announces; none reaches a trace.
+            }
+            ActionPrint::Resolve {
+                tracker,
+                host,
+                port,
+            } => {
+                out.push(ACT_RESOLVE);
+                put_varint(out, tracker.0 as u64);
+                put_bytes(out, host.as_bytes());
+                out.extend_from_slice(&port.to_le_bytes());
+            }
+            ActionPrint::OpenTcp {
+                conn,
+                tracker,
+                host,
+                port,
+                tls,
+            } => {
+                out.push(ACT_OPEN_TCP);
+                put_varint(out, conn.0 as u64);
+                put_varint(out, tracker.0 as u64);
+                put_bytes(out, host.as_bytes());
+                out.extend_from_slice(&port.to_le_bytes());
+                out.push(u8::from(*tls));
+            }
+            ActionPrint::SendTcp { conn, len, hash } => {
+                out.push(ACT_SEND_TCP);
+                put_varint(out, conn.0 as u64);
+                put_varint(out, *len);
+                out.extend_from_slice(&hash.to_le_bytes());
+            }
+            ActionPrint::CloseTcp { conn } => {
+                out.push(ACT_CLOSE_TCP);
+                put_varint(out, conn.0 as u64);
+            }
+            ActionPrint::SendUdp {
+                tracker,
+                addr,
+                len,
+                hash,
+            } => {
+                out.push(ACT_SEND_UDP);
+                put_varint(out, tracker.0 as u64);
+                put_addr(out, addr);
+                put_varint(out, *len);
+                out.extend_from_slice(&hash.to_le_bytes());
             }
         }
     }
 
     /// True when `action` has this fingerprint; avoids building a print for the common case.
-    pub(super) fn matches(&self, action: &Action) -> bool {
+    pub(super) fn matches(&self, action: &TorrentAction) -> bool {
+        let TorrentAction::Session(action) = action else {
+            return *self == ActionPrint::of(action);
+        };
         match (self, action) {
             (ActionPrint::Send { peer, len, hash }, Action::Send { peer: p, bytes }) => {
                 peer == p && *len == bytes.len() as u64 && *hash == payload_hash(bytes)
@@ -375,19 +647,31 @@ impl ActionPrint {
             ) => {
                 piece == p && begin == b && *len == data.len() as u64 && *hash == payload_hash(data)
             }
-            _ => *self == ActionPrint::of(action),
+            _ => *self == ActionPrint::of_session(action),
         }
     }
 }
 
 impl EventPrint {
-    /// The record of an event, as a trace stores it (events carry no payloads: stored whole).
-    pub fn of(event: &Event) -> EventPrint {
-        EventPrint(event.clone())
+    /// The record of an event, as a trace stores it: swarm events whole (they carry no
+    /// payloads), the others as their text.
+    pub fn of(event: &TorrentEvent) -> EventPrint {
+        match event {
+            TorrentEvent::Session(e) => EventPrint::Session(e.clone()),
+            other => EventPrint::Other(other.to_string()),
+        }
     }
 
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
-        match &self.0 {
+        let event = match self {
+            EventPrint::Session(e) => e,
+            EventPrint::Other(text) => {
+                out.push(EV_OTHER);
+                put_bytes(out, text.as_bytes());
+                return;
+            }
+        };
+        match event {
             Event::PeerConnected {
                 peer,
                 addr,
@@ -603,6 +887,28 @@ impl<'a> Cursor<'a> {
             max_connect_failures: self.u32v()?,
             sequential: self.flag()?,
         };
+        let trackers = self.tracker_config()?;
+        let tier_count = self.usizev()?;
+        if tier_count > self.remaining() {
+            return Err(self.truncated());
+        }
+        let mut tiers = Vec::with_capacity(tier_count);
+        for _ in 0..tier_count {
+            let n = self.usizev()?;
+            if n > self.remaining() {
+                return Err(self.truncated());
+            }
+            let mut tier = Vec::with_capacity(n);
+            for _ in 0..n {
+                tier.push(self.string()?);
+            }
+            tiers.push(tier);
+        }
+        let config = TorrentConfig {
+            session: config,
+            trackers,
+            tiers,
+        };
         let info_hash = InfoHash(self.array::<20>()?);
         let piece_length = self.varint()?;
         let total_length = self.varint()?;
@@ -650,13 +956,19 @@ impl<'a> Cursor<'a> {
         if end != total_length {
             return Err(self.corrupt("files do not add up to the total length"));
         }
-        let bits = self.u32v()?;
-        if bits as usize != count {
-            return Err(self.corrupt("have-bitfield length is not the piece count"));
-        }
-        let raw = self.bytes(count.div_ceil(8))?;
-        let have = Bitfield::from_bytes(raw, bits)
-            .map_err(|_| self.corrupt("have-bitfield is invalid"))?;
+        let start_state = if self.flag()? {
+            let bits = self.u32v()?;
+            if bits as usize != count {
+                return Err(self.corrupt("have-bitfield length is not the piece count"));
+            }
+            let raw = self.bytes(count.div_ceil(8))?;
+            StartState::Verified(
+                Bitfield::from_bytes(raw, bits)
+                    .map_err(|_| self.corrupt("have-bitfield is invalid"))?,
+            )
+        } else {
+            StartState::Check
+        };
         let start = self.time(Time::ZERO)?;
         Ok(TraceHeader {
             events: flags & FLAG_EVENTS != 0,
@@ -668,15 +980,161 @@ impl<'a> Cursor<'a> {
                 piece_hashes,
                 files,
             },
-            have,
+            start_state,
             start,
+        })
+    }
+
+    fn truncated(&self) -> ReplayError {
+        ReplayError::Truncated {
+            offset: self.buf.len() as u64,
+        }
+    }
+
+    fn duration(&mut self) -> R<Duration> {
+        Ok(Duration::from_nanos(self.varint()?))
+    }
+
+    fn ip(&mut self) -> R<IpAddr> {
+        match self.u8()? {
+            4 => Ok(IpAddr::V4(Ipv4Addr::from(self.array::<4>()?))),
+            6 => Ok(IpAddr::V6(Ipv6Addr::from(self.array::<16>()?))),
+            _ => Err(self.corrupt("unknown address family")),
+        }
+    }
+
+    fn addrs(&mut self) -> R<Vec<SocketAddr>> {
+        let n = self.usizev()?;
+        if n > self.remaining() / 7 {
+            return Err(self.truncated());
+        }
+        let mut addrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            addrs.push(self.addr()?);
+        }
+        Ok(addrs)
+    }
+
+    fn text_opt(&mut self) -> R<Option<&'a [u8]>> {
+        Ok(if self.flag()? {
+            Some(self.payload()?)
+        } else {
+            None
+        })
+    }
+
+    fn string_opt(&mut self) -> R<Option<String>> {
+        Ok(if self.flag()? {
+            Some(self.string()?)
+        } else {
+            None
+        })
+    }
+
+    fn conn(&mut self) -> R<ConnId> {
+        Ok(ConnId(self.usizev()?))
+    }
+
+    fn tracker(&mut self) -> R<TrackerId> {
+        Ok(TrackerId(self.usizev()?))
+    }
+
+    fn tracker_config(&mut self) -> R<ManagerConfig> {
+        let http_timeout = self.duration()?;
+        let udp = UdpConfig {
+            retransmit_base: self.duration()?,
+            max_retransmits: self.u32v()?,
+            connection_id_ttl: self.duration()?,
+        };
+        let http_limits = HttpLimits {
+            max_head: self.usizev()?,
+            max_body: self.usizev()?,
+            max_redirects: self.usizev()?,
+        };
+        let numwant = self.u32v()?;
+        let max_peers_per_reply = self.usizev()?;
+        let default_interval = self.duration()?;
+        let min_reannounce = self.duration()?;
+        let max_reannounce = self.duration()?;
+        let retry_base = self.duration()?;
+        let retry_max = self.duration()?;
+        let stop_timeout = self.duration()?;
+        let n = self.usizev()?;
+        if n > self.remaining() {
+            return Err(self.truncated());
+        }
+        let mut own_ips = Vec::with_capacity(n);
+        for _ in 0..n {
+            own_ips.push(self.ip()?);
+        }
+        Ok(ManagerConfig {
+            http_timeout,
+            udp,
+            http_limits,
+            numwant,
+            max_peers_per_reply,
+            default_interval,
+            min_reannounce,
+            max_reannounce,
+            retry_base,
+            retry_max,
+            stop_timeout,
+            own_ips,
         })
     }
 
     /// Decodes the input record whose tag was just read.
     pub(super) fn input(&mut self, tag: u8, prev: Time) -> R<(Time, InputRecord<'a>)> {
         let now = self.time(prev)?;
-        let input = InputRecord::Borrowed(match tag {
+        let tracker = match tag {
+            IN_START => {
+                let n = self.usizev()?;
+                if n > self.remaining() {
+                    return Err(self.truncated());
+                }
+                let mut files = Vec::with_capacity(n);
+                for _ in 0..n {
+                    files.push(if self.flag()? {
+                        Some(FileStamp {
+                            size: self.varint()?,
+                            mtime: unzigzag(self.varint()?),
+                            mtime_nsec: unzigzag(self.varint()?),
+                        })
+                    } else {
+                        None
+                    });
+                }
+                let resume = self.text_opt()?;
+                return Ok((now, InputRecord::Start { files, resume }));
+            }
+            IN_RESOLVED => {
+                let tracker = self.tracker()?;
+                let addrs = self.addrs()?;
+                return Ok((now, InputRecord::Resolved { tracker, addrs }));
+            }
+            IN_TCP_CONNECTED => Some(TrackerInput::TcpConnected { conn: self.conn()? }),
+            IN_TCP_DATA => Some(TrackerInput::TcpData {
+                conn: self.conn()?,
+                bytes: self.payload()?,
+            }),
+            IN_TCP_CLOSED => Some(TrackerInput::TcpClosed {
+                conn: self.conn()?,
+                error: self.string_opt()?,
+            }),
+            IN_TCP_FAILED => Some(TrackerInput::ConnectFailed {
+                conn: self.conn()?,
+                why: self.string()?,
+            }),
+            IN_DATAGRAM => Some(TrackerInput::Datagram {
+                from: self.addr()?,
+                bytes: self.payload()?,
+            }),
+            _ => None,
+        };
+        if let Some(t) = tracker {
+            return Ok((now, InputRecord::Borrowed(TorrentInput::Tracker(t))));
+        }
+        let input = InputRecord::Borrowed(TorrentInput::Session(match tag {
             IN_TIMEOUT => Input::Timeout,
             IN_INCOMING => Input::Incoming { addr: self.addr()? },
             IN_CONNECTED => Input::Connected { peer: self.peer()? },
@@ -711,19 +1169,11 @@ impl<'a> Cursor<'a> {
                 piece: self.u32v()?,
                 digest: self.array::<20>()?,
             },
-            IN_PEERS => {
-                let n = self.usizev()?;
-                if n > self.remaining() / 7 {
-                    return Err(ReplayError::Truncated {
-                        offset: self.buf.len() as u64,
-                    });
-                }
-                let mut addrs = Vec::with_capacity(n);
-                for _ in 0..n {
-                    addrs.push(self.addr()?);
-                }
-                return Ok((now, InputRecord::PeersDiscovered(addrs)));
-            }
+            IN_HASH_FAILED => Input::HashFailed {
+                piece: self.u32v()?,
+                error: self.string()?,
+            },
+            IN_PEERS => return Ok((now, InputRecord::PeersDiscovered(self.addrs()?))),
             IN_SELECT_FILES => {
                 let n = self.usizev()?;
                 let packed = self.bytes(n.div_ceil(8))?;
@@ -734,7 +1184,7 @@ impl<'a> Cursor<'a> {
             }
             IN_SHUTDOWN => Input::Shutdown,
             _ => return Err(self.corrupt("unknown input record")),
-        });
+        }));
         Ok((now, input))
     }
 
@@ -768,21 +1218,39 @@ impl<'a> Cursor<'a> {
             ACT_HASH => ActionPrint::HashPiece {
                 piece: self.u32v()?,
             },
-            ACT_ANNOUNCE => ActionPrint::Announce {
-                event: match self.u8()? {
-                    0 => AnnounceEvent::None,
-                    1 => AnnounceEvent::Started,
-                    2 => AnnounceEvent::Completed,
-                    3 => AnnounceEvent::Stopped,
-                    _ => return Err(self.corrupt("unknown announce event")),
-                },
+            ACT_RESOLVE => ActionPrint::Resolve {
+                tracker: self.tracker()?,
+                host: self.string()?,
+                port: self.u16()?,
+            },
+            ACT_OPEN_TCP => ActionPrint::OpenTcp {
+                conn: self.conn()?,
+                tracker: self.tracker()?,
+                host: self.string()?,
+                port: self.u16()?,
+                tls: self.flag()?,
+            },
+            ACT_SEND_TCP => ActionPrint::SendTcp {
+                conn: self.conn()?,
+                len: self.varint()?,
+                hash: self.u64()?,
+            },
+            ACT_CLOSE_TCP => ActionPrint::CloseTcp { conn: self.conn()? },
+            ACT_SEND_UDP => ActionPrint::SendUdp {
+                tracker: self.tracker()?,
+                addr: self.addr()?,
+                len: self.varint()?,
+                hash: self.u64()?,
             },
             _ => return Err(self.corrupt("unknown action record")),
         })
     }
 
     pub(super) fn event(&mut self, tag: u8) -> R<EventPrint> {
-        Ok(EventPrint(match tag {
+        if tag == EV_OTHER {
+            return Ok(EventPrint::Other(self.string()?));
+        }
+        Ok(EventPrint::Session(match tag {
             EV_CONNECTED => Event::PeerConnected {
                 peer: self.peer()?,
                 addr: self.addr()?,
@@ -812,25 +1280,53 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// A decoded input. Most inputs borrow what they carry straight from the trace; the two whose
-/// [`Input`] borrows a slice of decoded values (addresses, flags) own that storage here.
+/// A decoded input. Most inputs borrow what they carry straight from the trace; those whose
+/// input borrows a slice of decoded values (addresses, flags, stamps) own that storage here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputRecord<'a> {
     /// An input whose data the trace lends as it is.
-    Borrowed(Input<'a>),
+    Borrowed(TorrentInput<'a>),
     /// [`Input::PeersDiscovered`], with its addresses decoded.
     PeersDiscovered(Vec<SocketAddr>),
     /// [`Input::SelectFiles`], with its flags unpacked.
     SelectFiles(Vec<bool>),
+    /// [`TrackerInput::Resolved`], with its addresses decoded.
+    Resolved {
+        /// The tracker.
+        tracker: TrackerId,
+        /// The addresses.
+        addrs: Vec<SocketAddr>,
+    },
+    /// [`TorrentInput::Start`], with its stamps decoded.
+    Start {
+        /// The files' stamps.
+        files: Vec<Option<FileStamp>>,
+        /// The resume file's bytes.
+        resume: Option<&'a [u8]>,
+    },
 }
 
 impl InputRecord<'_> {
-    /// The [`Input`] to give a session.
-    pub fn as_input(&self) -> Input<'_> {
+    /// The [`TorrentInput`] to give a task.
+    pub fn as_input(&self) -> TorrentInput<'_> {
         match self {
             InputRecord::Borrowed(input) => input.clone(),
-            InputRecord::PeersDiscovered(addrs) => Input::PeersDiscovered { addrs },
-            InputRecord::SelectFiles(wanted) => Input::SelectFiles { wanted },
+            InputRecord::PeersDiscovered(addrs) => {
+                TorrentInput::Session(Input::PeersDiscovered { addrs })
+            }
+            InputRecord::SelectFiles(wanted) => {
+                TorrentInput::Session(Input::SelectFiles { wanted })
+            }
+            InputRecord::Resolved { tracker, addrs } => {
+                TorrentInput::Tracker(TrackerInput::Resolved {
+                    tracker: *tracker,
+                    addrs,
+                })
+            }
+            InputRecord::Start { files, resume } => TorrentInput::Start {
+                files,
+                resume: *resume,
+            },
         }
     }
 }

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::io::Read;
 
-use crate::session::{Input, Session};
+use crate::session::Input;
 use crate::time::Time;
+use crate::torrent::{TorrentInput, TorrentTask, TrackerInput};
 
 use super::codec::{self, Cursor, InputRecord};
 use super::{ActionPrint, EventPrint, TraceHeader};
@@ -322,7 +323,7 @@ pub fn replay_from<R: Read>(mut r: R) -> Result<ReplayReport, ReplayError> {
 pub fn replay(trace: &[u8]) -> Result<ReplayReport, ReplayError> {
     let mut reader = TraceReader::new(trace)?;
     let events = reader.header.events;
-    let mut session = reader.header.session();
+    let mut session = reader.header.task();
     let mut report = ReplayReport {
         inputs: 0,
         actions: 0,
@@ -360,10 +361,12 @@ pub fn replay(trace: &[u8]) -> Result<ReplayReport, ReplayError> {
                 ..
             }) => {
                 match rec.as_input() {
-                    Input::Received { bytes, .. } => {
+                    TorrentInput::Session(Input::Received { bytes, .. }) => {
                         report.received_bytes += bytes.len() as u64;
                     }
-                    Input::ReadDone { data, .. } => report.read_bytes += data.len() as u64,
+                    TorrentInput::Session(Input::ReadDone { data, .. }) => {
+                        report.read_bytes += data.len() as u64;
+                    }
                     _ => {}
                 }
                 report.inputs += 1;
@@ -384,7 +387,7 @@ pub fn replay(trace: &[u8]) -> Result<ReplayReport, ReplayError> {
 /// Drains the session after one input and checks its outputs against the next records.
 fn compare(
     reader: &mut TraceReader<'_>,
-    session: &mut Session,
+    session: &mut TorrentTask,
     events: bool,
     report: &mut ReplayReport,
 ) -> Result<Option<Divergence>, ReplayError> {
@@ -426,7 +429,7 @@ fn compare(
         if expected.is_none() && reader.cursor.at_end() {
             return Ok(None);
         }
-        let actual = session.poll_event().map(EventPrint);
+        let actual = session.poll_event().map(|e| EventPrint::of(&e));
         match (expected, actual) {
             (None, None) => return Ok(None),
             (Some(e), Some(a)) if e == a => {
@@ -449,7 +452,51 @@ fn compare(
 
 impl fmt::Display for InputRecord<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.as_input() {
+        let input = match self.as_input() {
+            TorrentInput::Start { files, resume } => {
+                return write!(
+                    f,
+                    "start: {} of {} files present, {}",
+                    files.iter().filter(|s| s.is_some()).count(),
+                    files.len(),
+                    match resume {
+                        Some(b) => format!("{} bytes of resume data", b.len()),
+                        None => "no resume data".to_owned(),
+                    }
+                );
+            }
+            TorrentInput::Tracker(t) => {
+                return match t {
+                    TrackerInput::TcpConnected { conn } => {
+                        write!(f, "tracker connection {} open", conn.0)
+                    }
+                    TrackerInput::TcpData { conn, bytes } => write!(
+                        f,
+                        "received {} bytes on tracker connection {}",
+                        bytes.len(),
+                        conn.0
+                    ),
+                    TrackerInput::TcpClosed { conn, error } => match error {
+                        None => write!(f, "tracker connection {} closed", conn.0),
+                        Some(e) => write!(f, "tracker connection {} broke: {e}", conn.0),
+                    },
+                    TrackerInput::ConnectFailed { conn, why } => {
+                        write!(f, "tracker connection {} failed: {why}", conn.0)
+                    }
+                    TrackerInput::Resolved { tracker, addrs } => write!(
+                        f,
+                        "tracker {} resolved to {} addresses",
+                        tracker.0,
+                        addrs.len()
+                    ),
+                    TrackerInput::Datagram { from, bytes } => {
+                        write!(f, "a {}-byte datagram from {from}", bytes.len())
+                    }
+                };
+            }
+            TorrentInput::Session(i) => i,
+        };
+        match input {
             Input::Timeout => f.write_str("timeout"),
             Input::Incoming { addr } => write!(f, "incoming connection from {addr}"),
             Input::Connected { peer } => write!(f, "{peer} connected"),
@@ -487,6 +534,9 @@ impl fmt::Display for InputRecord<'_> {
             ),
             Input::PieceHashed { piece, digest } => {
                 write!(f, "piece {piece} hashed: {}", crate::id::to_hex(&digest))
+            }
+            Input::HashFailed { piece, error } => {
+                write!(f, "piece {piece} could not be hashed: {error}")
             }
             Input::PeersDiscovered { addrs } => {
                 write!(f, "{} peer addresses discovered", addrs.len())

@@ -5,9 +5,27 @@ use std::time::Duration;
 use sha1::Digest;
 
 use super::*;
+use crate::bitfield::Bitfield;
 use crate::id::InfoHash;
 use crate::metainfo::hash_pieces;
-use crate::session::FileSpan;
+use crate::session::{Action, FileSpan, Input, Session, SessionConfig};
+
+fn task_config(seed: u64) -> TorrentConfig {
+    TorrentConfig {
+        session: SessionConfig {
+            seed,
+            ..SessionConfig::default()
+        },
+        trackers: Default::default(),
+        tiers: Vec::new(),
+    }
+}
+
+/// A swarm input for a task.
+#[allow(non_snake_case)]
+fn S(input: Input<'_>) -> TorrentInput<'_> {
+    TorrentInput::Session(input)
+}
 
 /// A seeder and a recorded leecher joined directly, delivering every send at once, one
 /// millisecond per step. Returns the leecher's trace.
@@ -37,11 +55,12 @@ fn record_pair(piece_length: u64, total: usize) -> Vec<u8> {
         Bitfield::full(count),
         Time::ZERO,
     );
+    // The leecher checks its (missing) file first, as the client does.
     let mut leecher = Recorder::new(
         Vec::new(),
-        config(2),
+        task_config(2),
         torrent,
-        Bitfield::new(count),
+        StartState::Check,
         Time::ZERO,
     );
     let mut storage = vec![0u8; total];
@@ -50,24 +69,35 @@ fn record_pair(piece_length: u64, total: usize) -> Vec<u8> {
     let mut leecher_peer = None;
     leecher.handle_input(
         now,
-        Input::PeersDiscovered {
-            addrs: &[seeder_addr],
+        TorrentInput::Start {
+            files: &[None],
+            resume: None,
         },
     );
+    assert!(leecher.task().accepts_peers(), "nothing to check");
+    leecher.handle_input(
+        now,
+        S(Input::PeersDiscovered {
+            addrs: &[seeder_addr],
+        }),
+    );
     for _ in 0..200_000 {
-        if leecher.session().is_complete() {
+        if leecher.task().is_complete() {
             break;
         }
         now += Duration::from_millis(1);
         let mut progressed = false;
         while let Some(a) = leecher.poll_action() {
             progressed = true;
+            let TorrentAction::Session(a) = a else {
+                continue;
+            };
             match a {
                 Action::Connect { peer, .. } => {
                     leecher_peer = Some(peer);
                     seeder_peer = Some(seeder.next_handle());
                     seeder.handle_input(now, Input::Incoming { addr: leecher_addr });
-                    leecher.handle_input(now, Input::Connected { peer });
+                    leecher.handle_input(now, S(Input::Connected { peer }));
                 }
                 Action::Send { bytes, .. } => {
                     if let Some(peer) = seeder_peer {
@@ -83,13 +113,13 @@ fn record_pair(piece_length: u64, total: usize) -> Vec<u8> {
                 Action::WriteBlock { piece, begin, data } => {
                     let at = (u64::from(piece) * piece_length) as usize + begin as usize;
                     storage[at..at + data.len()].copy_from_slice(&data);
-                    leecher.handle_input(now, Input::WriteDone { piece, begin });
+                    leecher.handle_input(now, S(Input::WriteDone { piece, begin }));
                 }
                 Action::HashPiece { piece } => {
                     let at = (u64::from(piece) * piece_length) as usize;
                     let end = (at + piece_length as usize).min(total);
                     let digest: [u8; 20] = sha1::Sha1::digest(&storage[at..end]).into();
-                    leecher.handle_input(now, Input::PieceHashed { piece, digest });
+                    leecher.handle_input(now, S(Input::PieceHashed { piece, digest }));
                 }
                 _ => {}
             }
@@ -103,7 +133,7 @@ fn record_pair(piece_length: u64, total: usize) -> Vec<u8> {
                         // Split sends in two so decoders see arbitrary boundaries.
                         let (x, y) = bytes.split_at(bytes.len() / 2);
                         for part in [x, y] {
-                            leecher.handle_input(now, Input::Received { peer, bytes: part });
+                            leecher.handle_input(now, S(Input::Received { peer, bytes: part }));
                         }
                     }
                 }
@@ -131,10 +161,10 @@ fn record_pair(piece_length: u64, total: usize) -> Vec<u8> {
         while seeder.poll_event().is_some() {}
         if !progressed && let Some(t) = leecher.poll_timeout() {
             now = now.max(t);
-            leecher.handle_input(now, Input::Timeout);
+            leecher.handle_input(now, S(Input::Timeout));
         }
     }
-    assert!(leecher.session().is_complete(), "the pair did not finish");
+    assert!(leecher.task().is_complete(), "the pair did not finish");
     assert_eq!(storage, content);
     let (_, out) = leecher.finish();
     out.expect("writing to a Vec cannot fail")
@@ -166,7 +196,7 @@ fn changed_digest_diverges_at_that_input() {
         if let TraceRecord::Input {
             offset,
             index,
-            input: InputRecord::Borrowed(Input::PieceHashed { .. }),
+            input: InputRecord::Borrowed(TorrentInput::Session(Input::PieceHashed { .. })),
             ..
         } = rec
         {
@@ -207,11 +237,11 @@ fn truncated_traces_are_errors_or_unfinished() {
         replay(b"XXXX\x01\x00"),
         Err(ReplayError::NotATrace)
     ));
-    let mut v2 = trace.clone();
-    v2[4] = 2;
+    let mut v1 = trace.clone();
+    v1[4] = 1;
     assert!(matches!(
-        replay(&v2),
-        Err(ReplayError::UnsupportedVersion { version: 2 })
+        replay(&v1),
+        Err(ReplayError::UnsupportedVersion { version: 1 })
     ));
 }
 
@@ -277,18 +307,21 @@ fn recorder_keeps_io_errors_and_runs_on() {
     };
     let mut r = Recorder::new(
         FailingWriter { ok: 10 },
-        SessionConfig::default(),
+        task_config(0),
         torrent,
-        Bitfield::new(1),
+        StartState::Verified(Bitfield::new(1)),
         Time::ZERO,
     );
-    assert!(matches!(r.poll_action(), Some(Action::Announce { .. })));
+    assert!(r.poll_action().is_none(), "announces stay inside the task");
     let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1);
     r.handle_input(
         Time::from_secs(1),
-        Input::PeersDiscovered { addrs: &[addr] },
+        S(Input::PeersDiscovered { addrs: &[addr] }),
     );
-    assert!(matches!(r.poll_action(), Some(Action::Connect { .. })));
+    assert!(matches!(
+        r.poll_action(),
+        Some(TorrentAction::Session(Action::Connect { .. }))
+    ));
     let (_, res) = r.finish();
     assert_eq!(res.err().map(|e| e.to_string()), Some("disk full".into()));
 }

@@ -1,68 +1,67 @@
-//! The core session, optionally recording its run to a trace file (`--record TRACE`).
+//! The core's torrent task, optionally recording its run to a trace file (`--record TRACE`).
 
 use std::fs::File;
 use std::io::BufWriter;
+use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
-use kp_torrent_core::bitfield::Bitfield;
-use kp_torrent_core::session::{Action, Event, Input, Session, SessionConfig, Torrent};
+use kp_torrent_core::session::Torrent;
 use kp_torrent_core::time::Time;
+use kp_torrent_core::torrent::{
+    StartState, TorrentAction, TorrentConfig, TorrentEvent, TorrentInput, TorrentTask, TrackerInput,
+};
 use kp_torrent_core::trace::Recorder;
+use kp_torrent_core::tracker::manager::{ConnId, TrackerId};
 
-/// A session, plain or recorded. Getters reach the session through `Deref`; inputs and outputs go
-/// through the recorder when there is one, so the trace holds exactly what the session saw.
+use crate::tracker_io::TrackerPort;
+
+/// A task, plain or recorded. Getters reach the task through `Deref`; inputs and outputs go
+/// through the recorder when there is one, so the trace holds exactly what the task saw.
 pub(crate) enum Engine {
-    Plain(Box<Session>),
+    Plain(Box<TorrentTask>),
     Recording(Box<Recorder<BufWriter<File>>>, PathBuf),
 }
 
 impl Engine {
-    /// Builds the session; with `record`, creates the trace file first.
+    /// Builds the task; with `record`, creates the trace file first.
     pub(crate) fn new(
-        config: SessionConfig,
+        config: TorrentConfig,
         torrent: Torrent,
-        have: Bitfield,
+        start: StartState,
         now: Time,
         record: Option<&Path>,
     ) -> std::io::Result<Engine> {
         Ok(match record {
-            None => Engine::Plain(Box::new(Session::new(config, torrent, have, now))),
+            None => Engine::Plain(Box::new(TorrentTask::new(config, torrent, start, now))),
             Some(path) => {
                 let out = BufWriter::with_capacity(1 << 20, File::create(path)?);
                 Engine::Recording(
-                    Box::new(Recorder::new(out, config, torrent, have, now)),
+                    Box::new(Recorder::new(out, config, torrent, start, now)),
                     path.to_path_buf(),
                 )
             }
         })
     }
 
-    pub(crate) fn handle_input(&mut self, now: Time, input: Input<'_>) {
+    pub(crate) fn handle_input(&mut self, now: Time, input: TorrentInput<'_>) {
         match self {
             Engine::Plain(s) => s.handle_input(now, input),
             Engine::Recording(r, _) => r.handle_input(now, input),
         }
     }
 
-    pub(crate) fn poll_action(&mut self) -> Option<Action> {
+    pub(crate) fn poll_action(&mut self) -> Option<TorrentAction> {
         match self {
             Engine::Plain(s) => s.poll_action(),
             Engine::Recording(r, _) => r.poll_action(),
         }
     }
 
-    pub(crate) fn poll_event(&mut self) -> Option<Event> {
+    pub(crate) fn poll_event(&mut self) -> Option<TorrentEvent> {
         match self {
             Engine::Plain(s) => s.poll_event(),
             Engine::Recording(r, _) => r.poll_event(),
-        }
-    }
-
-    pub(crate) fn poll_timeout(&self) -> Option<Time> {
-        match self {
-            Engine::Plain(s) => s.poll_timeout(),
-            Engine::Recording(r, _) => r.poll_timeout(),
         }
     }
 
@@ -78,15 +77,40 @@ impl Engine {
             }
         }
     }
+
+    fn tracker(&mut self, now: Time, input: TrackerInput<'_>) {
+        self.handle_input(now, TorrentInput::Tracker(input));
+    }
+}
+
+impl TrackerPort for Engine {
+    fn handle_resolved(&mut self, now: Time, tracker: TrackerId, addrs: &[SocketAddr]) {
+        self.tracker(now, TrackerInput::Resolved { tracker, addrs });
+    }
+    fn handle_connect_failed(&mut self, now: Time, conn: ConnId, why: String) {
+        self.tracker(now, TrackerInput::ConnectFailed { conn, why });
+    }
+    fn handle_tcp_connected(&mut self, now: Time, conn: ConnId) {
+        self.tracker(now, TrackerInput::TcpConnected { conn });
+    }
+    fn handle_tcp_data(&mut self, now: Time, conn: ConnId, bytes: &[u8]) {
+        self.tracker(now, TrackerInput::TcpData { conn, bytes });
+    }
+    fn handle_tcp_closed(&mut self, now: Time, conn: ConnId, error: Option<String>) {
+        self.tracker(now, TrackerInput::TcpClosed { conn, error });
+    }
+    fn handle_udp_datagram(&mut self, now: Time, from: SocketAddr, bytes: &[u8]) {
+        self.tracker(now, TrackerInput::Datagram { from, bytes });
+    }
 }
 
 impl Deref for Engine {
-    type Target = Session;
+    type Target = TorrentTask;
 
-    fn deref(&self) -> &Session {
+    fn deref(&self) -> &TorrentTask {
         match self {
             Engine::Plain(s) => s,
-            Engine::Recording(r, _) => r.session(),
+            Engine::Recording(r, _) => r.task(),
         }
     }
 }

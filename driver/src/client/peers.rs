@@ -188,11 +188,20 @@ impl Client {
         }
     }
 
+    /// Takes waiting connections; while the task checks its data they wait in the listen
+    /// queue (edge-triggered readiness is remembered in `accept_pending`).
     pub(super) fn accept(&mut self, now: Time) {
         loop {
+            let Some(peer) = self
+                .session
+                .next_handle()
+                .filter(|_| self.session.accepts_peers())
+            else {
+                self.accept_pending = true;
+                return;
+            };
             match self.listener.accept() {
                 Ok((mut stream, addr)) => {
-                    let peer = self.session.next_handle();
                     let token = Token(PEER_BASE + peer.0);
                     if self
                         .poll
