@@ -40,6 +40,7 @@
 //! - [`bencode`]: strict decoder with exact byte spans, canonical encoder.
 //! - [`bitfield`]: the set of pieces a peer has.
 //! - [`choker`]: which peers we upload to (tit-for-tat with an optimistic unchoke).
+//! - [`engine`]: the router above many torrents (incoming handshakes, shared limits, UDP).
 //! - [`id`]: info-hashes and BEP 20 peer ids.
 //! - [`magnet`]: magnet URIs (`xt=urn:btih:` in hex or base32, `dn`, `tr`, `x.pe`).
 //! - [`metainfo`]: reading and writing `.torrent` files, with safe file paths.
@@ -58,6 +59,7 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod choker;
+pub mod engine;
 pub mod id;
 pub mod magnet;
 pub mod metainfo;

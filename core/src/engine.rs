@@ -1,0 +1,747 @@
+//! Many torrents behind one listener and one UDP socket: the router above the [`TorrentTask`]s.
+//!
+//! [`Engine`] is shaped like quinn-proto's `Endpoint`. It keeps the torrents in a [`Slab`]
+//! addressed by [`TorrentId`] (index plus generation, so a completion meant for a removed torrent
+//! can never land on the one that reused its slot) and routes the process's shared resources to
+//! them:
+//! - **Incoming connections** are the engine's until their handshake names an info-hash: the
+//!   driver reports [`EngineInput::Incoming`] and the bytes that follow; once the first 48 bytes
+//!   are in, the engine either hands the connection to that torrent ([`EngineAction::Adopt`],
+//!   after which the socket belongs to that torrent's peer handle) or closes it. Connections that
+//!   have not shown a handshake have their own small budget: when it is full the oldest one gives
+//!   way to the newcomer, so a flood of idle connections cannot lock real peers out, and each
+//!   gets [`EngineConfig::handshake_timeout`] at most.
+//! - **Outgoing connection attempts** of every torrent share [`EngineConfig::max_half_open`]:
+//!   attempts beyond it wait in a queue (in order) until one finishes.
+//! - **Datagrams** on the shared UDP socket go to the torrent whose tracker request they answer,
+//!   matched by source address and BEP 15 transaction id.
+//!
+//! Inputs go through [`Engine::handle_input`]; drain [`Engine::poll_action`] and
+//! [`Engine::poll_event`] until `None` after each, and feed [`EngineInput::Timeout`] at
+//! [`Engine::poll_timeout`]. Each torrent keeps its own trace: everything the engine routes to a
+//! torrent enters it as that torrent's ordinary inputs (a handed-over connection as
+//! `Incoming` plus the bytes received so far).
+
+use core::fmt;
+use core::net::{IpAddr, SocketAddr};
+use core::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{self, Write};
+
+use slab::Slab;
+
+use crate::id::{InfoHash, PeerHandle};
+use crate::session::{Action, Input, Torrent};
+use crate::time::Time;
+use crate::torrent::{
+    StartState, TorrentAction, TorrentConfig, TorrentEvent, TorrentInput, TorrentTask, TrackerInput,
+};
+use crate::trace::Recorder;
+use crate::tracker::manager::TrackerAction;
+
+/// Where a recorded torrent's trace goes (the driver opens the file; core only writes to it).
+pub type TraceSink = Box<dyn Write + Send>;
+
+/// Bytes of a handshake up to and including the info-hash.
+const HANDSHAKE_PREFIX: usize = 48;
+const PROTOCOL: &[u8; 20] = b"\x13BitTorrent protocol";
+/// UDP tracker exchanges remembered for routing replies; older ones are forgotten.
+const MAX_UDP_ROUTES: usize = 4096;
+/// How long a UDP tracker request waits for its reply before its route is forgotten.
+const UDP_ROUTE_TTL: Duration = Duration::from_secs(120);
+
+/// A torrent of the engine: its slot and the generation of that slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TorrentId {
+    /// Slot in the engine's slab.
+    pub index: usize,
+    /// Bumped each time the slot is reused.
+    pub generation: u32,
+}
+
+impl fmt::Display for TorrentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "torrent {}.{}", self.index, self.generation)
+    }
+}
+
+/// An accepted connection whose handshake has not named its torrent yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IncomingId(pub usize);
+
+impl fmt::Display for IncomingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "incoming {}", self.0)
+    }
+}
+
+/// Process-wide limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Connections open in all torrents at most (incoming ones beyond it are refused).
+    pub max_connections: usize,
+    /// Outgoing connection attempts in flight in all torrents at most.
+    pub max_half_open: usize,
+    /// Accepted connections waiting for their handshake at most.
+    pub max_pending: usize,
+    /// Of those, from one IP address at most.
+    pub max_pending_per_ip: usize,
+    /// Time an accepted connection has to show its handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_connections: 500,
+            max_half_open: 16,
+            max_pending: 64,
+            max_pending_per_ip: 16,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything that can happen to the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineInput<'a> {
+    /// An input for one torrent (its disk completions, its sockets, its timers are all routed
+    /// by the driver with the torrent's id).
+    Torrent {
+        /// The torrent.
+        torrent: TorrentId,
+        /// The input.
+        input: TorrentInput<'a>,
+    },
+    /// A connection from `addr` was accepted; it gets the id [`Engine::next_incoming`] gave.
+    Incoming {
+        /// The remote address.
+        addr: SocketAddr,
+    },
+    /// Bytes arrived on an accepted connection not yet handed to a torrent.
+    IncomingData {
+        /// The connection.
+        conn: IncomingId,
+        /// The bytes.
+        bytes: &'a [u8],
+    },
+    /// An accepted connection closed before it was handed to a torrent.
+    IncomingClosed {
+        /// The connection.
+        conn: IncomingId,
+    },
+    /// A datagram arrived on the shared UDP socket.
+    Datagram {
+        /// Its source.
+        from: SocketAddr,
+        /// Its bytes.
+        bytes: &'a [u8],
+    },
+    /// Timers may be due.
+    Timeout,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum EngineAction {
+    /// An action of one torrent.
+    Torrent {
+        /// The torrent.
+        torrent: TorrentId,
+        /// The action.
+        action: TorrentAction,
+    },
+    /// The accepted connection now belongs to `torrent` as `peer`: route its socket's news
+    /// there from now on (its bytes so far were handed over already).
+    Adopt {
+        /// The connection.
+        conn: IncomingId,
+        /// Its torrent.
+        torrent: TorrentId,
+        /// Its handle in that torrent.
+        peer: PeerHandle,
+    },
+    /// Close an accepted connection that was not handed to a torrent.
+    CloseIncoming {
+        /// The connection.
+        conn: IncomingId,
+        /// Why, for logs.
+        reason: RefuseReason,
+    },
+}
+
+/// Why an accepted connection was closed before reaching a torrent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// Its first bytes are not a BitTorrent handshake.
+    NotBitTorrent,
+    /// Its handshake names a torrent we do not have (or one still checking its data).
+    UnknownTorrent,
+    /// It sent no handshake in time.
+    HandshakeTimeout,
+    /// A newer connection took its place in the pre-handshake budget.
+    Evicted,
+    /// The process holds its most connections.
+    Full,
+    /// The engine is shutting down.
+    ShuttingDown,
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RefuseReason::NotBitTorrent => "not a BitTorrent handshake",
+            RefuseReason::UnknownTorrent => "handshake for a torrent we do not serve",
+            RefuseReason::HandshakeTimeout => "no handshake in time",
+            RefuseReason::Evicted => "made room for a newer connection",
+            RefuseReason::Full => "too many connections",
+            RefuseReason::ShuttingDown => "shutting down",
+        })
+    }
+}
+
+/// What the user interface may show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// An event of one torrent.
+    Torrent {
+        /// The torrent.
+        torrent: TorrentId,
+        /// The event.
+        event: TorrentEvent,
+    },
+}
+
+#[derive(Debug)]
+struct Pending {
+    addr: SocketAddr,
+    since: Time,
+    buf: Vec<u8>,
+}
+
+/// A torrent's task, plain or behind a trace recorder.
+enum Runner {
+    Plain(Box<TorrentTask>),
+    Recording(Box<Recorder<TraceSink>>),
+}
+
+impl Runner {
+    fn task(&self) -> &TorrentTask {
+        match self {
+            Runner::Plain(t) => t,
+            Runner::Recording(r) => r.task(),
+        }
+    }
+    fn handle_input(&mut self, now: Time, input: TorrentInput<'_>) {
+        match self {
+            Runner::Plain(t) => t.handle_input(now, input),
+            Runner::Recording(r) => r.handle_input(now, input),
+        }
+    }
+    fn poll_action(&mut self) -> Option<TorrentAction> {
+        match self {
+            Runner::Plain(t) => t.poll_action(),
+            Runner::Recording(r) => r.poll_action(),
+        }
+    }
+    fn poll_event(&mut self) -> Option<TorrentEvent> {
+        match self {
+            Runner::Plain(t) => t.poll_event(),
+            Runner::Recording(r) => r.poll_event(),
+        }
+    }
+}
+
+impl fmt::Debug for Runner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Runner::Plain(t) => t.fmt(f),
+            Runner::Recording(r) => f.debug_tuple("Recording").field(r.task()).finish(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    runner: Runner,
+}
+
+/// The router above every torrent. See the module documentation.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    torrents: Slab<Slot>,
+    /// Generations of freed slots, so a reused slot gets a fresh one.
+    freed: BTreeMap<usize, u32>,
+    by_hash: BTreeMap<InfoHash, TorrentId>,
+    pending: Slab<Pending>,
+    /// Pending connections in arrival order, for eviction (key, arrival sequence).
+    pending_order: BTreeSet<(u64, usize)>,
+    pending_seq: BTreeMap<usize, u64>,
+    next_seq: u64,
+    half_open: BTreeSet<(TorrentId, PeerHandle)>,
+    connect_queue: VecDeque<(TorrentId, PeerHandle, SocketAddr)>,
+    udp_routes: BTreeMap<(SocketAddr, [u8; 4]), (TorrentId, Time)>,
+    now: Time,
+    shutting_down: bool,
+    actions: VecDeque<EngineAction>,
+    events: VecDeque<EngineEvent>,
+}
+
+impl Engine {
+    /// An engine with no torrents.
+    pub fn new(config: EngineConfig, now: Time) -> Engine {
+        Engine {
+            config,
+            torrents: Slab::new(),
+            freed: BTreeMap::new(),
+            by_hash: BTreeMap::new(),
+            pending: Slab::new(),
+            pending_order: BTreeSet::new(),
+            pending_seq: BTreeMap::new(),
+            next_seq: 0,
+            half_open: BTreeSet::new(),
+            connect_queue: VecDeque::new(),
+            udp_routes: BTreeMap::new(),
+            now,
+            shutting_down: false,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// A torrent's task, while the engine has it.
+    pub fn torrent(&self, id: TorrentId) -> Option<&TorrentTask> {
+        self.torrents
+            .get(id.index)
+            .filter(|s| s.generation == id.generation)
+            .map(|s| s.runner.task())
+    }
+
+    /// Every torrent, in slot order.
+    pub fn torrents(&self) -> impl Iterator<Item = (TorrentId, &TorrentTask)> + '_ {
+        self.torrents.iter().map(|(index, s)| {
+            let id = TorrentId {
+                index,
+                generation: s.generation,
+            };
+            (id, s.runner.task())
+        })
+    }
+
+    /// The torrent with this info-hash.
+    pub fn find(&self, info_hash: &InfoHash) -> Option<TorrentId> {
+        self.by_hash.get(info_hash).copied()
+    }
+
+    /// The id the next accepted connection will get ([`EngineInput::Incoming`]).
+    pub fn next_incoming(&self) -> IncomingId {
+        IncomingId(self.pending.vacant_key())
+    }
+
+    /// Accepted connections waiting for their handshake.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Connections open or opening in all torrents.
+    pub fn connection_count(&self) -> usize {
+        self.torrents()
+            .filter_map(|(_, t)| t.session())
+            .map(|s| s.peer_count())
+            .sum()
+    }
+
+    /// True after [`Engine::shutdown`] once every torrent is stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.shutting_down && self.torrents().all(|(_, t)| t.is_stopped())
+    }
+
+    // ---- application calls ----
+
+    /// Adds a torrent; `None` when one with the same info-hash is already there. With
+    /// `record`, the torrent's run is traced there (see [`crate::trace`]).
+    pub fn add_torrent(
+        &mut self,
+        now: Time,
+        config: TorrentConfig,
+        torrent: Torrent,
+        start: StartState,
+        record: Option<TraceSink>,
+    ) -> Option<TorrentId> {
+        let now = self.tick(now);
+        if self.by_hash.contains_key(&torrent.info_hash) {
+            return None;
+        }
+        let info_hash = torrent.info_hash;
+        let runner = match record {
+            None => Runner::Plain(Box::new(TorrentTask::new(config, torrent, start, now))),
+            Some(out) => {
+                Runner::Recording(Box::new(Recorder::new(out, config, torrent, start, now)))
+            }
+        };
+        let index = self.torrents.vacant_key();
+        let generation = self.freed.remove(&index).unwrap_or(0);
+        self.torrents.insert(Slot { generation, runner });
+        let id = TorrentId { index, generation };
+        self.by_hash.insert(info_hash, id);
+        self.drain_torrent(id);
+        self.dispatch_connects();
+        Some(id)
+    }
+
+    /// Forgets a torrent (stop it first: feed it `Input::Shutdown` and wait for
+    /// [`TorrentTask::is_stopped`]). Its queued connection attempts are dropped. A recorded
+    /// torrent's trace is ended: the result says whether it was written whole.
+    pub fn remove_torrent(&mut self, id: TorrentId) -> Option<(TorrentTask, io::Result<()>)> {
+        self.torrent(id)?;
+        let slot = self.torrents.remove(id.index);
+        self.freed.insert(id.index, slot.generation.wrapping_add(1));
+        let (task, trace) = match slot.runner {
+            Runner::Plain(t) => (*t, Ok(())),
+            Runner::Recording(r) => {
+                let (t, out) = r.finish();
+                (t, out.and_then(|mut w| w.flush()))
+            }
+        };
+        self.by_hash.remove(&task.torrent().info_hash);
+        self.half_open.retain(|(t, _)| *t != id);
+        self.connect_queue.retain(|(t, _, _)| *t != id);
+        self.udp_routes.retain(|_, (t, _)| *t != id);
+        self.dispatch_connects();
+        Some((task, trace))
+    }
+
+    /// Stops everything: every torrent gets `Input::Shutdown`, pending connections close.
+    pub fn shutdown(&mut self, now: Time) {
+        self.tick(now);
+        self.shutting_down = true;
+        let keys: Vec<usize> = self.pending.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.refuse(IncomingId(k), RefuseReason::ShuttingDown);
+        }
+        let ids: Vec<TorrentId> = self.torrents().map(|(id, _)| id).collect();
+        for id in ids {
+            self.feed(id, TorrentInput::Session(Input::Shutdown));
+        }
+        self.connect_queue.clear();
+    }
+
+    // ---- outputs ----
+
+    /// The next thing the driver must do, until `None`.
+    pub fn poll_action(&mut self) -> Option<EngineAction> {
+        self.actions.pop_front()
+    }
+
+    /// The next thing to show the user, until `None`.
+    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to feed [`EngineInput::Timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let torrents = self.torrents().filter_map(|(_, t)| t.poll_timeout());
+        let pending = self
+            .pending
+            .iter()
+            .map(|(_, p)| p.since + self.config.handshake_timeout);
+        torrents.chain(pending).min()
+    }
+
+    // ---- input ----
+
+    /// Feeds one input. `now` earlier than a previous input's is treated as that time.
+    pub fn handle_input(&mut self, now: Time, input: EngineInput<'_>) {
+        let now = self.tick(now);
+        match input {
+            EngineInput::Torrent { torrent, input } => self.feed(torrent, input),
+            EngineInput::Incoming { addr } => self.on_incoming(now, addr),
+            EngineInput::IncomingData { conn, bytes } => self.on_incoming_data(conn, bytes),
+            EngineInput::IncomingClosed { conn } => {
+                if self.pending.contains(conn.0) {
+                    self.forget_pending(conn);
+                }
+            }
+            EngineInput::Datagram { from, bytes } => self.on_datagram(from, bytes),
+            EngineInput::Timeout => self.on_timeout(now),
+        }
+    }
+
+    fn tick(&mut self, now: Time) -> Time {
+        self.now = self.now.max(now);
+        self.now
+    }
+
+    fn runner_mut(&mut self, id: TorrentId) -> Option<&mut Runner> {
+        self.torrents
+            .get_mut(id.index)
+            .filter(|s| s.generation == id.generation)
+            .map(|s| &mut s.runner)
+    }
+
+    /// Gives one torrent one input and takes its outputs.
+    fn feed(&mut self, id: TorrentId, input: TorrentInput<'_>) {
+        let now = self.now;
+        // Connection attempts finishing free a half-open slot.
+        if let TorrentInput::Session(
+            Input::Connected { peer } | Input::ConnectFailed { peer } | Input::Closed { peer },
+        ) = &input
+        {
+            self.half_open.remove(&(id, *peer));
+        }
+        let Some(runner) = self.runner_mut(id) else {
+            return;
+        };
+        runner.handle_input(now, input);
+        self.drain_torrent(id);
+        self.dispatch_connects();
+    }
+
+    fn drain_torrent(&mut self, id: TorrentId) {
+        let Some(slot) = self
+            .torrents
+            .get_mut(id.index)
+            .filter(|s| s.generation == id.generation)
+        else {
+            return;
+        };
+        let task = &mut slot.runner;
+        while let Some(action) = task.poll_action() {
+            match action {
+                TorrentAction::Session(Action::Connect { peer, addr }) => {
+                    self.connect_queue.push_back((id, peer, addr));
+                }
+                TorrentAction::Session(Action::Close { peer, reason }) => {
+                    // A queued attempt that its torrent gave up never reaches the driver.
+                    let before = self.connect_queue.len();
+                    self.connect_queue
+                        .retain(|(t, p, _)| !(*t == id && *p == peer));
+                    self.half_open.remove(&(id, peer));
+                    if self.connect_queue.len() == before {
+                        self.actions.push_back(EngineAction::Torrent {
+                            torrent: id,
+                            action: TorrentAction::Session(Action::Close { peer, reason }),
+                        });
+                    }
+                }
+                TorrentAction::Tracker(TrackerAction::SendUdp {
+                    tracker,
+                    addr,
+                    bytes,
+                }) => {
+                    if let Some(tid) = bytes.get(12..16).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+                        if self.udp_routes.len() >= MAX_UDP_ROUTES
+                            && let Some(oldest) = self
+                                .udp_routes
+                                .iter()
+                                .min_by_key(|(_, (_, t))| *t)
+                                .map(|(k, _)| *k)
+                        {
+                            self.udp_routes.remove(&oldest);
+                        }
+                        self.udp_routes.insert((unmap(addr), tid), (id, self.now));
+                    }
+                    self.actions.push_back(EngineAction::Torrent {
+                        torrent: id,
+                        action: TorrentAction::Tracker(TrackerAction::SendUdp {
+                            tracker,
+                            addr,
+                            bytes,
+                        }),
+                    });
+                }
+                other => self.actions.push_back(EngineAction::Torrent {
+                    torrent: id,
+                    action: other,
+                }),
+            }
+        }
+        while let Some(event) = task.poll_event() {
+            self.events
+                .push_back(EngineEvent::Torrent { torrent: id, event });
+        }
+    }
+
+    /// Lets queued connection attempts go while the half-open budget allows.
+    fn dispatch_connects(&mut self) {
+        while self.half_open.len() < self.config.max_half_open {
+            let Some((id, peer, addr)) = self.connect_queue.pop_front() else {
+                return;
+            };
+            self.half_open.insert((id, peer));
+            self.actions.push_back(EngineAction::Torrent {
+                torrent: id,
+                action: TorrentAction::Session(Action::Connect { peer, addr }),
+            });
+        }
+    }
+
+    fn on_incoming(&mut self, now: Time, addr: SocketAddr) {
+        let conn = IncomingId(self.pending.insert(Pending {
+            addr,
+            since: now,
+            buf: Vec::new(),
+        }));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending_order.insert((seq, conn.0));
+        self.pending_seq.insert(conn.0, seq);
+        if self.shutting_down {
+            self.refuse(conn, RefuseReason::ShuttingDown);
+            return;
+        }
+        // The newcomer always gets in: the oldest waiting connection from its address (or,
+        // when the whole budget is used, the oldest of all) makes room.
+        let ip = addr.ip();
+        let same_ip: Vec<usize> = self
+            .pending_order
+            .iter()
+            .map(|&(_, k)| k)
+            .filter(|&k| k != conn.0 && self.pending[k].addr.ip() == ip)
+            .collect();
+        if same_ip.len() >= self.config.max_pending_per_ip {
+            self.refuse(IncomingId(same_ip[0]), RefuseReason::Evicted);
+        }
+        while self.pending.len() > self.config.max_pending {
+            let Some(&(_, oldest)) = self.pending_order.iter().find(|&&(_, k)| k != conn.0) else {
+                break;
+            };
+            self.refuse(IncomingId(oldest), RefuseReason::Evicted);
+        }
+    }
+
+    fn on_incoming_data(&mut self, conn: IncomingId, bytes: &[u8]) {
+        let Some(p) = self.pending.get_mut(conn.0) else {
+            return;
+        };
+        let take = bytes
+            .len()
+            .min(HANDSHAKE_PREFIX.saturating_sub(p.buf.len()));
+        p.buf.extend_from_slice(&bytes[..take]);
+        let rest = &bytes[take..];
+        let have = p.buf.len().min(PROTOCOL.len());
+        if p.buf[..have] != PROTOCOL[..have] {
+            self.refuse(conn, RefuseReason::NotBitTorrent);
+            return;
+        }
+        if p.buf.len() < HANDSHAKE_PREFIX {
+            return;
+        }
+        let mut hash = [0u8; 20];
+        hash.copy_from_slice(&p.buf[28..48]);
+        let target = self
+            .by_hash
+            .get(&InfoHash(hash))
+            .copied()
+            .filter(|&id| self.torrent(id).is_some_and(TorrentTask::accepts_peers));
+        let Some(id) = target else {
+            self.refuse(conn, RefuseReason::UnknownTorrent);
+            return;
+        };
+        if self.connection_count() >= self.config.max_connections {
+            self.refuse(conn, RefuseReason::Full);
+            return;
+        }
+        let Some(p) = self.forget_pending(conn) else {
+            return;
+        };
+        let Some(peer) = self.torrent(id).and_then(TorrentTask::next_handle) else {
+            return;
+        };
+        self.actions.push_back(EngineAction::Adopt {
+            conn,
+            torrent: id,
+            peer,
+        });
+        self.feed(id, TorrentInput::Session(Input::Incoming { addr: p.addr }));
+        // The torrent may have refused it at once (its own limits); then no bytes follow.
+        if self
+            .torrent(id)
+            .and_then(|t| t.session())
+            .is_some_and(|s| s.peer_addr(peer) == Some(p.addr))
+        {
+            let mut bytes = p.buf;
+            bytes.extend_from_slice(rest);
+            self.feed(
+                id,
+                TorrentInput::Session(Input::Received {
+                    peer,
+                    bytes: &bytes,
+                }),
+            );
+        }
+    }
+
+    fn forget_pending(&mut self, conn: IncomingId) -> Option<Pending> {
+        let p = self.pending.try_remove(conn.0)?;
+        if let Some(seq) = self.pending_seq.remove(&conn.0) {
+            self.pending_order.remove(&(seq, conn.0));
+        }
+        Some(p)
+    }
+
+    fn refuse(&mut self, conn: IncomingId, reason: RefuseReason) {
+        if self.forget_pending(conn).is_some() {
+            self.actions
+                .push_back(EngineAction::CloseIncoming { conn, reason });
+        }
+    }
+
+    fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let from = unmap(from);
+        let Some(tid) = bytes.get(4..8).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+            return;
+        };
+        // The route stays until it expires: a retransmitted request keeps its transaction id,
+        // and a duplicate reply is the tracker manager's to ignore.
+        let Some(&(id, _)) = self.udp_routes.get(&(from, tid)) else {
+            return;
+        };
+        self.feed(
+            id,
+            TorrentInput::Tracker(TrackerInput::Datagram { from, bytes }),
+        );
+    }
+
+    fn on_timeout(&mut self, now: Time) {
+        let late: Vec<usize> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.since + self.config.handshake_timeout <= now)
+            .map(|(k, _)| k)
+            .collect();
+        for k in late {
+            self.refuse(IncomingId(k), RefuseReason::HandshakeTimeout);
+        }
+        self.udp_routes
+            .retain(|_, (_, since)| *since + UDP_ROUTE_TTL > now);
+        let due: Vec<TorrentId> = self
+            .torrents()
+            .filter(|(_, t)| t.poll_timeout().is_some_and(|d| d <= now))
+            .map(|(id, _)| id)
+            .collect();
+        for id in due {
+            self.feed(id, TorrentInput::Session(Input::Timeout));
+        }
+    }
+}
+
+/// A dual-stack socket reports IPv4 senders as IPv4-mapped IPv6 addresses.
+fn unmap(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => a,
+        },
+        IpAddr::V4(_) => a,
+    }
+}
+
+#[cfg(test)]
+mod tests;
