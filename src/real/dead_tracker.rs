@@ -105,15 +105,12 @@ impl SilentTcpTracker {
             let mut open: Vec<TcpStream> = Vec::new();
             let mut buf = [0u8; 4096];
             while !stop.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nonblocking(true);
-                        count.fetch_add(1, Ordering::SeqCst);
-                        open.push(stream);
-                        continue;
-                    }
-                    // Nothing pending (or a failed accept): serve the open ones, then wait.
-                    Err(_) => {}
+                // Take every pending connection first; then read the open ones and wait.
+                if let Ok((stream, _)) = listener.accept() {
+                    let _ = stream.set_nonblocking(true);
+                    count.fetch_add(1, Ordering::SeqCst);
+                    open.push(stream);
+                    continue;
                 }
                 // Read and drop requests so the client's writes never block; keep every
                 // connection open until it closes its side.
