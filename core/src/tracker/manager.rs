@@ -14,16 +14,18 @@
 //! [`TrackerManager::handle_completed`], `stopped` on [`TrackerManager::handle_stop`] to every
 //! tracker that knows us, waiting a few seconds at most before reporting [`TrackerEvent::Stopped`].
 //!
-//! A tracker that does not answer does not hold up the others. The round moves on to the next
-//! tracker as soon as one fails, or when it has waited [`ManagerConfig::fallback_after`] for it
-//! (5 s), whichever comes first; the slow request stays open meanwhile, and if it answers later its
-//! peers are used like any others. Each request also fails on its own: a name lookup or TCP connect
-//! after [`ManagerConfig::connect_timeout`], an open connection that stays silent after
+//! A tracker that does not answer does not hold up the others. When a tracker fails, the round
+//! goes on to the next tracker of its tier (or the next tier, after the tier's last). When it has
+//! waited [`ManagerConfig::fallback_after`] (5 s) for one, it starts both the next tracker of that
+//! tier and the next tier, so a dead tier delays the next by 5 s however many trackers it lists.
+//! The slow request stays open meanwhile, and if it answers later its peers are used like any
+//! others. Each request also fails on its own: a name lookup or TCP connect after
+//! [`ManagerConfig::connect_timeout`], an open connection that stays silent after
 //! [`ManagerConfig::receive_timeout`], a whole HTTP request after [`ManagerConfig::http_timeout`],
 //! a UDP exchange after its retransmissions ([`UdpConfig`]). A failed tracker is skipped by later
 //! rounds until its backoff ([`ManagerConfig::retry_base`], doubling) has passed. A tracker still
-//! silent from an earlier round is asked again when a round reaches it, but the round does not wait
-//! for it a second time.
+//! silent from an earlier round is asked again when a round reaches it, but the round does not
+//! wait for it a second time.
 
 use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
@@ -62,8 +64,9 @@ pub struct ManagerConfig {
     /// Longest silence of an open HTTP connection before the reply is given up (10 s, like
     /// libtorrent's `tracker_receive_timeout`).
     pub receive_timeout: Duration,
-    /// How long an announce round waits for one tracker before it also tries the next (5 s). The
-    /// slow tracker's request stays open until its own timeout and its answer still counts.
+    /// How long an announce round waits for one tracker before it also tries the next tracker of
+    /// its tier and the next tier (5 s). The slow tracker's request stays open until its own
+    /// timeout and its answer still counts.
     pub fallback_after: Duration,
     /// UDP retransmission timing.
     pub udp: UdpConfig,
@@ -296,6 +299,8 @@ struct Round {
     id: u64,
     /// Trackers the round has tried or skipped, in order.
     tried: Vec<TrackerId>,
+    /// Tiers `0..opened` have been reached.
+    opened: usize,
 }
 
 #[derive(Debug)]
@@ -694,7 +699,9 @@ impl TrackerManager {
             if let Some(job) = self.jobs.get_mut(&id)
                 && job.fallback_at.take().is_some()
             {
-                self.advance_cycle(now);
+                let tracker = job.tracker;
+                let tier = self.tier_of(tracker);
+                self.advance_cycle(now, tier, true);
             }
         }
         if let Phase::Stopping { deadline } = self.phase
@@ -760,28 +767,58 @@ impl TrackerManager {
             self.cycle = Some(Round {
                 id: self.next_round,
                 tried: Vec::new(),
+                opened: 1,
             });
             self.next_round += 1;
-            self.advance_cycle(now);
+            self.advance_cycle(now, 0, false);
         }
     }
 
-    /// Starts the round's next usable tracker, in tier order; ends the round as failed when none
-    /// is left and nothing is in flight.
-    fn advance_cycle(&mut self, now: Time) {
-        loop {
-            let Some(round) = &mut self.cycle else {
+    /// Moves the round on from `tier`: starts its next usable tracker, and opens the next tier
+    /// too when `tier` has none left or when `slow` (its tracker is slow to answer, so the next
+    /// tier goes alongside). Ends the round as failed when nothing is left to try or wait for.
+    ///
+    /// Within a tier, trackers go one after another as they fail or are slow; a slow tier does not
+    /// hold up the next one, however many trackers it lists.
+    fn advance_cycle(&mut self, now: Time, tier: usize, slow: bool) {
+        let mut work = vec![(tier, slow)];
+        while let Some((tier, slow)) = work.pop() {
+            if self.cycle.is_none() {
                 return;
+            }
+            let open_next = match self.start_in_tier(now, tier) {
+                // Asked again but not waited for: go on as if it were slow.
+                Some(true) => {
+                    work.push((tier, true));
+                    slow
+                }
+                Some(false) => slow,
+                None => true,
             };
-            let next = self
+            if open_next
+                && let Some(round) = &mut self.cycle
+                && round.opened == tier + 1
+                && tier + 1 < self.tiers.len()
+            {
+                round.opened += 1;
+                work.push((tier + 1, false));
+            }
+        }
+        self.check_round_failed(now);
+    }
+
+    /// Starts the first tracker of `tier` the round has not tried yet, skipping those without a
+    /// usable URL or backing off: `Some(slow)`, where `slow` says it was still silent from an
+    /// earlier round (and gets no fallback timer), or `None` when the tier has none left.
+    fn start_in_tier(&mut self, now: Time, tier: usize) -> Option<bool> {
+        loop {
+            let round = self.cycle.as_mut()?;
+            let id = self
                 .tiers
+                .get(tier)?
                 .iter()
-                .flatten()
                 .copied()
-                .find(|id| !round.tried.contains(id));
-            let Some(id) = next else {
-                break;
-            };
+                .find(|id| !round.tried.contains(id))?;
             round.tried.push(id);
             let round = round.id;
             let t = &self.trackers[id.0];
@@ -814,11 +851,8 @@ impl TrackerManager {
                 j.round = round;
                 j.fallback_at = fallback_at;
             }
-            if !slow {
-                return;
-            }
+            return Some(slow);
         }
-        self.check_round_failed(now);
     }
 
     /// Ends the round when every tracker was tried and none of its requests is still open.
@@ -851,6 +885,14 @@ impl TrackerManager {
             self.next_announce = Some(retry_at);
             self.events.push_back(TrackerEvent::AllFailed { retry_at });
         }
+    }
+
+    /// The tier `tracker` is in (tiers are reordered inside, never across).
+    fn tier_of(&self, tracker: TrackerId) -> usize {
+        self.tiers
+            .iter()
+            .position(|ids| ids.contains(&tracker))
+            .unwrap_or(0)
     }
 
     fn wait_error(&self, tracker: TrackerId, wait: Wait) -> TrackerError {
@@ -1162,7 +1204,8 @@ impl TrackerManager {
                     if self.cycle.as_ref().is_some_and(|r| r.id == job.round) {
                         if job.fallback_at.is_some() {
                             // The round was still waiting for this one: go on at once.
-                            self.advance_cycle(now);
+                            let tier = self.tier_of(tracker);
+                            self.advance_cycle(now, tier, false);
                         } else {
                             self.check_round_failed(now);
                         }
@@ -1955,6 +1998,67 @@ mod tests {
         assert_eq!(evs.len(), 1, "{evs:?}");
         assert!(is_error(&evs[0], 0, &TrackerError::Timeout), "{evs:?}");
         assert_eq!(m.poll_timeout(), Some(secs(1805)));
+    }
+
+    /// Drives `m` with trackers that never answer (UDP dropped, TCP connects left pending)
+    /// until `until`; returns when each tracker got its first request (UDP send or TCP open).
+    fn first_requests(m: &mut TrackerManager, until: Time) -> Vec<(TrackerId, u64)> {
+        let mut firsts: Vec<(TrackerId, u64)> = Vec::new();
+        let mut now = Time::ZERO;
+        loop {
+            for a in actions(m) {
+                let tracker = match a {
+                    TrackerAction::SendUdp { tracker, .. } => tracker,
+                    TrackerAction::OpenTcp { tracker, .. } => tracker,
+                    _ => continue,
+                };
+                if !firsts.iter().any(|(t, _)| *t == tracker) {
+                    firsts.push((tracker, now.as_nanos() / 1_000_000_000));
+                }
+            }
+            match m.poll_timeout() {
+                Some(t) if t <= until => now = t,
+                _ => return firsts,
+            }
+            m.handle_timeout(now);
+        }
+    }
+
+    #[test]
+    fn a_dead_tier_0_of_any_size_gives_way_to_tier_1_after_5_s() {
+        let dead: Vec<String> = (1..=6)
+            .map(|i| format!("udp://127.0.0.{i}:1/announce"))
+            .collect();
+        let dead: Vec<&str> = dead.iter().map(String::as_str).collect();
+        let mut m = mgr(&[&dead, &["http://b/announce"]]);
+        let order = m.tiers()[0].clone();
+        let firsts = first_requests(&mut m, secs(20));
+        // Tier 1 goes at the first fallback, alongside the next tracker of tier 0; tier 0 then
+        // goes on one tracker every 5 s (or at each failure).
+        assert_eq!(firsts[0], (order[0], 0));
+        assert!(firsts.contains(&(TrackerId(6), 5)), "{firsts:?}");
+        assert!(firsts.contains(&(order[1], 5)), "{firsts:?}");
+        assert!(firsts.contains(&(order[2], 10)), "{firsts:?}");
+    }
+
+    #[test]
+    fn tiers_of_one_dead_tracker_each_cost_5_s_apiece() {
+        let mut m = mgr(&[
+            &[DEAD_UDP],
+            &["http://hung/announce"],
+            &["udp://127.0.0.2:1/announce"],
+            &["http://b/announce"],
+        ]);
+        let firsts = first_requests(&mut m, secs(15));
+        assert_eq!(
+            firsts,
+            [
+                (TrackerId(0), 0),
+                (TrackerId(1), 5),
+                (TrackerId(2), 10),
+                (TrackerId(3), 15)
+            ]
+        );
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl AnnounceEvent {
     }
 }
 
-/// Everything one announce tells a tracker; build it for [`http::announce_request`] or
+/// Everything one announce tells a tracker; build it for [`http::announce_query`] or
 /// [`udp::UdpTracker::start`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnounceParams {
