@@ -3,7 +3,7 @@
 //! info-hash) lists a tracker that never answers in tier 0 and opentracker in tier 1. The leecher
 //! runs the real binary with `--timeout 20` and must finish with the right bytes: a UDP tracker
 //! that drops every datagram, an HTTP tracker that accepts and never replies, and host names under
-//! `.invalid` (RFC 6761: they never resolve), over HTTP and UDP.
+//! `.invalid` (RFC 6761: they never resolve), over HTTP and UDP; and all of them in one tier.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -126,4 +126,17 @@ fn unresolvable_hosts_in_tier_0() {
         "udp://no-such-tracker.invalid:6969/announce".to_string(),
     ];
     leecher_reaches_tier_1("failover-dns", &tier0, true);
+}
+
+#[test]
+fn every_kind_of_dead_tracker_in_one_tier_0() {
+    let udp = SilentUdpTracker::start();
+    let tcp = SilentTcpTracker::start();
+    let tier0 = [
+        udp.url(),
+        tcp.url(),
+        "http://no-such-tracker.invalid/announce".to_string(),
+        "udp://no-such-tracker.invalid:6969/announce".to_string(),
+    ];
+    leecher_reaches_tier_1("failover-mixed", &tier0, false);
 }
