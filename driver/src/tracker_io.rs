@@ -81,8 +81,16 @@ pub struct Tokens {
 }
 
 enum Lookup {
-    Udp { tracker: TrackerId, port: u16 },
-    Tcp { key: usize },
+    Udp {
+        tracker: TrackerId,
+        port: u16,
+    },
+    /// For the connection `id` in slot `key`: the slot may hold another connection by the time
+    /// the answer comes (the manager gave up on a slow lookup and opened a new one).
+    Tcp {
+        key: usize,
+        id: ConnId,
+    },
 }
 
 enum State {
@@ -204,7 +212,7 @@ impl TrackerIo {
                 match resolver::literal(&host, port) {
                     Some(addr) => self.connect(registry, now, key, vec![addr], mgr),
                     None => {
-                        let lookup = self.lookup_key(Lookup::Tcp { key });
+                        let lookup = self.lookup_key(Lookup::Tcp { key, id: conn });
                         self.resolver.resolve(lookup, &host, port);
                     }
                 }
@@ -256,8 +264,12 @@ impl TrackerIo {
                         .collect();
                     mgr.handle_resolved(now, tracker, &addrs);
                 }
-                Some(Lookup::Tcp { key }) => {
-                    if !self.conns.contains(key) {
+                Some(Lookup::Tcp { key, id }) => {
+                    let waiting = self
+                        .conns
+                        .get(key)
+                        .is_some_and(|c| c.id == id && matches!(c.state, State::Resolving));
+                    if !waiting {
                         continue;
                     }
                     match answer.result {

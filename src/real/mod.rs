@@ -22,12 +22,14 @@
 //! - aria2 announces only after its `-V` check, and cannot be told to dial a peer.
 
 pub mod aria2;
+pub mod dead_tracker;
 pub mod kp;
 pub mod libtorrent;
 pub mod opentracker;
 pub mod transmission;
 
 pub use aria2::Aria2;
+pub use dead_tracker::{SilentTcpTracker, SilentUdpTracker};
 pub use kp::{Dataset, KpTorrent};
 pub use libtorrent::{Encryption, Libtorrent, LibtorrentOptions};
 pub use opentracker::{Opentracker, Swarm};

@@ -6,13 +6,26 @@
 //! [`TrackerManager::poll_event`] until `None` (peers, errors, stats for the user), and finally
 //! [`TrackerManager::poll_timeout`] gives when to call [`TrackerManager::handle_timeout`] next.
 //!
-//! The cycle: trackers within each tier are shuffled once from the seed; an announce tries the
-//! tiers in order and the trackers of a tier in order, skipping trackers backing off after a
-//! failure; the first that answers moves to the front of its tier and sets the next announce
-//! (its `interval`, never sooner than its `min interval`, clamped to sane bounds). `started` goes
-//! to each tracker before anything else, `completed` once after [`TrackerManager::handle_completed`],
-//! `stopped` on [`TrackerManager::handle_stop`] to every tracker that knows us, waiting a few
-//! seconds at most before reporting [`TrackerEvent::Stopped`].
+//! The cycle: trackers within each tier are shuffled once from the seed; an announce round tries
+//! the tiers in order and the trackers of a tier in order, skipping trackers backing off after a
+//! failure; the first that answers ends the round, moves to the front of its tier and sets the next
+//! announce (its `interval`, never sooner than its `min interval`, clamped to sane bounds).
+//! `started` goes to each tracker before anything else, `completed` once after
+//! [`TrackerManager::handle_completed`], `stopped` on [`TrackerManager::handle_stop`] to every
+//! tracker that knows us, waiting a few seconds at most before reporting [`TrackerEvent::Stopped`].
+//!
+//! A tracker that does not answer does not hold up the others. When a tracker fails, the round
+//! goes on to the next tracker of its tier (or the next tier, after the tier's last). When it has
+//! waited [`ManagerConfig::fallback_after`] (5 s) for one, it starts both the next tracker of that
+//! tier and the next tier, so a dead tier delays the next by 5 s however many trackers it lists.
+//! The slow request stays open meanwhile, and if it answers later its peers are used like any
+//! others. Each request also fails on its own: a name lookup or TCP connect after
+//! [`ManagerConfig::connect_timeout`], an open connection that stays silent after
+//! [`ManagerConfig::receive_timeout`], a whole HTTP request after [`ManagerConfig::http_timeout`],
+//! a UDP exchange after its retransmissions ([`UdpConfig`]). A failed tracker is skipped by later
+//! rounds until its backoff ([`ManagerConfig::retry_base`], doubling) has passed. A tracker still
+//! silent from an earlier round is asked again when a round reaches it, but the round does not
+//! wait for it a second time.
 
 use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
@@ -43,8 +56,18 @@ pub struct ConnId(pub usize);
 /// Settings of the announce cycle; the defaults suit real trackers, tests shorten the timers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagerConfig {
-    /// Time allowed for one HTTP request, connection and redirects included.
+    /// Time allowed for one HTTP request, connection and redirects included (libtorrent's
+    /// `tracker_completion_timeout` is the same 30 s).
     pub http_timeout: Duration,
+    /// Time allowed for a name lookup plus, for HTTP, the TCP connect (10 s).
+    pub connect_timeout: Duration,
+    /// Longest silence of an open HTTP connection before the reply is given up (10 s, like
+    /// libtorrent's `tracker_receive_timeout`).
+    pub receive_timeout: Duration,
+    /// How long an announce round waits for one tracker before it also tries the next tracker of
+    /// its tier and the next tier (5 s). The slow tracker's request stays open until its own
+    /// timeout and its answer still counts.
+    pub fallback_after: Duration,
     /// UDP retransmission timing.
     pub udp: UdpConfig,
     /// Bounds on HTTP replies.
@@ -73,6 +96,9 @@ impl Default for ManagerConfig {
     fn default() -> Self {
         ManagerConfig {
             http_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            receive_timeout: Duration::from_secs(10),
+            fallback_after: Duration::from_secs(5),
             udp: UdpConfig::default(),
             http_limits: HttpLimits::default(),
             numwant: 50,
@@ -159,7 +185,8 @@ pub enum TrackerEvent {
         complete: Option<u32>,
         /// Leechers, when told.
         incomplete: Option<u32>,
-        /// When the next regular announce is due (`None` after `stopped`).
+        /// When the next regular announce is due (`None` after `stopped`, or when a round is
+        /// under way: this was a late answer from an earlier round).
         next_announce: Option<Time>,
     },
     /// The tracker's `warning message`.
@@ -228,14 +255,52 @@ enum Transport {
     Udp,
 }
 
+/// What a job is waiting for, which says how long it may wait (see [`ManagerConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// A UDP tracker's name lookup.
+    Resolve,
+    /// An HTTP connection: lookup and TCP connect.
+    Connect,
+    /// Bytes of an HTTP reply.
+    Receive,
+}
+
 #[derive(Debug)]
 struct Job {
     tracker: TrackerId,
     kind: JobKind,
     event: AnnounceEvent,
     transport: Transport,
-    /// HTTP request or name resolution deadline (UDP exchanges keep their own timers).
+    /// The announce round it belongs to (cycle jobs only).
+    round: u64,
+    /// When the round stops waiting for it and tries the next tracker too; `None` once it has,
+    /// and for jobs outside the running round.
+    fallback_at: Option<Time>,
+    /// Deadline of the whole HTTP request (UDP exchanges keep their own timers).
     deadline: Option<Time>,
+    /// Deadline of the current wait.
+    wait: Option<(Time, Wait)>,
+}
+
+impl Job {
+    /// When the job fails unless something arrives.
+    fn expires(&self) -> Option<Time> {
+        match (self.deadline, self.wait) {
+            (Some(d), Some((w, _))) => Some(d.min(w)),
+            (d, w) => d.or(w.map(|(w, _)| w)),
+        }
+    }
+}
+
+/// The announce round under way.
+#[derive(Debug)]
+struct Round {
+    id: u64,
+    /// Trackers the round has tried or skipped, in order.
+    tried: Vec<TrackerId>,
+    /// Tiers `0..opened` have been reached.
+    opened: usize,
 }
 
 #[derive(Debug)]
@@ -267,8 +332,9 @@ pub struct TrackerManager {
     jobs: BTreeMap<u64, Job>,
     next_job: u64,
     next_conn: usize,
-    /// The cycle's position (tier, index) and its job while one runs.
-    cycle: Option<(usize, usize, Option<u64>)>,
+    /// The announce round while one runs.
+    cycle: Option<Round>,
+    next_round: u64,
     next_announce: Option<Time>,
     completed_pending: bool,
     completed_sent: bool,
@@ -370,6 +436,7 @@ impl TrackerManager {
             next_job: 0,
             next_conn: 0,
             cycle: None,
+            next_round: 0,
             next_announce: has_usable.then_some(Time::ZERO),
             completed_pending: false,
             completed_sent: false,
@@ -457,10 +524,12 @@ impl TrackerManager {
 
     /// The TCP connection is open: the request goes out.
     pub fn handle_tcp_connected(&mut self, now: Time, conn: ConnId) {
-        self.tick(now);
+        let now = self.tick(now);
+        let receive = self.config.receive_timeout;
         if let Some((_, job)) = self.job_by_conn(conn)
             && let Transport::Http { exchange, .. } = &job.transport
         {
+            job.wait = Some((now + receive, Wait::Receive));
             let bytes = exchange.request();
             self.actions
                 .push_back(TrackerAction::SendTcp { conn, bytes });
@@ -470,12 +539,16 @@ impl TrackerManager {
     /// Bytes received on a TCP connection (after TLS, for https).
     pub fn handle_tcp_data(&mut self, now: Time, conn: ConnId, data: &[u8]) {
         let now = self.tick(now);
+        let receive = self.config.receive_timeout;
         let Some((id, job)) = self.job_by_conn(conn) else {
             return;
         };
         let Transport::Http { exchange, .. } = &mut job.transport else {
             return;
         };
+        if !data.is_empty() {
+            job.wait = Some((now + receive, Wait::Receive));
+        }
         match exchange.handle_data(data) {
             Ok(None) => {}
             Ok(Some(step)) => {
@@ -584,35 +657,52 @@ impl TrackerManager {
         let due: Vec<u64> = self
             .jobs
             .iter()
-            .filter(|(_, j)| j.deadline.is_some_and(|d| d <= now))
+            .filter(|(_, j)| j.expires().is_some_and(|d| d <= now))
             .map(|(&id, _)| id)
             .collect();
         for id in due {
-            match self.jobs.get(&id) {
-                Some(Job {
-                    transport: Transport::Http { conn, .. },
-                    ..
-                }) => self
-                    .actions
-                    .push_back(TrackerAction::CloseTcp { conn: *conn }),
-                Some(Job {
-                    transport: Transport::UdpResolving,
-                    tracker,
-                    ..
-                }) => {
-                    // The driver never answered: ask again next time rather than wait forever.
-                    let t = *tracker;
-                    self.trackers[t.0].resolving = false;
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
+            let error = match job.wait {
+                Some((at, wait)) if at <= now && job.deadline.is_none_or(|d| at <= d) => {
+                    self.wait_error(job.tracker, wait)
                 }
-                _ => {}
+                _ => TrackerError::Timeout,
+            };
+            match job.transport {
+                Transport::Http { conn, .. } => {
+                    self.actions.push_back(TrackerAction::CloseTcp { conn });
+                }
+                Transport::UdpResolving => {
+                    // The driver never answered: ask again next time rather than wait forever.
+                    self.trackers[job.tracker.0].resolving = false;
+                }
+                Transport::Udp => {}
             }
-            self.finish_job(now, id, Err(TrackerError::Timeout));
+            self.finish_job(now, id, Err(error));
         }
         for i in 0..self.trackers.len() {
             let a = self.trackers[i].udp_announce.handle_timeout(now);
             self.udp_outcome(now, TrackerId(i), false, a);
             let s = self.trackers[i].udp_scrape.handle_timeout(now);
             self.udp_outcome(now, TrackerId(i), true, s);
+        }
+        // Slow trackers of the running round: try the next one alongside.
+        let slow: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.fallback_at.is_some_and(|t| t <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in slow {
+            if let Some(job) = self.jobs.get_mut(&id)
+                && job.fallback_at.take().is_some()
+            {
+                let tracker = job.tracker;
+                let tier = self.tier_of(tracker);
+                self.advance_cycle(now, tier, true);
+            }
         }
         if let Phase::Stopping { deadline } = self.phase
             && deadline <= now
@@ -651,7 +741,8 @@ impl TrackerManager {
             }
         };
         for j in self.jobs.values() {
-            consider(j.deadline);
+            consider(j.expires());
+            consider(j.fallback_at);
         }
         for t in &self.trackers {
             consider(t.udp_announce.poll_timeout());
@@ -673,32 +764,113 @@ impl TrackerManager {
             && self.next_announce.is_some_and(|t| t <= now)
         {
             self.next_announce = None;
-            self.cycle = Some((0, 0, None));
-            self.advance_cycle(now);
+            self.cycle = Some(Round {
+                id: self.next_round,
+                tried: Vec::new(),
+                opened: 1,
+            });
+            self.next_round += 1;
+            self.advance_cycle(now, 0, false);
         }
     }
 
-    /// Tries the tracker at the cycle's position, or the next usable one.
-    fn advance_cycle(&mut self, now: Time) {
-        let Some((mut tier, mut index, _)) = self.cycle else {
-            return;
-        };
-        while let Some(ids) = self.tiers.get(tier) {
-            let Some(&id) = ids.get(index) else {
-                tier += 1;
-                index = 0;
+    /// Moves the round on from `tier`: starts its next usable tracker, and opens the next tier
+    /// too when `tier` has none left or when `slow` (its tracker is slow to answer, so the next
+    /// tier goes alongside). Ends the round as failed when nothing is left to try or wait for.
+    ///
+    /// Within a tier, trackers go one after another as they fail or are slow; a slow tier does not
+    /// hold up the next one, however many trackers it lists.
+    fn advance_cycle(&mut self, now: Time, tier: usize, slow: bool) {
+        let mut work = vec![(tier, slow)];
+        while let Some((tier, slow)) = work.pop() {
+            if self.cycle.is_none() {
+                return;
+            }
+            let open_next = match self.start_in_tier(now, tier) {
+                // Asked again but not waited for: go on as if it were slow.
+                Some(true) => {
+                    work.push((tier, true));
+                    slow
+                }
+                Some(false) => slow,
+                None => true,
+            };
+            if open_next
+                && let Some(round) = &mut self.cycle
+                && round.opened == tier + 1
+                && tier + 1 < self.tiers.len()
+            {
+                round.opened += 1;
+                work.push((tier + 1, false));
+            }
+        }
+        self.check_round_failed(now);
+    }
+
+    /// Starts the first tracker of `tier` the round has not tried yet, skipping those without a
+    /// usable URL or backing off: `Some(slow)`, where `slow` says it was still silent from an
+    /// earlier round (and gets no fallback timer), or `None` when the tier has none left.
+    fn start_in_tier(&mut self, now: Time, tier: usize) -> Option<bool> {
+        loop {
+            let round = self.cycle.as_mut()?;
+            let id = self
+                .tiers
+                .get(tier)?
+                .iter()
+                .copied()
+                .find(|id| !round.tried.contains(id))?;
+            round.tried.push(id);
+            let round = round.id;
+            let t = &self.trackers[id.0];
+            if t.url.is_none() || t.retry_after.is_some_and(|r| r > now) {
+                continue;
+            }
+            // Still silent from an earlier round: ask again (the event may differ), but do not
+            // wait for it a second time.
+            let earlier: Vec<u64> = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.tracker == id && j.kind == JobKind::Cycle)
+                .map(|(&job, _)| job)
+                .collect();
+            let slow = !earlier.is_empty();
+            for job in earlier {
+                self.cancel_job(job);
+            }
+            let event = self.event_for(id);
+            let Some(job) = self.start_job(now, id, JobKind::Cycle, event) else {
                 continue;
             };
-            let t = &self.trackers[id.0];
-            if t.url.is_some() && t.retry_after.is_none_or(|r| r <= now) {
-                let event = self.event_for(id);
-                let job = self.start_job(now, id, JobKind::Cycle, event);
-                self.cycle = Some((tier, index, job));
-                if job.is_some() {
-                    return;
-                }
+            // No fallback timer when nothing is left to fall back to.
+            let more = self
+                .cycle
+                .as_ref()
+                .is_some_and(|r| self.tiers.iter().flatten().any(|id| !r.tried.contains(id)));
+            let fallback_at = (!slow && more).then(|| now + self.config.fallback_after);
+            if let Some(j) = self.jobs.get_mut(&job) {
+                j.round = round;
+                j.fallback_at = fallback_at;
             }
-            index += 1;
+            return Some(slow);
+        }
+    }
+
+    /// Ends the round when every tracker was tried and none of its requests is still open.
+    fn check_round_failed(&mut self, now: Time) {
+        let Some(round) = &self.cycle else {
+            return;
+        };
+        let exhausted = self
+            .tiers
+            .iter()
+            .flatten()
+            .all(|id| round.tried.contains(id));
+        let open = self
+            .jobs
+            .values()
+            .any(|j| j.kind == JobKind::Cycle && j.round == round.id);
+        if !exhausted || open {
+            return;
         }
         // Every usable tracker failed or is backing off.
         self.cycle = None;
@@ -712,6 +884,29 @@ impl TrackerManager {
             let retry_at = retry_at.max(now + Duration::from_secs(1));
             self.next_announce = Some(retry_at);
             self.events.push_back(TrackerEvent::AllFailed { retry_at });
+        }
+    }
+
+    /// The tier `tracker` is in (tiers are reordered inside, never across).
+    fn tier_of(&self, tracker: TrackerId) -> usize {
+        self.tiers
+            .iter()
+            .position(|ids| ids.contains(&tracker))
+            .unwrap_or(0)
+    }
+
+    fn wait_error(&self, tracker: TrackerId, wait: Wait) -> TrackerError {
+        match wait {
+            Wait::Resolve => TrackerError::ResolveTimeout {
+                host: self.trackers[tracker.0]
+                    .url
+                    .as_ref()
+                    .map(|u| u.host.clone())
+                    .unwrap_or_default(),
+                after: self.config.connect_timeout,
+            },
+            Wait::Connect => TrackerError::ConnectTimeout(self.config.connect_timeout),
+            Wait::Receive => TrackerError::ReceiveTimeout(self.config.receive_timeout),
         }
     }
 
@@ -782,7 +977,13 @@ impl TrackerManager {
                 exchange: Box::new(exchange),
             }
         };
-        let deadline = Some(now + self.config.http_timeout);
+        let (deadline, wait) = match transport {
+            Transport::UdpResolving => (None, (now + self.config.connect_timeout, Wait::Resolve)),
+            _ => (
+                Some(now + self.config.http_timeout),
+                (now + self.config.connect_timeout, Wait::Connect),
+            ),
+        };
         self.jobs.insert(
             id,
             Job {
@@ -790,7 +991,10 @@ impl TrackerManager {
                 kind,
                 event,
                 transport,
+                round: 0,
+                fallback_at: None,
                 deadline,
+                wait: Some(wait),
             },
         );
         if matches!(self.jobs[&id].transport, Transport::UdpResolving) {
@@ -835,6 +1039,7 @@ impl TrackerManager {
         if let Some(job) = self.jobs.get_mut(&id) {
             job.transport = Transport::Udp;
             job.deadline = None;
+            job.wait = None;
         }
         let t = &mut self.trackers[tracker.0];
         let udp = if kind == JobKind::Scrape {
@@ -909,12 +1114,15 @@ impl TrackerManager {
                     return;
                 };
                 let conn = self.open_tcp(tracker, &url);
+                let connect = self.config.connect_timeout;
                 if let Some(Job {
                     transport: Transport::Http { conn: c, .. },
+                    wait,
                     ..
                 }) = self.jobs.get_mut(&id)
                 {
                     *c = conn;
+                    *wait = Some((now + connect, Wait::Connect));
                 }
             }
             HttpStep::Body(body) => {
@@ -993,9 +1201,14 @@ impl TrackerManager {
                         .saturating_mul(factor)
                         .min(self.config.retry_max);
                     t.retry_after = Some(now + wait);
-                    if let Some((tier, index, _)) = self.cycle {
-                        self.cycle = Some((tier, index + 1, None));
-                        self.advance_cycle(now);
+                    if self.cycle.as_ref().is_some_and(|r| r.id == job.round) {
+                        if job.fallback_at.is_some() {
+                            // The round was still waiting for this one: go on at once.
+                            let tier = self.tier_of(tracker);
+                            self.advance_cycle(now, tier, false);
+                        } else {
+                            self.check_round_failed(now);
+                        }
                     }
                 }
             }
@@ -1018,6 +1231,7 @@ impl TrackerManager {
         }
         let mut next_announce = None;
         if job.kind == JobKind::Cycle {
+            let this_round = self.cycle.as_ref().is_some_and(|r| r.id == job.round);
             t.started = true;
             t.fails = 0;
             t.retry_after = None;
@@ -1041,14 +1255,21 @@ impl TrackerManager {
                 ids.retain(|&i| i != tracker);
                 ids.insert(0, tracker);
             }
-            self.cycle = None;
-            let next = if self.completed_pending {
-                now
-            } else {
-                now + interval
-            };
-            self.next_announce = Some(next);
-            next_announce = Some(next);
+            if this_round {
+                self.cycle = None;
+                // The round is over: its other requests may still answer, but nobody waits.
+                for j in self.jobs.values_mut() {
+                    j.fallback_at = None;
+                }
+                let next = if self.completed_pending {
+                    now
+                } else {
+                    now + interval
+                };
+                self.next_announce = Some(next);
+            }
+            // A late answer from an earlier round: its peers count, the schedule stays.
+            next_announce = self.next_announce;
         }
         self.events.push_back(TrackerEvent::Announced {
             tracker,
@@ -1475,28 +1696,37 @@ mod tests {
 
     #[test]
     fn http_request_times_out() {
-        let mut m = mgr(&[&["http://a/announce", "http://b/announce"]]);
-        let (c, h) = opened(&actions(&mut m));
+        // A tracker that trickles its reply never trips the silence timeout, but the whole
+        // request still has 30 s.
+        let mut m = mgr(&[&["http://a/announce"]]);
+        let (c, _) = opened(&actions(&mut m));
         connect(&mut m, Time::ZERO, c);
         m.handle_tcp_data(
             secs(1),
             c,
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nd",
         );
+        assert_eq!(m.poll_timeout(), Some(secs(11)));
+        for t in [9, 18, 27] {
+            m.handle_timeout(secs(t));
+            m.handle_tcp_data(secs(t), c, b"1");
+        }
         assert_eq!(m.poll_timeout(), Some(secs(30)));
         m.handle_timeout(secs(29));
         assert!(actions(&mut m).is_empty());
         m.handle_timeout(secs(30));
-        let acts = actions(&mut m);
-        assert_eq!(acts[0], TrackerAction::CloseTcp { conn: c });
-        assert_ne!(opened(&acts[1..]).1, h);
-        assert!(matches!(
-            events(&mut m).as_slice(),
-            [TrackerEvent::Error {
-                error: TrackerError::Timeout,
-                ..
-            }]
-        ));
+        assert_eq!(actions(&mut m), vec![TrackerAction::CloseTcp { conn: c }]);
+        assert_eq!(
+            events(&mut m),
+            vec![
+                TrackerEvent::Error {
+                    tracker: TrackerId(0),
+                    url: "http://a/announce".into(),
+                    error: TrackerError::Timeout
+                },
+                TrackerEvent::AllFailed { retry_at: secs(90) }
+            ]
+        );
     }
 
     #[test]
@@ -1698,34 +1928,385 @@ mod tests {
         assert!(line.contains("&trackerid=xyz"), "{line}");
     }
 
+    /// The transaction id of a BEP 15 request.
+    fn txid(packet: &[u8]) -> [u8; 4] {
+        packet[12..16].try_into().unwrap()
+    }
+
+    /// A connect reply to `connect` giving connection id 9.
+    fn udp_connect_reply(connect: &[u8]) -> Vec<u8> {
+        [&[0, 0, 0, 0][..], &txid(connect), &[0, 0, 0, 0, 0, 0, 0, 9]].concat()
+    }
+
+    /// An announce reply to `announce`: interval 1800 s and `peers` (compact IPv4).
+    fn udp_announce_reply(announce: &[u8], peers: &[u8]) -> Vec<u8> {
+        let head = [0, 0, 0x07, 0x08, 0, 0, 0, 1, 0, 0, 0, 2];
+        [&[0, 0, 0, 1][..], &txid(announce), &head, peers].concat()
+    }
+
+    fn is_error(e: &TrackerEvent, tracker: usize, error: &TrackerError) -> bool {
+        matches!(e, TrackerEvent::Error { tracker: t, error: x, .. } if t.0 == tracker && x == error)
+    }
+
+    const DEAD_UDP: &str = "udp://127.0.0.1:1/announce";
+
     #[test]
-    fn silent_udp_tracker_falls_through_after_the_last_retransmission() {
-        let mut m = mgr(&[&["udp://127.0.0.1:1/announce"], &["http://b/announce"]]);
-        let mut sends = 0;
-        let mut opened_at = None;
-        for _ in 0..20 {
+    fn dead_udp_tier_gives_way_to_the_next_tier_within_5_s() {
+        let mut m = mgr(&[&[DEAD_UDP], &["http://b/announce"]]);
+        let mut sends = Vec::new();
+        let mut now = Time::ZERO;
+        let conn = loop {
+            let mut opened = None;
             for a in actions(&mut m) {
                 match a {
-                    TrackerAction::SendUdp { .. } => sends += 1,
-                    TrackerAction::OpenTcp { host, .. } => opened_at = Some(host),
+                    TrackerAction::SendUdp { tracker, .. } => sends.push((tracker, now)),
+                    TrackerAction::OpenTcp { conn, host, .. } if host == "b" => opened = Some(conn),
                     other => panic!("{other:?}"),
                 }
             }
-            if opened_at.is_some() {
-                break;
+            if let Some(c) = opened {
+                break c;
             }
-            let t = m.poll_timeout().unwrap();
-            m.handle_timeout(t);
+            now = m.poll_timeout().unwrap();
+            assert!(now <= secs(5), "tier 1 not tried by 5 s");
+            m.handle_timeout(now);
+        };
+        assert_eq!(now, secs(5));
+        assert_eq!(sends, [(TrackerId(0), secs(0)), (TrackerId(0), secs(2))]);
+        connect(&mut m, now, conn);
+        m.handle_tcp_data(now, conn, &reply(Some(1800), None, &[10, 0, 0, 2, 0, 80]));
+        assert_eq!(actions(&mut m), [TrackerAction::CloseTcp { conn }]);
+        assert_eq!(
+            events(&mut m)[1],
+            TrackerEvent::Peers {
+                tracker: TrackerId(1),
+                addrs: vec!["10.0.0.2:80".parse().unwrap()]
+            }
+        );
+        // The dead tracker's exchange runs out on its own schedule and is reported, but the round
+        // is over: no "all failed", and the next announce stays where tier 1 put it.
+        assert_eq!(m.poll_timeout(), Some(secs(6)));
+        m.handle_timeout(secs(6));
+        assert!(matches!(
+            actions(&mut m).as_slice(),
+            [TrackerAction::SendUdp { .. }]
+        ));
+        assert_eq!(m.poll_timeout(), Some(secs(14)));
+        m.handle_timeout(secs(14));
+        assert!(actions(&mut m).is_empty());
+        let evs = events(&mut m);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert!(is_error(&evs[0], 0, &TrackerError::Timeout), "{evs:?}");
+        assert_eq!(m.poll_timeout(), Some(secs(1805)));
+    }
+
+    /// Drives `m` with trackers that never answer (UDP dropped, TCP connects left pending)
+    /// until `until`; returns when each tracker got its first request (UDP send or TCP open).
+    fn first_requests(m: &mut TrackerManager, until: Time) -> Vec<(TrackerId, u64)> {
+        let mut firsts: Vec<(TrackerId, u64)> = Vec::new();
+        let mut now = Time::ZERO;
+        loop {
+            for a in actions(m) {
+                let tracker = match a {
+                    TrackerAction::SendUdp { tracker, .. } => tracker,
+                    TrackerAction::OpenTcp { tracker, .. } => tracker,
+                    _ => continue,
+                };
+                if !firsts.iter().any(|(t, _)| *t == tracker) {
+                    firsts.push((tracker, now.as_nanos() / 1_000_000_000));
+                }
+            }
+            match m.poll_timeout() {
+                Some(t) if t <= until => now = t,
+                _ => return firsts,
+            }
+            m.handle_timeout(now);
         }
-        assert_eq!(opened_at.as_deref(), Some("b"));
-        assert_eq!(sends, 9, "one connect and eight retransmissions");
+    }
+
+    #[test]
+    fn a_dead_tier_0_of_any_size_gives_way_to_tier_1_after_5_s() {
+        let dead: Vec<String> = (1..=6)
+            .map(|i| format!("udp://127.0.0.{i}:1/announce"))
+            .collect();
+        let dead: Vec<&str> = dead.iter().map(String::as_str).collect();
+        let mut m = mgr(&[&dead, &["http://b/announce"]]);
+        let order = m.tiers()[0].clone();
+        let firsts = first_requests(&mut m, secs(20));
+        // Tier 1 goes at the first fallback, alongside the next tracker of tier 0; tier 0 then
+        // goes on one tracker every 5 s (or at each failure).
+        assert_eq!(firsts[0], (order[0], 0));
+        assert!(firsts.contains(&(TrackerId(6), 5)), "{firsts:?}");
+        assert!(firsts.contains(&(order[1], 5)), "{firsts:?}");
+        assert!(firsts.contains(&(order[2], 10)), "{firsts:?}");
+    }
+
+    #[test]
+    fn tiers_of_one_dead_tracker_each_cost_5_s_apiece() {
+        let mut m = mgr(&[
+            &[DEAD_UDP],
+            &["http://hung/announce"],
+            &["udp://127.0.0.2:1/announce"],
+            &["http://b/announce"],
+        ]);
+        let firsts = first_requests(&mut m, secs(15));
+        assert_eq!(
+            firsts,
+            [
+                (TrackerId(0), 0),
+                (TrackerId(1), 5),
+                (TrackerId(2), 10),
+                (TrackerId(3), 15)
+            ]
+        );
+    }
+
+    #[test]
+    fn hung_tcp_connect_fails_after_10_s_and_the_next_tier_goes_at_5_s() {
+        let mut m = mgr(&[&["http://a/announce"], &["http://b/announce"]]);
+        let (a, host) = opened(&actions(&mut m));
+        assert_eq!(host, "a");
+        assert_eq!(m.poll_timeout(), Some(secs(5)));
+        m.handle_timeout(secs(5));
+        let (b, host) = opened(&actions(&mut m));
+        assert_eq!(host, "b");
+        connect(&mut m, secs(6), b);
+        m.handle_tcp_data(secs(6), b, &reply(Some(1800), None, &[10, 0, 0, 3, 0, 80]));
+        assert_eq!(actions(&mut m), [TrackerAction::CloseTcp { conn: b }]);
         assert!(matches!(
             events(&mut m).as_slice(),
-            [TrackerEvent::Error {
-                error: TrackerError::Timeout,
-                ..
-            }]
+            [
+                TrackerEvent::Announced {
+                    tracker: TrackerId(1),
+                    next_announce: Some(t),
+                    ..
+                },
+                TrackerEvent::Peers { .. }
+            ] if *t == secs(1806)
         ));
+        assert_eq!(m.poll_timeout(), Some(secs(10)));
+        m.handle_timeout(secs(10));
+        assert_eq!(actions(&mut m), [TrackerAction::CloseTcp { conn: a }]);
+        let evs = events(&mut m);
+        let want = TrackerError::ConnectTimeout(Duration::from_secs(10));
+        assert!(
+            matches!(evs.as_slice(), [e] if is_error(e, 0, &want)),
+            "{evs:?}"
+        );
+        assert_eq!(m.poll_timeout(), Some(secs(1806)));
+    }
+
+    #[test]
+    fn reply_that_never_comes_fails_after_10_s_of_silence() {
+        // Tier 0 accepts and never answers; tier 1 refuses at once. The round waits for the
+        // silent one (it may still answer) and only then reports that every tracker failed.
+        let mut m = mgr(&[&["http://a/announce"], &["http://b/announce"]]);
+        let (a, _) = opened(&actions(&mut m));
+        connect(&mut m, secs(1), a);
+        assert_eq!(m.poll_timeout(), Some(secs(5)));
+        m.handle_timeout(secs(5));
+        let (b, host) = opened(&actions(&mut m));
+        assert_eq!(host, "b");
+        m.handle_connect_failed(secs(5), b, "connection refused".into());
+        let evs = events(&mut m);
+        assert!(
+            matches!(
+                evs.as_slice(),
+                [TrackerEvent::Error {
+                    tracker: TrackerId(1),
+                    ..
+                }]
+            ),
+            "{evs:?}"
+        );
+        assert_eq!(m.poll_timeout(), Some(secs(11)));
+        m.handle_timeout(secs(11));
+        assert_eq!(actions(&mut m), [TrackerAction::CloseTcp { conn: a }]);
+        let evs = events(&mut m);
+        let want = TrackerError::ReceiveTimeout(Duration::from_secs(10));
+        assert!(is_error(&evs[0], 0, &want), "{evs:?}");
+        // Backoff counts from each tracker's own failure: b failed first.
+        assert_eq!(evs[1], TrackerEvent::AllFailed { retry_at: secs(65) });
+    }
+
+    #[test]
+    fn failed_lookup_moves_on_at_once_and_a_slow_one_after_5_s() {
+        // HTTP: the driver reports the failed lookup as a connect failure.
+        let mut m = mgr(&[&["http://gone.invalid/announce"], &["http://b/announce"]]);
+        let (c, _) = opened(&actions(&mut m));
+        m.handle_connect_failed(secs(1), c, "gone.invalid: name does not resolve".into());
+        assert_eq!(opened(&actions(&mut m)).1, "b");
+        // UDP, lookup never answered: the next tier goes after 5 s, the lookup fails after 10 s.
+        let mut m = mgr(&[&["udp://slow.example:1/announce"], &["http://b/announce"]]);
+        assert!(matches!(
+            actions(&mut m).as_slice(),
+            [TrackerAction::Resolve { .. }]
+        ));
+        m.handle_timeout(secs(5));
+        let (b, _) = opened(&actions(&mut m));
+        connect(&mut m, secs(5), b);
+        m.handle_tcp_data(secs(5), b, &reply(Some(1800), None, &[]));
+        events(&mut m);
+        m.handle_timeout(secs(10));
+        let evs = events(&mut m);
+        let want = TrackerError::ResolveTimeout {
+            host: "slow.example".into(),
+            after: Duration::from_secs(10),
+        };
+        assert!(
+            matches!(evs.as_slice(), [e] if is_error(e, 0, &want)),
+            "{evs:?}"
+        );
+        assert_eq!(
+            want.to_string(),
+            "looking up tracker host slow.example took longer than 10s (DNS unreachable?)"
+        );
+    }
+
+    #[test]
+    fn slow_tracker_is_retried_in_later_rounds_with_backoff() {
+        // Tier 1 asks for a re-announce every 60 s; the dead tier 0 fails 14 s into each try.
+        let mut m = mgr(&[&[DEAD_UDP], &["http://b/announce"]]);
+        let mut udp_exchanges = Vec::new();
+        let mut http_announces = Vec::new();
+        let mut now = Time::ZERO;
+        while now < secs(400) {
+            for a in actions(&mut m) {
+                match a {
+                    TrackerAction::SendUdp { bytes, .. } => {
+                        // A new exchange has a new transaction id; retransmissions repeat it.
+                        if !udp_exchanges.iter().any(|(_, id)| *id == txid(&bytes)) {
+                            udp_exchanges.push((now.as_nanos() / 1_000_000_000, txid(&bytes)));
+                        }
+                    }
+                    TrackerAction::OpenTcp { conn, .. } => {
+                        http_announces.push(now.as_nanos() / 1_000_000_000);
+                        connect(&mut m, now, conn);
+                        m.handle_tcp_data(now, conn, &reply(Some(60), None, &[]));
+                    }
+                    TrackerAction::CloseTcp { .. } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            now = m.poll_timeout().unwrap();
+            m.handle_timeout(now);
+        }
+        let tries: Vec<u64> = udp_exchanges.iter().map(|(t, _)| *t).collect();
+        // Failures at 14 s (retry after 60 s), 139 s (120 s) and 324 s (240 s): rounds at 65,
+        // 190, 250 and 375 s skip it and go straight to tier 1.
+        assert_eq!(tries, [0, 125, 310]);
+        assert_eq!(http_announces, [5, 65, 130, 190, 250, 315, 375]);
+    }
+
+    #[test]
+    fn late_answer_from_the_slow_tracker_still_yields_its_peers() {
+        let mut m = mgr(&[&[DEAD_UDP], &["http://b/announce"]]);
+        let (_, connect_packet) = udp_sent(&actions(&mut m));
+        m.handle_timeout(secs(2));
+        assert_eq!(
+            udp_sent(&actions(&mut m)).1,
+            connect_packet,
+            "retransmitted"
+        );
+        m.handle_timeout(secs(5));
+        let (b, _) = opened(&actions(&mut m));
+        connect(&mut m, secs(5), b);
+        m.handle_tcp_data(secs(5), b, &reply(Some(1800), None, &[10, 0, 0, 2, 0, 80]));
+        actions(&mut m);
+        events(&mut m);
+        // Tier 0 wakes up after tier 1 answered.
+        let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        m.handle_udp_datagram(secs(7), from, &udp_connect_reply(&connect_packet));
+        let (_, ann) = udp_sent(&actions(&mut m));
+        assert_eq!(&ann[80..84], &[0, 0, 0, 2], "started");
+        m.handle_udp_datagram(
+            secs(7),
+            from,
+            &udp_announce_reply(&ann, &[10, 0, 0, 5, 0, 99]),
+        );
+        assert_eq!(
+            events(&mut m),
+            vec![
+                TrackerEvent::Announced {
+                    tracker: TrackerId(0),
+                    event: AnnounceEvent::Started,
+                    complete: Some(2),
+                    incomplete: Some(1),
+                    next_announce: Some(secs(1805)),
+                },
+                TrackerEvent::Peers {
+                    tracker: TrackerId(0),
+                    addrs: vec!["10.0.0.5:99".parse().unwrap()]
+                },
+            ]
+        );
+        // The schedule tier 1 set stands; the next round finds tier 0 working and stops there.
+        assert_eq!(m.poll_timeout(), Some(secs(1805)));
+        m.handle_timeout(secs(1805));
+        let (_, c) = udp_sent(&actions(&mut m));
+        m.handle_udp_datagram(secs(1805), from, &udp_connect_reply(&c));
+        let (_, ann) = udp_sent(&actions(&mut m));
+        assert_eq!(&ann[80..84], &[0, 0, 0, 0], "regular announce");
+        m.handle_udp_datagram(secs(1805), from, &udp_announce_reply(&ann, &[]));
+        assert!(actions(&mut m).is_empty(), "tier 1 not asked");
+        assert_eq!(m.poll_timeout(), Some(secs(3605)));
+    }
+
+    #[test]
+    fn late_http_answer_in_the_same_round_ends_it() {
+        let mut m = mgr(&[&["http://a/announce"], &["http://b/announce"]]);
+        let (a, _) = opened(&actions(&mut m));
+        connect(&mut m, Time::ZERO, a);
+        m.handle_timeout(secs(5));
+        let (b, _) = opened(&actions(&mut m));
+        m.handle_tcp_data(secs(8), a, &reply(Some(1800), None, &[10, 0, 0, 7, 0, 80]));
+        assert_eq!(actions(&mut m), [TrackerAction::CloseTcp { conn: a }]);
+        assert!(matches!(
+            events(&mut m).as_slice(),
+            [
+                TrackerEvent::Announced {
+                    tracker: TrackerId(0),
+                    ..
+                },
+                TrackerEvent::Peers {
+                    tracker: TrackerId(0),
+                    ..
+                }
+            ]
+        ));
+        // b's connection never opens: it fails on its own, without failing the round.
+        assert_eq!(m.poll_timeout(), Some(secs(15)));
+        m.handle_timeout(secs(15));
+        assert_eq!(actions(&mut m), [TrackerAction::CloseTcp { conn: b }]);
+        let evs = events(&mut m);
+        assert!(
+            matches!(
+                evs.as_slice(),
+                [TrackerEvent::Error {
+                    tracker: TrackerId(1),
+                    ..
+                }]
+            ),
+            "{evs:?}"
+        );
+        assert_eq!(m.poll_timeout(), Some(secs(1808)));
+    }
+
+    #[test]
+    fn completed_does_not_wait_again_for_a_tracker_still_silent() {
+        let mut m = mgr(&[&[DEAD_UDP], &["http://b/announce"]]);
+        actions(&mut m);
+        m.handle_timeout(secs(2));
+        actions(&mut m);
+        m.handle_timeout(secs(5));
+        announce_ok(&mut m, secs(5), &reply(Some(1800), None, &[]));
+        m.handle_completed(secs(6));
+        let acts = actions(&mut m);
+        // Tier 0 is asked again (it may wake up), and tier 1 at once.
+        assert!(matches!(acts[0], TrackerAction::SendUdp { .. }), "{acts:?}");
+        let (b, _) = opened(&acts[1..]);
+        let line = connect(&mut m, secs(6), b);
+        assert!(line.contains("event=completed"), "{line}");
     }
 
     #[test]
@@ -1735,12 +2316,14 @@ mod tests {
             actions(&mut m).as_slice(),
             [TrackerAction::Resolve { .. }]
         ));
-        m.handle_timeout(secs(30));
+        m.handle_timeout(secs(9));
+        assert!(events(&mut m).is_empty());
+        m.handle_timeout(secs(10));
         assert!(matches!(
             events(&mut m).as_slice(),
             [
                 TrackerEvent::Error {
-                    error: TrackerError::Timeout,
+                    error: TrackerError::ResolveTimeout { .. },
                     ..
                 },
                 TrackerEvent::AllFailed { .. }

@@ -11,6 +11,7 @@
 
 use core::fmt;
 use core::net::{IpAddr, SocketAddr};
+use core::time::Duration;
 
 use crate::bencode::DecodeError;
 use crate::id::{InfoHash, PeerId};
@@ -55,7 +56,7 @@ impl AnnounceEvent {
     }
 }
 
-/// Everything one announce tells a tracker; build it for [`http::announce_request`] or
+/// Everything one announce tells a tracker; build it for [`http::announce_query`] or
 /// [`udp::UdpTracker::start`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnounceParams {
@@ -174,8 +175,20 @@ pub enum TrackerError {
     BadBencode(DecodeError),
     /// The body is bencode but not a valid tracker reply.
     BadReply(&'static str),
-    /// No reply in time.
+    /// No reply in time: the whole HTTP request took too long, or a UDP tracker answered none of
+    /// the retransmitted datagrams.
     Timeout,
+    /// The name lookup and TCP connect (HTTP) did not finish within this time.
+    ConnectTimeout(Duration),
+    /// The connection was open but the tracker sent nothing for this long.
+    ReceiveTimeout(Duration),
+    /// The name lookup of a UDP tracker's host did not finish within this time.
+    ResolveTimeout {
+        /// The host name.
+        host: String,
+        /// The time allowed.
+        after: Duration,
+    },
     /// The TCP connection could not be made (text from the driver).
     ConnectFailed(String),
     /// The host name did not resolve to any address.
@@ -213,6 +226,18 @@ impl fmt::Display for TrackerError {
             TrackerError::BadBencode(e) => write!(f, "tracker reply is not bencode: {e}"),
             TrackerError::BadReply(why) => write!(f, "tracker reply is malformed: {why}"),
             TrackerError::Timeout => write!(f, "tracker did not answer in time"),
+            TrackerError::ConnectTimeout(d) => write!(
+                f,
+                "no connection to the tracker within {d:?} (host down, or its port filtered?)"
+            ),
+            TrackerError::ReceiveTimeout(d) => write!(
+                f,
+                "tracker accepted the connection but sent nothing for {d:?}"
+            ),
+            TrackerError::ResolveTimeout { host, after } => write!(
+                f,
+                "looking up tracker host {host} took longer than {after:?} (DNS unreachable?)"
+            ),
             TrackerError::ConnectFailed(why) => write!(f, "cannot connect to tracker: {why}"),
             TrackerError::ResolveFailed(host) => write!(f, "cannot resolve tracker host {host}"),
             TrackerError::ScrapeUnsupported => {

@@ -1,6 +1,13 @@
 //! UDP trackers (BEP 15): one [`UdpTracker`] per tracker runs the connect / announce / scrape
-//! exchanges, keeps the connection id for its lifetime (one minute) and retransmits on the BEP 15
-//! schedule (`base·2^n` seconds, n = 0..=8, then failure).
+//! exchanges, keeps the connection id for its lifetime (one minute) and retransmits on BEP 15's
+//! doubling schedule (`base·2^n` seconds for n = 0..=`max_retransmits`, then failure).
+//!
+//! BEP 15's own numbers (base 15 s, 8 retransmissions) keep one exchange going for over an hour and
+//! a silent tracker would hold up a torrent that long, so [`UdpConfig::default`] is much shorter:
+//! datagrams at 0, 2 and 6 s and failure at 14 s (each phase, connect and request, once). libtorrent
+//! gives up on a silent UDP tracker after 10 s without retransmitting (`tracker_receive_timeout`);
+//! two retransmissions survive a lost datagram or two in about the same time. A tracker that fails
+//! is retried later by the manager, with backoff.
 //!
 //! It never sees a socket: the manager sends what [`UdpTracker::poll_transmit`] returns to the
 //! tracker's address and hands back datagrams that came from it. Replies with another transaction
@@ -28,9 +35,11 @@ const ACTION_ERROR: u32 = 3;
 /// Timing of UDP exchanges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdpConfig {
-    /// First retransmission delay; BEP 15 says 15 s. Tests make it small.
+    /// First retransmission delay, doubled after each retransmission (BEP 15 says 15 s; the
+    /// default is 2 s).
     pub retransmit_base: Duration,
-    /// Retransmissions before giving up (BEP 15: 8, so the last wait is `base·2^8`).
+    /// Retransmissions of one packet before giving up: the exchange fails `base·(2^(n+1) − 1)`
+    /// after the first send (BEP 15 says 8; the default is 2, so 14 s).
     pub max_retransmits: u32,
     /// How long a connection id stays usable (BEP 15: one minute).
     pub connection_id_ttl: Duration,
@@ -39,8 +48,8 @@ pub struct UdpConfig {
 impl Default for UdpConfig {
     fn default() -> Self {
         UdpConfig {
-            retransmit_base: Duration::from_secs(15),
-            max_retransmits: 8,
+            retransmit_base: Duration::from_secs(2),
+            max_retransmits: 2,
             connection_id_ttl: Duration::from_secs(60),
         }
     }
@@ -349,9 +358,11 @@ mod tests {
         }
     }
 
+    /// A tracker on BEP 15's own schedule (`base·2^n`, eight retransmissions).
     fn tracker(base_secs: u64) -> UdpTracker {
         let config = UdpConfig {
             retransmit_base: Duration::from_secs(base_secs),
+            max_retransmits: 8,
             ..UdpConfig::default()
         };
         UdpTracker::new(config, 7, filter())
@@ -545,10 +556,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn retransmission_schedule_then_failure() {
-        let base = 15;
-        let mut t = tracker(base);
+    /// The waits between sends of one packet until the exchange fails, in seconds.
+    fn schedule(t: &mut UdpTracker) -> Vec<u64> {
         t.start(Time::ZERO, UdpRequest::Announce(params()));
         let first = t.poll_transmit().unwrap();
         let mut now = Time::ZERO;
@@ -575,9 +584,43 @@ mod tests {
                 }
             }
         }
-        let expected: Vec<u64> = (0..=8).map(|n| base << n).collect();
-        assert_eq!(waits, expected);
         assert!(!t.is_busy());
+        waits
+    }
+
+    #[test]
+    fn bep15_retransmission_schedule_then_failure() {
+        let base = 15;
+        let expected: Vec<u64> = (0..=8).map(|n| base << n).collect();
+        assert_eq!(schedule(&mut tracker(base)), expected);
+    }
+
+    #[test]
+    fn default_schedule_gives_up_on_a_silent_tracker_within_15_s() {
+        let mut t = UdpTracker::new(UdpConfig::default(), 7, filter());
+        let waits = schedule(&mut t);
+        assert_eq!(waits, [2, 4, 8], "sends at 0, 2 and 6 s, failure at 14 s");
+    }
+
+    #[test]
+    fn connect_answered_late_restarts_the_count_once() {
+        // A tracker that answers the connect only after its last retransmission, then goes
+        // silent: the request gets its own full schedule, and then the exchange ends.
+        let mut t = UdpTracker::new(UdpConfig::default(), 7, filter());
+        t.start(Time::ZERO, UdpRequest::Announce(params()));
+        let c = t.poll_transmit().unwrap();
+        assert_eq!(t.handle_timeout(Time::from_secs(2)), None);
+        assert_eq!(t.handle_timeout(Time::from_secs(6)), None);
+        let _ = t.poll_transmit();
+        let a = answer_connect(&mut t, Time::from_secs(13), 5, &c);
+        assert_eq!(be_u32(&a, 8), Some(1));
+        assert_eq!(t.poll_timeout(), Some(Time::from_secs(15)));
+        assert_eq!(t.handle_timeout(Time::from_secs(15)), None);
+        assert_eq!(t.handle_timeout(Time::from_secs(19)), None);
+        assert_eq!(
+            t.handle_timeout(Time::from_secs(27)),
+            Some(UdpOutcome::Failed(TrackerError::Timeout))
+        );
     }
 
     #[test]
