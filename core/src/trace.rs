@@ -23,7 +23,8 @@
 //! - the [`SessionConfig`](crate::session::SessionConfig): seed `u64`, peer id (optional, 20
 //!   bytes), listen port `u16`, then varints max peers, upload slots, max serve queue, ban after
 //!   failures, max connect failures, and sequential `u8`;
-//! - the [`ManagerConfig`](crate::tracker::manager::ManagerConfig): HTTP timeout, UDP
+//! - the [`ManagerConfig`](crate::tracker::manager::ManagerConfig): HTTP timeout, connect
+//!   timeout, receive timeout, fallback delay, UDP
 //!   retransmission base, retransmissions (varint), connection-id lifetime, HTTP head, body and
 //!   redirect limits, numwant and peers per reply (varints), default interval, shortest and
 //!   longest re-announce, retry base and maximum, stop timeout; then our IPs (count, each `4` +

@@ -141,6 +141,9 @@ fn put_addrs(out: &mut Vec<u8>, addrs: &[SocketAddr]) {
 fn encode_tracker_config(out: &mut Vec<u8>, c: &ManagerConfig) {
     let ManagerConfig {
         http_timeout,
+        connect_timeout,
+        receive_timeout,
+        fallback_after,
         udp,
         http_limits,
         numwant,
@@ -164,6 +167,9 @@ fn encode_tracker_config(out: &mut Vec<u8>, c: &ManagerConfig) {
         max_redirects,
     } = http_limits;
     put_duration(out, *http_timeout);
+    put_duration(out, *connect_timeout);
+    put_duration(out, *receive_timeout);
+    put_duration(out, *fallback_after);
     put_duration(out, *retransmit_base);
     put_varint(out, u64::from(*max_retransmits));
     put_duration(out, *connection_id_ttl);
@@ -1041,6 +1047,9 @@ impl<'a> Cursor<'a> {
 
     fn tracker_config(&mut self) -> R<ManagerConfig> {
         let http_timeout = self.duration()?;
+        let connect_timeout = self.duration()?;
+        let receive_timeout = self.duration()?;
+        let fallback_after = self.duration()?;
         let udp = UdpConfig {
             retransmit_base: self.duration()?,
             max_retransmits: self.u32v()?,
@@ -1069,6 +1078,9 @@ impl<'a> Cursor<'a> {
         }
         Ok(ManagerConfig {
             http_timeout,
+            connect_timeout,
+            receive_timeout,
+            fallback_after,
             udp,
             http_limits,
             numwant,
