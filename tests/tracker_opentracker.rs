@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kp_torrent::tracker_io::{Tokens, TrackerIo};
+use kp_torrent_core::engine::TorrentId;
 use kp_torrent_core::id::{InfoHash, PeerId};
 use kp_torrent_core::time::Time;
 use kp_torrent_core::tracker::manager::{ManagerConfig, TrackerEvent, TrackerId, TrackerManager};
@@ -61,7 +62,7 @@ impl Executor {
                 self.manager.handle_timeout(now);
             }
             self.io
-                .run_actions(self.poll.registry(), now, &mut self.manager);
+                .run_actions(self.poll.registry(), now, NO_TORRENT, &mut self.manager);
             while let Some(e) = self.manager.poll_event() {
                 let finished = done(&e);
                 seen.push(e);
@@ -89,6 +90,12 @@ impl Executor {
         panic!("timed out waiting for {what}; events: {seen:?}");
     }
 }
+
+/// The one manager of a test has no engine torrent; its connections carry this id.
+const NO_TORRENT: TorrentId = TorrentId {
+    index: 0,
+    generation: 0,
+};
 
 fn config() -> ManagerConfig {
     // Re-announce after a second, whatever opentracker asks, so each client sees the other soon.

@@ -1,14 +1,16 @@
-//! One torrent, run to the end: the mio event loop around the core's
-//! [`TorrentTask`](kp_torrent_core::torrent::TorrentTask) (its
-//! start-up check, swarm and trackers).
+//! Any number of torrents in one process: the mio event loop around the core's
+//! [`Engine`](kp_torrent_core::engine::Engine) (the router above one
+//! [`TorrentTask`](kp_torrent_core::torrent::TorrentTask) per torrent).
 //!
-//! One thread runs the loop. Each turn it (1) reads the clock once, (2) fires the core's due
-//! timers, (3) drains the core's actions and carries them out (connect, send, close, disk jobs,
-//! announces) and its events (shown to the user), (4) sleeps in `mio::Poll` until the earliest
-//! deadline or socket readiness, and (5) feeds what happened — bytes, connects, closes, disk
-//! completions from the worker pool (through the `mio::Waker`), lookups, signals — back into the
-//! core as timestamped inputs. Disk I/O and SHA-1 run on [`DiskPool`] threads; the loop never
-//! blocks on them.
+//! One thread runs the loop. Each turn it (1) reads the clock once, (2) fires the engine's due
+//! timers, (3) drains the engine's actions and carries them out (connect, send, close, disk jobs,
+//! tracker sockets, handing an accepted connection to the torrent its handshake named) and its
+//! events (shown to the user), (4) sleeps in `mio::Poll` until the earliest deadline or socket
+//! readiness, and (5) feeds what happened — bytes, connects, closes, disk completions from the
+//! worker pool (through the `mio::Waker`), lookups, signals — back into the engine as
+//! timestamped inputs. One listening socket, one UDP socket per address family for every
+//! tracker, one disk pool for every torrent; disk I/O and SHA-1 run on [`DiskPool`] threads and
+//! the loop never blocks on them. Torrents can be added while it runs ([`Options::add`]).
 //!
 //! Backpressure: a peer whose send queue holds more than [`SEND_QUEUE_LIMIT`] bytes (plus its
 //! queued disk reads) gets no new disk reads until it drains; sockets are not read while disk
@@ -19,15 +21,20 @@ mod engine;
 mod limit;
 mod peers;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::io;
+use std::fs::File;
+use std::io::{self, BufWriter};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use indicatif::MultiProgress;
+use kp_torrent_core::engine::{
+    Engine, EngineAction, EngineConfig, EngineEvent, EngineInput, TorrentId,
+};
 use kp_torrent_core::metainfo::Metainfo;
 use kp_torrent_core::session::{Action, Event, Input, Session, SessionConfig, Torrent};
 use kp_torrent_core::time::Time;
@@ -39,15 +46,15 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::conn::SendQueue;
-use crate::disk::{self, Completion, DiskPool, Job, WRITE_BACKLOG_LIMIT};
+use crate::disk::{self, Completion, DiskPool, Job, StoreId, WRITE_BACKLOG_LIMIT};
 use crate::progress::{Phase, Progress, Snapshot, summary_line};
 use crate::resume::{self, Snapshot as ResumeSnapshot};
 use crate::signals::ShutdownSignals;
 use crate::storage::{Layout, Location, Storage, StorageError};
 use crate::tracker_io::{self, TrackerIo};
-use engine::Engine;
+use engine::Port;
 use limit::Bucket;
-use peers::PeerSock;
+use peers::{Owner, PeerSock};
 
 /// Bytes queued for one peer's socket beyond which no more disk reads are queued for it.
 pub const SEND_QUEUE_LIMIT: usize = 1 << 20;
@@ -70,23 +77,15 @@ const TRACKER_TOKENS: tracker_io::Tokens = tracker_io::Tokens {
 };
 const PEER_BASE: usize = 16 + tracker_io::MAX_CONNS;
 
-/// What to run and how.
+/// One torrent to run and how.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct TorrentOptions {
     /// The torrent.
     pub metainfo: Metainfo,
     /// Download into a folder, or seed existing data.
     pub location: Location,
-    /// Address to listen on for peers (port 0 picks a free one).
-    pub listen: SocketAddr,
     /// Peers to connect to directly (`--peer`), besides the trackers'.
     pub peers: Vec<SocketAddr>,
-    /// Most peer connections.
-    pub max_peers: usize,
-    /// Download limit, bytes per second.
-    pub download_limit: Option<u64>,
-    /// Upload limit, bytes per second.
-    pub upload_limit: Option<u64>,
     /// File indices to download (`None`: all).
     pub files: Option<Vec<usize>>,
     /// Fetch pieces in order.
@@ -97,13 +96,60 @@ pub struct Options {
     pub seed_ratio: Option<f64>,
     /// Stop seeding after this long.
     pub seed_time: Option<Duration>,
+    /// Record every input to this torrent's engine in this trace file (`--record`).
+    pub record: Option<PathBuf>,
+}
+
+impl TorrentOptions {
+    /// Download `metainfo` into `dir` with default settings.
+    pub fn download(metainfo: Metainfo, dir: PathBuf) -> TorrentOptions {
+        TorrentOptions::new(metainfo, Location::Download(dir))
+    }
+
+    /// Seed `metainfo` from `path` with default settings.
+    pub fn seed(metainfo: Metainfo, path: PathBuf) -> TorrentOptions {
+        TorrentOptions {
+            keep_seeding: true,
+            ..TorrentOptions::new(metainfo, Location::Seed(path))
+        }
+    }
+
+    /// `metainfo` at `location` with default settings.
+    pub fn new(metainfo: Metainfo, location: Location) -> TorrentOptions {
+        TorrentOptions {
+            metainfo,
+            location,
+            peers: Vec::new(),
+            files: None,
+            sequential: false,
+            keep_seeding: false,
+            seed_ratio: None,
+            seed_time: None,
+            record: None,
+        }
+    }
+}
+
+/// What to run and how: the torrents and the process-wide settings.
+#[derive(Debug)]
+pub struct Options {
+    /// The torrents to start with.
+    pub torrents: Vec<TorrentOptions>,
+    /// Torrents to add while running; the loop also runs until this channel is closed.
+    pub add: Option<mpsc::Receiver<TorrentOptions>>,
+    /// Address to listen on for peers (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Most peer connections per torrent.
+    pub max_peers: usize,
+    /// Download limit for the whole process, bytes per second.
+    pub download_limit: Option<u64>,
+    /// Upload limit for the whole process, bytes per second.
+    pub upload_limit: Option<u64>,
     /// Give up a download not finished after this long.
     pub timeout: Option<Duration>,
-    /// Record every input to the engine in this trace file (`--record`).
-    pub record: Option<PathBuf>,
     /// Extra CA certificates for HTTPS trackers.
     pub tracker_ca: Option<PathBuf>,
-    /// Seed of the core's randomness (peer id, picking, unchoking).
+    /// Seed of the core's randomness (peer ids, picking, unchoking); each torrent derives its own.
     pub rng_seed: u64,
     /// Show nothing but errors.
     pub quiet: bool,
@@ -117,7 +163,29 @@ pub struct Options {
     pub stop: Option<Arc<AtomicBool>>,
 }
 
-/// How a run ended.
+impl Options {
+    /// Options for these torrents with default settings (listening on `listen`).
+    pub fn new(torrents: Vec<TorrentOptions>, listen: SocketAddr) -> Options {
+        Options {
+            torrents,
+            add: None,
+            listen,
+            max_peers: 50,
+            download_limit: None,
+            upload_limit: None,
+            timeout: None,
+            tracker_ca: None,
+            rng_seed: 0,
+            quiet: false,
+            status_every: Duration::from_secs(5),
+            handle_signals: true,
+            on_listen: None,
+            stop: None,
+        }
+    }
+}
+
+/// How one torrent's run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
     /// True when every wanted piece is verified.
@@ -136,6 +204,15 @@ pub struct Summary {
     pub interrupted: bool,
     /// The address we listened on.
     pub listen: SocketAddr,
+}
+
+/// One torrent's result.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The torrent's name.
+    pub name: String,
+    /// How it ended.
+    pub result: Result<Summary, ClientError>,
 }
 
 /// Why a run could not go on.
@@ -169,6 +246,8 @@ pub enum ClientError {
         /// Bytes in the torrent.
         total: u64,
     },
+    /// The same torrent was given twice.
+    Duplicate,
     /// `--timeout` passed before the download finished.
     TimedOut {
         /// The limit.
@@ -199,6 +278,7 @@ impl fmt::Display for ClientError {
                 f,
                 "disk full ({what}); verified pieces are kept: free space and run again to resume"
             ),
+            ClientError::Duplicate => f.write_str("this torrent is already being run"),
             ClientError::SeedDataIncomplete { have, total } => write!(
                 f,
                 "the data to seed is incomplete or damaged: {have} of {total} bytes verified"
@@ -225,46 +305,56 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// Everything the loop owns.
-struct Client {
-    opts: Options,
-    poll: Poll,
-    epoch: Instant,
-    session: Engine,
-    tracker_io: TrackerIo,
-    listener: TcpListener,
-    listen_addr: SocketAddr,
-    signals: Option<ShutdownSignals>,
-    disk: DiskPool,
-    peers: Vec<Option<PeerSock>>,
-    /// Sockets with bytes left after their read budget, or paused by a limit.
-    read_pending: BTreeSet<usize>,
-    down: Bucket,
-    up: Bucket,
-    buf: Vec<u8>,
-    progress: Progress,
+/// One torrent's run, the driver's side of it.
+struct Run {
+    opts: TorrentOptions,
+    store: StoreId,
     name: String,
     resume_path: Option<PathBuf>,
     last_resume: Instant,
     peers_seen: BTreeSet<[u8; 20]>,
     last_tracker_error: Option<String>,
     fatal: Option<ClientError>,
-    interrupted: bool,
     complete_at: Option<Instant>,
-    /// The listener had connections waiting while the task did not take peers yet.
-    accept_pending: bool,
+    started: Instant,
+    /// When its shutdown began.
+    stopping: Option<Instant>,
+    progress: Progress,
+    interrupted: bool,
 }
 
-/// Runs one torrent until it is done (downloaded, or seeding stopped), interrupted, or failed.
-pub fn run(opts: Options) -> Result<Summary, ClientError> {
-    let started = Instant::now();
-    let layout = Layout::from_info(&opts.metainfo.info);
-    let storage = Storage::new(
-        layout,
-        opts.location.clone(),
-        crate::storage::DEFAULT_OPEN_FILES,
-    )
-    .map_err(ClientError::Storage)?;
+/// Everything the loop owns.
+struct Client {
+    opts: Options,
+    poll: Poll,
+    epoch: Instant,
+    engine: Engine,
+    tracker_io: TrackerIo,
+    listener: TcpListener,
+    listen_addr: SocketAddr,
+    signals: Option<ShutdownSignals>,
+    disk: DiskPool,
+    socks: slab::Slab<PeerSock>,
+    by_peer: BTreeMap<(TorrentId, kp_torrent_core::id::PeerHandle), usize>,
+    by_incoming: BTreeMap<kp_torrent_core::engine::IncomingId, usize>,
+    /// Sockets with bytes left after their read budget, or paused by a limit.
+    read_pending: BTreeSet<usize>,
+    down: Bucket,
+    up: Bucket,
+    buf: Vec<u8>,
+    runs: BTreeMap<TorrentId, Run>,
+    stores: BTreeMap<StoreId, TorrentId>,
+    outcomes: Vec<Outcome>,
+    group: Option<MultiProgress>,
+    added: u64,
+    interrupted: bool,
+}
+
+/// Runs the torrents until each is done (downloaded, or seeding stopped), interrupted, or
+/// failed, and torrents added later through [`Options::add`] too. An error is returned only
+/// when the loop itself could not run (the listening socket, the poll); each torrent's own
+/// failure is in its [`Outcome`].
+pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     let poll = Poll::new().map_err(ClientError::Io)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ClientError::Io)?);
     let signals = if opts.handle_signals {
@@ -272,23 +362,6 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
     } else {
         None
     };
-
-    // What is on disk first (it must see the files before they are created), then allocate.
-    let info_hash = opts.metainfo.info_hash;
-    let resume_path = match &opts.location {
-        Location::Download(dir) => Some(resume::resume_path(dir, &info_hash)),
-        Location::Seed(_) => None,
-    };
-    let on_disk = resume::read_start(resume_path.as_deref(), &storage);
-    if storage.writable() {
-        storage.allocate().map_err(ClientError::Storage)?;
-    }
-    let storage = Arc::new(storage);
-    let disk = DiskPool::new(storage.clone(), waker.clone(), disk::DEFAULT_WORKERS)
-        .map_err(ClientError::Io)?;
-    let name = opts.metainfo.info.name.clone();
-    let progress = Progress::new(&name, opts.quiet, opts.status_every);
-
     let mut listener = TcpListener::bind(opts.listen).map_err(|error| ClientError::Listen {
         addr: opts.listen,
         error,
@@ -298,126 +371,58 @@ pub fn run(opts: Options) -> Result<Summary, ClientError> {
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(ClientError::Io)?;
     if !opts.quiet {
-        eprintln!("{name}: listening on {listen_addr}");
+        let names: Vec<&str> = opts
+            .torrents
+            .iter()
+            .map(|t| t.metainfo.info.name.as_str())
+            .collect();
+        let who = if names.is_empty() {
+            "kp-torrent".to_owned()
+        } else {
+            names.join(", ")
+        };
+        eprintln!("{who}: listening on {listen_addr}");
     }
     if let Some(tx) = &opts.on_listen {
         let _ = tx.send(listen_addr);
     }
-
-    let epoch = Instant::now();
-    let torrent = Torrent::from_info(info_hash, &opts.metainfo.info);
-    let own_ips: Vec<IpAddr> = if listen_addr.ip().is_unspecified() {
-        Vec::new()
-    } else {
-        vec![listen_addr.ip()]
-    };
-    let config = TorrentConfig {
-        session: SessionConfig {
-            seed: opts.rng_seed,
-            listen_port: listen_addr.port(),
-            max_peers: opts.max_peers,
-            sequential: opts.sequential,
-            ..SessionConfig::default()
-        },
-        trackers: ManagerConfig {
-            own_ips,
-            ..ManagerConfig::default()
-        },
-        tiers: opts.metainfo.trackers.clone(),
-    };
-    let session = Engine::new(
-        config,
-        torrent,
-        StartState::Check,
-        Time::ZERO,
-        opts.record.as_deref(),
-    )
-    .map_err(|error| ClientError::Trace {
-        path: opts.record.clone().unwrap_or_default(),
-        error,
-    })?;
+    let disk = DiskPool::new(waker.clone(), disk::DEFAULT_WORKERS).map_err(ClientError::Io)?;
     let bind_ip = (!listen_addr.ip().is_unspecified()).then(|| listen_addr.ip());
     let tracker_io = TrackerIo::new(TRACKER_TOKENS, waker, bind_ip, opts.tracker_ca.clone())
         .map_err(ClientError::Io)?;
-
-    let now = Instant::now();
+    let group = (!opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then(MultiProgress::new);
+    let epoch = Instant::now();
+    let torrents = std::mem::take(&mut opts.torrents);
     let mut client = Client {
-        down: Bucket::new(opts.download_limit, now),
-        up: Bucket::new(opts.upload_limit, now),
+        down: Bucket::new(opts.download_limit, epoch),
+        up: Bucket::new(opts.upload_limit, epoch),
         opts,
         poll,
         epoch,
-        session,
+        engine: Engine::new(EngineConfig::default(), Time::ZERO),
         tracker_io,
         listener,
         listen_addr,
         signals,
         disk,
-        peers: Vec::new(),
+        socks: slab::Slab::new(),
+        by_peer: BTreeMap::new(),
+        by_incoming: BTreeMap::new(),
         read_pending: BTreeSet::new(),
         buf: vec![0; 64 * 1024],
-        progress,
-        name,
-        resume_path,
-        last_resume: now,
-        peers_seen: BTreeSet::new(),
-        last_tracker_error: None,
-        fatal: None,
+        runs: BTreeMap::new(),
+        stores: BTreeMap::new(),
+        outcomes: Vec::new(),
+        group,
+        added: 0,
         interrupted: false,
-        complete_at: None,
-        accept_pending: false,
     };
-    let start = client.now();
-    client.session.handle_input(
-        start,
-        TorrentInput::Start {
-            files: &on_disk.files,
-            resume: on_disk.resume.as_deref(),
-        },
-    );
-    client.pump(start);
-    client.start();
+    for t in torrents {
+        client.add(t);
+    }
     client.run_loop()?;
-    let swarm = client.session.session();
-    let (done, total) = swarm.map_or((0, client.opts.metainfo.info.total_length), |s| {
-        s.progress()
-    });
-    let summary = Summary {
-        complete: swarm.is_some() && done == total,
-        total_bytes: total,
-        downloaded: swarm.map_or(0, Session::downloaded),
-        uploaded: swarm.map_or(0, Session::uploaded),
-        elapsed: started.elapsed(),
-        peers_used: client.peers_seen.len(),
-        interrupted: client.interrupted,
-        listen: client.listen_addr,
-    };
-    if let Some(e) = client.fatal.take() {
-        return Err(e);
-    }
-    let name = client.name.clone();
-    let mut progress = client.progress;
-    if let Err(e) = client.session.finish() {
-        log::error!("{e}");
-        eprintln!("kp-torrent: {e}");
-    }
-    if summary.complete && !summary.interrupted {
-        progress.finish(&summary_line(
-            &name,
-            summary.downloaded,
-            summary.elapsed,
-            summary.peers_used,
-        ));
-    }
-    let seeding = matches!(client.opts.location, Location::Seed(_)) || client.opts.keep_seeding;
-    if summary.complete && seeding {
-        progress.finish(&seed_summary_line(
-            &name,
-            summary.uploaded,
-            summary.total_bytes,
-        ));
-    }
-    Ok(summary)
+    Ok(client.outcomes)
 }
 
 /// The line printed when seeding stops: `NAME: stopped seeding, uploaded X (N bytes), ratio R`.
@@ -434,101 +439,258 @@ impl Client {
         Time::from_nanos(self.epoch.elapsed().as_nanos() as u64)
     }
 
-    /// Feeds the swarm one input and carries out everything the task asks.
-    fn input(&mut self, now: Time, input: Input<'_>) {
-        self.session.handle_input(now, TorrentInput::Session(input));
+    /// Feeds the engine one input and carries out everything it asks.
+    fn feed(&mut self, now: Time, input: EngineInput<'_>) {
+        self.engine.handle_input(now, input);
         self.pump(now);
     }
 
-    fn start(&mut self) {
-        let now = self.now();
-        if let Some(files) = self.opts.files.clone() {
-            let count = self.opts.metainfo.info.files.len();
-            let wanted: Vec<bool> = (0..count).map(|i| files.contains(&i)).collect();
-            self.input(now, Input::SelectFiles { wanted: &wanted });
-        }
-        if !self.opts.peers.is_empty() {
-            let peers = self.opts.peers.clone();
-            self.input(now, Input::PeersDiscovered { addrs: &peers });
-        }
-        self.input(now, Input::Timeout);
+    /// Feeds one torrent's swarm one input.
+    fn input(&mut self, now: Time, torrent: TorrentId, input: Input<'_>) {
+        self.feed(
+            now,
+            EngineInput::Torrent {
+                torrent,
+                input: TorrentInput::Session(input),
+            },
+        );
     }
 
-    /// Drains the task's outputs until it is quiet.
+    /// Starts a torrent: its storage, what is on disk, its task in the engine. A failure ends
+    /// only this torrent (its outcome says why).
+    fn add(&mut self, topts: TorrentOptions) {
+        let name = topts.metainfo.info.name.clone();
+        if let Err(error) = self.try_add(topts) {
+            self.outcomes.push(Outcome {
+                name,
+                result: Err(error),
+            });
+        }
+    }
+
+    fn try_add(&mut self, topts: TorrentOptions) -> Result<(), ClientError> {
+        let info_hash = topts.metainfo.info_hash;
+        if self.engine.find(&info_hash).is_some() {
+            return Err(ClientError::Duplicate);
+        }
+        let layout = Layout::from_info(&topts.metainfo.info);
+        let storage = Storage::new(
+            layout,
+            topts.location.clone(),
+            crate::storage::DEFAULT_OPEN_FILES,
+        )
+        .map_err(ClientError::Storage)?;
+        // What is on disk first (it must see the files before they are created), then allocate.
+        let resume_path = match &topts.location {
+            Location::Download(dir) => Some(resume::resume_path(dir, &info_hash)),
+            Location::Seed(_) => None,
+        };
+        let on_disk = resume::read_start(resume_path.as_deref(), &storage);
+        if storage.writable() {
+            storage.allocate().map_err(ClientError::Storage)?;
+        }
+        let record = match &topts.record {
+            None => None,
+            Some(path) => {
+                let file = File::create(path).map_err(|error| ClientError::Trace {
+                    path: path.clone(),
+                    error,
+                })?;
+                let sink: kp_torrent_core::engine::TraceSink =
+                    Box::new(BufWriter::with_capacity(1 << 20, file));
+                Some(sink)
+            }
+        };
+        let own_ips: Vec<IpAddr> = if self.listen_addr.ip().is_unspecified() {
+            Vec::new()
+        } else {
+            vec![self.listen_addr.ip()]
+        };
+        // The first torrent uses the given seed as it is; later ones derive their own.
+        let seed = self
+            .opts
+            .rng_seed
+            .wrapping_add(self.added.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        self.added += 1;
+        let config = TorrentConfig {
+            session: SessionConfig {
+                seed,
+                listen_port: self.listen_addr.port(),
+                max_peers: self.opts.max_peers.max(1),
+                sequential: topts.sequential,
+                ..SessionConfig::default()
+            },
+            trackers: ManagerConfig {
+                own_ips,
+                ..ManagerConfig::default()
+            },
+            tiers: topts.metainfo.trackers.clone(),
+        };
+        let torrent = Torrent::from_info(info_hash, &topts.metainfo.info);
+        let now = self.now();
+        let store = self.disk.add_store(Arc::new(storage));
+        let Some(id) = self
+            .engine
+            .add_torrent(now, config, torrent, StartState::Check, record)
+        else {
+            self.disk.remove_store(store);
+            return Err(ClientError::Duplicate);
+        };
+        self.stores.insert(store, id);
+        let name = topts.metainfo.info.name.clone();
+        let progress = Progress::new(
+            &name,
+            self.opts.quiet,
+            self.opts.status_every,
+            self.group.as_ref(),
+        );
+        let files = topts.files.clone();
+        let peers = topts.peers.clone();
+        let file_count = topts.metainfo.info.files.len();
+        self.runs.insert(
+            id,
+            Run {
+                opts: topts,
+                store,
+                name,
+                resume_path,
+                last_resume: Instant::now(),
+                peers_seen: BTreeSet::new(),
+                last_tracker_error: None,
+                fatal: None,
+                complete_at: None,
+                started: Instant::now(),
+                stopping: None,
+                progress,
+                interrupted: false,
+            },
+        );
+        self.pump(now);
+        self.feed(
+            now,
+            EngineInput::Torrent {
+                torrent: id,
+                input: TorrentInput::Start {
+                    files: &on_disk.files,
+                    resume: on_disk.resume.as_deref(),
+                },
+            },
+        );
+        if let Some(files) = files {
+            let wanted: Vec<bool> = (0..file_count).map(|i| files.contains(&i)).collect();
+            self.input(now, id, Input::SelectFiles { wanted: &wanted });
+        }
+        if !peers.is_empty() {
+            self.input(now, id, Input::PeersDiscovered { addrs: &peers });
+        }
+        self.input(now, id, Input::Timeout);
+        Ok(())
+    }
+
+    /// Drains the engine's outputs until it is quiet.
     fn pump(&mut self, now: Time) {
         loop {
             let mut worked = false;
-            while let Some(action) = self.session.poll_action() {
+            while let Some(action) = self.engine.poll_action() {
                 worked = true;
                 match action {
-                    TorrentAction::Session(a) => self.act(now, a),
-                    TorrentAction::Tracker(a) => {
-                        self.tracker_io
-                            .execute(self.poll.registry(), now, a, &mut self.session)
+                    EngineAction::Torrent {
+                        torrent,
+                        action: TorrentAction::Session(a),
+                    } => self.act(now, torrent, a),
+                    EngineAction::Torrent {
+                        torrent,
+                        action: TorrentAction::Tracker(a),
+                    } => self.tracker_io.execute(
+                        self.poll.registry(),
+                        now,
+                        torrent,
+                        a,
+                        &mut Port(&mut self.engine),
+                    ),
+                    EngineAction::Adopt {
+                        conn,
+                        torrent,
+                        peer,
+                    } => {
+                        if let Some(key) = self.by_incoming.remove(&conn) {
+                            self.socks[key].owner = Owner::Peer(torrent, peer);
+                            self.by_peer.insert((torrent, peer), key);
+                        }
+                    }
+                    EngineAction::CloseIncoming { conn, reason } => {
+                        log::debug!("closing {conn}: {reason}");
+                        if let Some(key) = self.by_incoming.remove(&conn) {
+                            self.drop_sock(key);
+                        }
                     }
                 }
             }
-            while let Some(event) = self.session.poll_event() {
+            while let Some(EngineEvent::Torrent { torrent, event }) = self.engine.poll_event() {
                 worked = true;
-                self.show(event);
+                self.show(torrent, event);
             }
             if !worked {
-                break;
+                return;
             }
-        }
-        if self.accept_pending && self.session.accepts_peers() {
-            self.accept_pending = false;
-            self.accept(now);
         }
     }
 
-    fn act(&mut self, now: Time, action: Action) {
+    fn act(&mut self, now: Time, torrent: TorrentId, action: Action) {
+        let Some(store) = self.runs.get(&torrent).map(|r| r.store) else {
+            return;
+        };
         match action {
-            Action::Connect { peer, addr } => match TcpStream::connect(addr) {
-                Ok(mut stream) => {
-                    let token = Token(PEER_BASE + peer.0);
-                    if let Err(e) = self.poll.registry().register(
+            Action::Connect { peer, addr } => {
+                let key = self.socks.vacant_key();
+                let registered = TcpStream::connect(addr).and_then(|mut stream| {
+                    self.poll.registry().register(
                         &mut stream,
-                        token,
+                        Token(PEER_BASE + key),
                         Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        log::debug!("register {addr}: {e}");
-                        self.session.handle_input(
-                            now,
-                            TorrentInput::Session(Input::ConnectFailed { peer }),
-                        );
-                        return;
-                    }
-                    self.set_peer(
-                        peer,
-                        PeerSock {
+                    )?;
+                    Ok(stream)
+                });
+                match registered {
+                    Ok(stream) => {
+                        self.socks.insert(PeerSock {
+                            owner: Owner::Peer(torrent, peer),
                             stream,
                             out: SendQueue::default(),
                             connecting: true,
                             deferred_reads: VecDeque::new(),
-                        },
-                    );
+                        });
+                        self.by_peer.insert((torrent, peer), key);
+                    }
+                    Err(e) => {
+                        log::debug!("connect {addr}: {e}");
+                        self.engine.handle_input(
+                            now,
+                            EngineInput::Torrent {
+                                torrent,
+                                input: TorrentInput::Session(Input::ConnectFailed { peer }),
+                            },
+                        );
+                    }
                 }
-                Err(e) => {
-                    log::debug!("connect {addr}: {e}");
-                    self.session
-                        .handle_input(now, TorrentInput::Session(Input::ConnectFailed { peer }));
-                }
-            },
+            }
             Action::Send { peer, bytes } => {
-                if let Some(Some(p)) = self.peers.get_mut(peer.0) {
+                if let Some(&key) = self.by_peer.get(&(torrent, peer)) {
+                    let p = &mut self.socks[key];
                     p.out.push(bytes);
                     if !p.connecting {
-                        self.flush_peer(now, peer.0);
+                        self.flush_sock(now, key);
                     }
                 }
             }
             Action::Close { peer, reason } => {
-                log::debug!("closing {peer}: {reason}");
-                self.drop_peer(peer.0);
+                log::debug!("closing {torrent} {peer}: {reason}");
+                if let Some(key) = self.by_peer.remove(&(torrent, peer)) {
+                    self.drop_sock(key);
+                }
             }
             Action::WriteBlock { piece, begin, data } => {
-                self.disk.submit(Job::Write { piece, begin, data });
+                self.disk.submit(store, Job::Write { piece, begin, data });
             }
             Action::ReadBlock {
                 peer,
@@ -536,101 +698,119 @@ impl Client {
                 begin,
                 length,
             } => {
-                let full = match self.peers.get(peer.0) {
-                    Some(Some(p)) => {
-                        p.out.len() as u64 + self.disk.queued_read_bytes(peer)
-                            > SEND_QUEUE_LIMIT as u64
-                    }
-                    _ => return,
+                let Some(&key) = self.by_peer.get(&(torrent, peer)) else {
+                    return;
                 };
-                if full {
-                    if let Some(Some(p)) = self.peers.get_mut(peer.0) {
-                        p.deferred_reads.push_back((piece, begin, length));
-                    }
+                let p = &mut self.socks[key];
+                let queued = p.out.len() as u64 + self.disk.queued_read_bytes(store, peer);
+                if queued > SEND_QUEUE_LIMIT as u64 {
+                    p.deferred_reads.push_back((piece, begin, length));
                 } else {
-                    self.disk.submit(Job::Read {
-                        peer,
-                        piece,
-                        begin,
-                        length,
-                    });
+                    self.disk.submit(
+                        store,
+                        Job::Read {
+                            peer,
+                            piece,
+                            begin,
+                            length,
+                        },
+                    );
                 }
             }
-            Action::HashPiece { piece } => self.disk.submit(Job::Hash { piece }),
+            Action::HashPiece { piece } => self.disk.submit(store, Job::Hash { piece }),
             // The task handles announces itself; none reaches the driver.
             Action::Announce { .. } => {}
         }
     }
 
-    fn show(&mut self, event: TorrentEvent) {
+    fn show(&mut self, torrent: TorrentId, event: TorrentEvent) {
+        let seeding_data = self.engine.torrent(torrent).map(|t| {
+            let info_pieces = t.torrent().piece_count();
+            (t.have().count() == info_pieces, t.is_complete())
+        });
+        let Some(run) = self.runs.get_mut(&torrent) else {
+            return;
+        };
         let event = match event {
             TorrentEvent::Session(e) => e,
-            TorrentEvent::Tracker(e) => return self.tracker_event(e),
+            TorrentEvent::Tracker(e) => {
+                let url = |t| {
+                    self.engine
+                        .torrent(torrent)
+                        .and_then(|x| x.trackers())
+                        .and_then(|m| m.url(t))
+                        .map(str::to_owned)
+                };
+                match e {
+                    TrackerEvent::Announced { event, tracker, .. } => {
+                        let url = url(tracker);
+                        log::info!("announced {event:?} to {}", url.as_deref().unwrap_or("?"));
+                    }
+                    TrackerEvent::Warning { url, message, .. } => {
+                        log::warn!("tracker {url}: {message}");
+                    }
+                    TrackerEvent::Error { url, error, .. } => {
+                        log::warn!("tracker {url}: {error}");
+                        run.last_tracker_error = Some(format!("{url}: {error}"));
+                    }
+                    TrackerEvent::AllFailed { .. } => log::warn!("no tracker answered; retrying"),
+                    _ => {}
+                }
+                return;
+            }
             TorrentEvent::ResumeIgnored(e) => {
-                let path = self.resume_path.as_deref().unwrap_or(Path::new("?"));
-                return log::warn!("ignoring resume file {}: {e}", path.display());
+                let path = run.resume_path.as_deref().unwrap_or(Path::new("?"));
+                log::warn!("ignoring resume file {}: {e}", path.display());
+                return;
             }
             TorrentEvent::Checked { verified, pieces } => {
-                log::info!("{}: checked, {verified} of {pieces} pieces good", self.name);
-                if matches!(self.opts.location, Location::Seed(_)) && verified < pieces {
-                    let info = &self.opts.metainfo.info;
-                    let have = self.session.have();
-                    let bytes: u64 = have.iter_ones().map(|p| info.piece_size(p)).sum();
-                    self.fatal.get_or_insert(ClientError::SeedDataIncomplete {
-                        have: bytes,
+                log::info!("{}: checked, {verified} of {pieces} pieces good", run.name);
+                if matches!(run.opts.location, Location::Seed(_)) && verified < pieces {
+                    let info = &run.opts.metainfo.info;
+                    let missing: u64 = (0..pieces)
+                        .filter(|&p| {
+                            self.engine
+                                .torrent(torrent)
+                                .is_some_and(|t| !t.have().get(p))
+                        })
+                        .map(|p| info.piece_size(p))
+                        .sum();
+                    run.fatal.get_or_insert(ClientError::SeedDataIncomplete {
+                        have: info.total_length - missing,
                         total: info.total_length,
                     });
                 }
-                if self.session.is_complete() {
-                    self.complete_at.get_or_insert_with(Instant::now);
+                if seeding_data.is_some_and(|(_, complete)| complete) {
+                    run.complete_at.get_or_insert_with(Instant::now);
                 }
                 return;
             }
         };
         match &event {
             Event::PeerConnected { peer_id, .. } => {
-                self.peers_seen.insert(*peer_id);
+                run.peers_seen.insert(*peer_id);
                 log::debug!("{event}");
             }
             Event::Complete => {
-                log::info!("{}: {event}", self.name);
-                self.complete_at.get_or_insert_with(Instant::now);
+                log::info!("{}: {event}", run.name);
+                run.complete_at.get_or_insert_with(Instant::now);
             }
             Event::PeerBanned { .. } | Event::HashFailed { .. } => {
-                log::warn!("{}: {event}", self.name)
+                log::warn!("{}: {event}", run.name)
             }
-            Event::Error { .. } => log::error!("{}: {event}", self.name),
+            Event::Error { .. } => log::error!("{}: {event}", run.name),
             _ => log::debug!("{event}"),
         }
     }
 
-    fn tracker_event(&mut self, event: TrackerEvent) {
-        match event {
-            // The task hands tracker peers to the swarm itself.
-            TrackerEvent::Peers { .. } => {}
-            TrackerEvent::Announced { event, tracker, .. } => {
-                let url = self.session.trackers().and_then(|t| t.url(tracker));
-                log::info!("announced {event:?} to {}", url.unwrap_or("?"));
-            }
-            TrackerEvent::Warning { url, message, .. } => {
-                log::warn!("tracker {url}: {message}");
-            }
-            TrackerEvent::Error { url, error, .. } => {
-                log::warn!("tracker {url}: {error}");
-                self.last_tracker_error = Some(format!("{url}: {error}"));
-            }
-            TrackerEvent::AllFailed { .. } => {
-                log::warn!("no tracker answered; retrying");
-            }
-            TrackerEvent::Stopped | TrackerEvent::Scrape { .. } => {}
-        }
-    }
-
     fn disk_completions(&mut self, now: Time) {
-        while let Some(c) = self.disk.poll_completion() {
+        while let Some((store, c)) = self.disk.poll_completion() {
+            let Some(&t) = self.stores.get(&store) else {
+                continue;
+            };
             match c {
                 Completion::Written { piece, begin, .. } => {
-                    self.input(now, Input::WriteDone { piece, begin });
+                    self.input(now, t, Input::WriteDone { piece, begin });
                 }
                 Completion::WriteFailed {
                     piece,
@@ -642,14 +822,15 @@ impl Client {
                     let text = error.to_string();
                     self.input(
                         now,
+                        t,
                         Input::WriteFailed {
                             piece,
                             begin,
                             error: text.clone(),
                         },
                     );
-                    if self.fatal.is_none() {
-                        self.fatal = Some(if full {
+                    if let Some(run) = self.runs.get_mut(&t) {
+                        run.fatal.get_or_insert(if full {
                             ClientError::DiskFull(text)
                         } else {
                             ClientError::Storage(error)
@@ -662,15 +843,13 @@ impl Client {
                     begin,
                     data,
                 } => {
-                    self.input(
-                        now,
-                        Input::ReadDone {
-                            peer,
-                            piece,
-                            begin,
-                            data: &data,
-                        },
-                    );
+                    let read = Input::ReadDone {
+                        peer,
+                        piece,
+                        begin,
+                        data: &data,
+                    };
+                    self.input(now, t, read);
                 }
                 Completion::ReadFailed {
                     peer,
@@ -679,23 +858,22 @@ impl Client {
                     error,
                     ..
                 } => {
-                    self.input(
-                        now,
-                        Input::ReadFailed {
-                            peer,
-                            piece,
-                            begin,
-                            error: error.to_string(),
-                        },
-                    );
+                    let error = error.to_string();
+                    let failed = Input::ReadFailed {
+                        peer,
+                        piece,
+                        begin,
+                        error,
+                    };
+                    self.input(now, t, failed);
                 }
                 Completion::Hashed { piece, digest } => {
-                    self.input(now, Input::PieceHashed { piece, digest });
+                    self.input(now, t, Input::PieceHashed { piece, digest });
                 }
                 Completion::HashFailed { piece, error } => {
                     log::warn!("hashing piece {piece}: {error}");
                     let error = error.to_string();
-                    self.input(now, Input::HashFailed { piece, error });
+                    self.input(now, t, Input::HashFailed { piece, error });
                 }
                 Completion::ResumeFailed { path, error } => {
                     log::warn!("resume file {}: {error}", path.display());
@@ -705,23 +883,36 @@ impl Client {
         }
     }
 
-    fn save_resume(&mut self) {
-        if let Some(path) = &self.resume_path {
-            self.disk.submit(Job::SaveResume {
-                path: path.clone(),
-                snapshot: ResumeSnapshot {
-                    info_hash: self.opts.metainfo.info_hash,
-                    have: self.session.have().clone(),
+    fn save_resume(&mut self, torrent: TorrentId) {
+        let Some(run) = self.runs.get_mut(&torrent) else {
+            return;
+        };
+        run.last_resume = Instant::now();
+        let Some(task) = self.engine.torrent(torrent) else {
+            return;
+        };
+        // Nothing to save while the check is still learning what is there.
+        if let (Some(path), Some(_)) = (&run.resume_path, task.session()) {
+            self.disk.submit(
+                run.store,
+                Job::SaveResume {
+                    path: path.clone(),
+                    snapshot: ResumeSnapshot {
+                        info_hash: run.opts.metainfo.info_hash,
+                        have: task.have().clone(),
+                    },
                 },
-            });
+            );
         }
-        self.last_resume = Instant::now();
     }
 
-    fn snapshot(&self) -> Snapshot {
-        let Some(swarm) = self.session.session() else {
-            let total_bytes = self.opts.metainfo.info.total_length;
-            let (checked, to_check) = self.session.check_progress().unwrap_or((0, 0));
+    fn snapshot(&self, torrent: TorrentId) -> Snapshot {
+        let Some(task) = self.engine.torrent(torrent) else {
+            return Snapshot::default();
+        };
+        let Some(swarm) = task.session() else {
+            let total_bytes = task.torrent().total_length;
+            let (checked, to_check) = task.check_progress().unwrap_or((0, 0));
             let done = u128::from(checked) * u128::from(total_bytes) / u128::from(to_check.max(1));
             return Snapshot {
                 phase: Some(Phase::Checking),
@@ -749,132 +940,241 @@ impl Client {
         }
     }
 
-    /// True when the run should end now (before shutdown).
-    fn should_stop(&mut self, started: Instant) -> bool {
-        if self
-            .opts
-            .stop
-            .as_ref()
-            .is_some_and(|s| s.load(Ordering::Relaxed))
-        {
-            self.interrupted = true;
-        }
-        if self.fatal.is_some() || self.interrupted {
+    /// True when this torrent's run should end now (before its shutdown).
+    fn should_stop(&mut self, torrent: TorrentId) -> bool {
+        let interrupted = self.interrupted;
+        let timeout = self.opts.timeout;
+        let Some(task) = self.engine.torrent(torrent) else {
+            return true;
+        };
+        let Some(run) = self.runs.get_mut(&torrent) else {
+            return true;
+        };
+        if interrupted {
+            run.interrupted = true;
             return true;
         }
-        let complete = self.session.is_complete();
-        let seeding = matches!(self.opts.location, Location::Seed(_)) || self.opts.keep_seeding;
+        if run.fatal.is_some() {
+            return true;
+        }
+        let complete = task.is_complete();
+        let seeding = matches!(run.opts.location, Location::Seed(_)) || run.opts.keep_seeding;
         if complete && !seeding {
             // Exit once the `completed` announce went out (or there is no tracker to tell).
-            let waited = self
+            let waited = run
                 .complete_at
                 .is_some_and(|t| t.elapsed() > Duration::from_secs(15));
-            return self.session.completed_announced() || waited;
+            return task.completed_announced() || waited;
         }
-        let uploaded = self.session.session().map_or(0, Session::uploaded);
+        let swarm = task.session();
         if complete && seeding {
-            let total = self.opts.metainfo.info.total_length.max(1);
-            if let Some(ratio) = self.opts.seed_ratio
+            let uploaded = swarm.map_or(0, Session::uploaded);
+            let total = run.opts.metainfo.info.total_length.max(1);
+            if let Some(ratio) = run.opts.seed_ratio
                 && uploaded as f64 / total as f64 >= ratio
             {
                 return true;
             }
-            if let (Some(limit), Some(since)) = (self.opts.seed_time, self.complete_at)
+            if let (Some(limit), Some(since)) = (run.opts.seed_time, run.complete_at)
                 && since.elapsed() >= limit
             {
                 return true;
             }
         }
         if !complete
-            && let Some(limit) = self.opts.timeout
-            && started.elapsed() >= limit
+            && let Some(limit) = timeout
+            && run.started.elapsed() >= limit
         {
-            let info = &self.opts.metainfo.info;
-            let (have, total) = self
-                .session
-                .session()
-                .map_or((0, info.total_length), Session::progress);
-            self.fatal = Some(ClientError::TimedOut {
+            let info = &run.opts.metainfo.info;
+            let (have, total) = swarm.map_or((0, info.total_length), Session::progress);
+            run.fatal = Some(ClientError::TimedOut {
                 after: limit,
                 have,
                 total,
-                last_tracker_error: self.last_tracker_error.clone(),
+                last_tracker_error: run.last_tracker_error.clone(),
             });
             return true;
         }
         false
     }
 
-    fn run_loop(&mut self) -> Result<(), ClientError> {
-        let started = Instant::now();
-        if self.session.is_complete() {
-            self.complete_at = Some(started);
+    /// Ends a stopped torrent's run: its outcome, its summary lines, its trace.
+    fn finish_run(&mut self, torrent: TorrentId) {
+        let Some(mut run) = self.runs.remove(&torrent) else {
+            return;
+        };
+        let summary = self.engine.torrent(torrent).map(|task| {
+            let swarm = task.session();
+            let total_default = task.torrent().total_length;
+            let (done, total) = swarm.map_or((0, total_default), Session::progress);
+            Summary {
+                complete: swarm.is_some() && done == total,
+                total_bytes: total,
+                downloaded: swarm.map_or(0, Session::downloaded),
+                uploaded: swarm.map_or(0, Session::uploaded),
+                elapsed: run.started.elapsed(),
+                peers_used: run.peers_seen.len(),
+                interrupted: run.interrupted,
+                listen: self.listen_addr,
+            }
+        });
+        if let Some((_, Err(e))) = self.engine.remove_torrent(torrent) {
+            let path = run.opts.record.clone().unwrap_or_default();
+            run.fatal
+                .get_or_insert(ClientError::Trace { path, error: e });
         }
+        self.disk.remove_store(run.store);
+        self.stores.remove(&run.store);
+        let result = match (run.fatal.take(), summary) {
+            (Some(e), _) => Err(e),
+            (None, Some(s)) => Ok(s),
+            (None, None) => Err(ClientError::Io(io::Error::other("torrent vanished"))),
+        };
+        if let Ok(s) = &result {
+            if s.complete && !s.interrupted {
+                run.progress.finish(&summary_line(
+                    &run.name,
+                    s.downloaded,
+                    s.elapsed,
+                    s.peers_used,
+                ));
+            }
+            let seeding = matches!(run.opts.location, Location::Seed(_)) || run.opts.keep_seeding;
+            if s.complete && seeding {
+                run.progress
+                    .finish(&seed_summary_line(&run.name, s.uploaded, s.total_bytes));
+            }
+        } else {
+            run.progress.clear();
+        }
+        self.outcomes.push(Outcome {
+            name: run.name,
+            result,
+        });
+    }
+
+    /// Takes torrents handed over through [`Options::add`]; false once that channel is closed
+    /// (or there is none).
+    fn take_added(&mut self) -> bool {
+        let Some(rx) = &self.opts.add else {
+            return false;
+        };
+        let mut added = Vec::new();
+        let open = loop {
+            match rx.try_recv() {
+                Ok(t) => added.push(t),
+                Err(mpsc::TryRecvError::Empty) => break true,
+                Err(mpsc::TryRecvError::Disconnected) => break false,
+            }
+        };
+        for t in added {
+            if !self.opts.quiet {
+                eprintln!("{}: added", t.metainfo.info.name);
+            }
+            self.add(t);
+        }
+        if !open {
+            self.opts.add = None;
+        }
+        open
+    }
+
+    fn run_loop(&mut self) -> Result<(), ClientError> {
         let mut events = Events::with_capacity(256);
-        let mut stopping: Option<Instant> = None;
         let mut last_progress: Option<Instant> = None;
         loop {
+            let adding = self.take_added();
             let now = self.now();
             let wall = Instant::now();
             self.down.refill(wall);
             self.up.refill(wall);
-            if self.session.poll_timeout().is_some_and(|t| t <= now) {
-                self.input(now, Input::Timeout);
+            if self
+                .opts
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+            {
+                self.interrupted = true;
+            }
+            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.feed(now, EngineInput::Timeout);
             }
             // Sockets left with bytes (budget spent or paused by a limit).
             let pending: Vec<usize> = self.read_pending.iter().copied().collect();
-            for idx in pending {
-                self.read_peer(now, idx);
+            for key in pending {
+                self.read_sock(now, key);
             }
             // Upload tokens came back: flush queued data.
             if self.up.available() > 0 {
-                for idx in 0..self.peers.len() {
-                    if self.peers[idx]
-                        .as_ref()
-                        .is_some_and(|p| !p.connecting && !p.out.is_empty())
-                    {
-                        self.flush_peer(now, idx);
-                    }
+                let keys: Vec<usize> = self
+                    .socks
+                    .iter()
+                    .filter(|(_, p)| !p.connecting && !p.out.is_empty())
+                    .map(|(k, _)| k)
+                    .collect();
+                for key in keys {
+                    self.flush_sock(now, key);
                 }
             }
             self.pump(now);
-            // The snapshot walks every wanted piece and peer: build it a few times a second only.
+            // The snapshots walk every wanted piece and peer: a few times a second only.
             if last_progress.is_none_or(|t| wall.saturating_duration_since(t) >= PROGRESS_EVERY) {
                 last_progress = Some(wall);
-                self.progress.update(wall, &self.snapshot());
-            }
-            if stopping.is_none() && self.last_resume.elapsed() >= RESUME_EVERY {
-                self.save_resume();
-            }
-
-            if stopping.is_none() && self.should_stop(started) {
-                stopping = Some(Instant::now());
-                self.input(now, Input::Shutdown);
-                self.save_resume();
-            }
-            if let Some(since) = stopping {
-                let disk_idle = self.disk.in_flight() == 0;
-                let trackers_done = self.session.is_stopped();
-                if trackers_done && disk_idle {
-                    return Ok(());
+                let ids: Vec<TorrentId> = self.runs.keys().copied().collect();
+                for id in ids {
+                    let snap = self.snapshot(id);
+                    if let Some(run) = self.runs.get_mut(&id) {
+                        run.progress.update(wall, &snap);
+                    }
                 }
-                if since.elapsed() > SHUTDOWN_GRACE {
-                    log::warn!(
-                        "{}: leaving after {}s without {}",
-                        self.name,
-                        SHUTDOWN_GRACE.as_secs(),
-                        if trackers_done {
-                            "the last disk writes"
-                        } else {
-                            "the trackers' answer to `stopped`"
-                        }
-                    );
-                    return Ok(());
+            }
+            let ids: Vec<TorrentId> = self.runs.keys().copied().collect();
+            let mut stopping_any = false;
+            for id in ids {
+                let Some(run) = self.runs.get(&id) else {
+                    continue;
+                };
+                let since = run.stopping;
+                if since.is_none() && run.last_resume.elapsed() >= RESUME_EVERY {
+                    self.save_resume(id);
                 }
+                if since.is_none() && self.should_stop(id) {
+                    if let Some(run) = self.runs.get_mut(&id) {
+                        run.stopping = Some(Instant::now());
+                    }
+                    self.input(now, id, Input::Shutdown);
+                    self.save_resume(id);
+                }
+                let Some(run) = self.runs.get(&id) else {
+                    continue;
+                };
+                if let Some(since) = run.stopping {
+                    stopping_any = true;
+                    let disk_idle = self.disk.in_flight_for(run.store) == 0;
+                    let trackers_done = self.engine.torrent(id).is_none_or(|t| t.is_stopped());
+                    if trackers_done && disk_idle {
+                        self.finish_run(id);
+                    } else if since.elapsed() > SHUTDOWN_GRACE {
+                        log::warn!(
+                            "{}: leaving after {}s without {}",
+                            run.name,
+                            SHUTDOWN_GRACE.as_secs(),
+                            if trackers_done {
+                                "the last disk writes"
+                            } else {
+                                "the trackers' answer to `stopped`"
+                            }
+                        );
+                        self.finish_run(id);
+                    }
+                }
+            }
+            if self.runs.is_empty() && !adding {
+                return Ok(());
             }
 
             let mut wait = Duration::from_secs(1);
-            if let Some(deadline) = self.session.poll_timeout() {
+            if let Some(deadline) = self.engine.poll_timeout() {
                 wait = wait.min(deadline.saturating_since(now));
             }
             for refill in [self.down.next_refill(), self.up.next_refill()]
@@ -885,14 +1185,17 @@ impl Client {
             }
             let paused =
                 self.down.available() == 0 || self.disk.queued_write_bytes() > WRITE_BACKLOG_LIMIT;
-            let readable_now = self.read_pending.iter().any(|&i| !self.send_blocked(i));
+            let readable_now = self.read_pending.iter().any(|&k| !self.send_blocked(k));
             if readable_now && !paused {
                 wait = Duration::ZERO;
             } else if paused {
                 wait = wait.min(Duration::from_millis(20));
             }
-            if stopping.is_some() {
+            if stopping_any {
                 wait = wait.min(Duration::from_millis(50));
+            }
+            if self.opts.add.is_some() {
+                wait = wait.min(Duration::from_millis(200));
             }
             match self.poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
@@ -902,11 +1205,14 @@ impl Client {
             let now = self.now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER if stopping.is_none() => self.accept(now),
+                    LISTENER => self.accept(now),
                     WAKER => {
                         self.disk_completions(now);
-                        self.tracker_io
-                            .handle_wakeup(self.poll.registry(), now, &mut self.session);
+                        self.tracker_io.handle_wakeup(
+                            self.poll.registry(),
+                            now,
+                            &mut Port(&mut self.engine),
+                        );
                         self.pump(now);
                     }
                     SIGNALS if self.signals.as_mut().is_some_and(ShutdownSignals::take) => {
@@ -917,11 +1223,11 @@ impl Client {
                             self.poll.registry(),
                             now,
                             event,
-                            &mut self.session,
+                            &mut Port(&mut self.engine),
                         );
                         self.pump(now);
                     }
-                    Token(t) if t >= PEER_BASE => self.peer_event(now, t - PEER_BASE, event),
+                    Token(t) if t >= PEER_BASE => self.sock_event(now, t - PEER_BASE, event),
                     _ => {}
                 }
             }

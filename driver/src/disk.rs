@@ -1,6 +1,8 @@
-//! Disk and SHA-1 work off the event loop: a small pool of worker threads.
+//! Disk and SHA-1 work off the event loop: one small pool of worker threads for every torrent.
 //!
-//! The loop [`DiskPool::submit`]s [`Job`]s; a worker does the I/O, sends a [`Completion`] back
+//! Each torrent's [`Storage`] is added with [`DiskPool::add_store`], which names it with a
+//! [`StoreId`]. The loop [`DiskPool::submit`]s [`Job`]s for a store; a worker does the I/O,
+//! sends a [`Completion`] (tagged with its store) back
 //! through a channel and wakes the loop's `mio::Poll` with the [`mio::Waker`] given at
 //! construction. On that wake-up the loop drains [`DiskPool::poll_completion`] until `None` and
 //! feeds each completion to the core as an ordinary timestamped input (so traces replay it).
@@ -157,35 +159,43 @@ pub enum Completion {
     },
 }
 
-/// A pool of disk worker threads over one torrent's [`Storage`].
+/// One torrent's storage in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StoreId(pub usize);
+
+/// A job on its way to a worker, with the storage it works on.
+struct Envelope {
+    store: StoreId,
+    storage: Arc<Storage>,
+    job: Job,
+}
+
+/// A pool of disk worker threads over the storages of every torrent.
 pub struct DiskPool {
-    jobs: Option<Sender<Job>>,
-    done: Receiver<Completion>,
+    jobs: Option<Sender<Envelope>>,
+    done: Receiver<(StoreId, Completion)>,
     workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    read_bytes: BTreeMap<PeerHandle, u64>,
+    stores: slab::Slab<Arc<Storage>>,
+    read_bytes: BTreeMap<(StoreId, PeerHandle), u64>,
     write_bytes: u64,
-    writes_per_piece: BTreeMap<u32, u32>,
+    writes_per_piece: BTreeMap<(StoreId, u32), u32>,
     /// Hash jobs waiting for writes to their piece, with how many were asked.
-    deferred_hashes: BTreeMap<u32, u32>,
+    deferred_hashes: BTreeMap<(StoreId, u32), u32>,
     in_flight: usize,
+    in_flight_per_store: BTreeMap<StoreId, usize>,
 }
 
 struct Worker {
-    storage: Arc<Storage>,
-    jobs: Arc<Mutex<Receiver<Job>>>,
-    done: Sender<Completion>,
+    jobs: Arc<Mutex<Receiver<Envelope>>>,
+    done: Sender<(StoreId, Completion)>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
 }
 
 impl DiskPool {
-    /// Starts `threads` workers (at least 1) over `storage`; each completion wakes `waker`.
-    pub fn new(
-        storage: Arc<Storage>,
-        waker: Arc<Waker>,
-        threads: usize,
-    ) -> std::io::Result<DiskPool> {
+    /// Starts `threads` workers (at least 1); each completion wakes `waker`.
+    pub fn new(waker: Arc<Waker>, threads: usize) -> std::io::Result<DiskPool> {
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
@@ -193,7 +203,6 @@ impl DiskPool {
         let mut workers = Vec::new();
         for n in 0..threads.max(1) {
             let w = Worker {
-                storage: storage.clone(),
                 jobs: jobs_rx.clone(),
                 done: done_tx.clone(),
                 waker: waker.clone(),
@@ -210,83 +219,127 @@ impl DiskPool {
             done: done_rx,
             workers,
             stop,
+            stores: slab::Slab::new(),
             read_bytes: BTreeMap::new(),
             write_bytes: 0,
             writes_per_piece: BTreeMap::new(),
             deferred_hashes: BTreeMap::new(),
             in_flight: 0,
+            in_flight_per_store: BTreeMap::new(),
         })
     }
 
-    /// Queues a job. Check the queue sizes first (module doc): this never refuses work.
-    pub fn submit(&mut self, job: Job) {
+    /// Adds a torrent's storage; its jobs are submitted under the returned id.
+    pub fn add_store(&mut self, storage: Arc<Storage>) -> StoreId {
+        StoreId(self.stores.insert(storage))
+    }
+
+    /// Forgets a storage once its jobs are done ([`DiskPool::in_flight_for`] is 0); jobs
+    /// submitted for it afterwards are dropped.
+    pub fn remove_store(&mut self, store: StoreId) {
+        self.stores.try_remove(store.0);
+    }
+
+    /// Queues a job for `store`. Check the queue sizes first (module doc): this never refuses
+    /// work (except for a store that was removed).
+    pub fn submit(&mut self, store: StoreId, job: Job) {
+        if !self.stores.contains(store.0) {
+            log::error!("disk job for a removed storage dropped");
+            return;
+        }
         match &job {
             Job::Write { piece, data, .. } => {
                 self.write_bytes += data.len() as u64;
-                *self.writes_per_piece.entry(*piece).or_default() += 1;
+                *self.writes_per_piece.entry((store, *piece)).or_default() += 1;
             }
             Job::Read { peer, length, .. } => {
-                *self.read_bytes.entry(*peer).or_default() += u64::from(*length);
+                *self.read_bytes.entry((store, *peer)).or_default() += u64::from(*length);
             }
-            Job::Hash { piece } if self.writes_per_piece.contains_key(piece) => {
-                self.in_flight += 1;
-                *self.deferred_hashes.entry(*piece).or_default() += 1;
+            Job::Hash { piece } if self.writes_per_piece.contains_key(&(store, *piece)) => {
+                self.count_in(store);
+                *self.deferred_hashes.entry((store, *piece)).or_default() += 1;
                 return;
             }
             _ => {}
         }
-        self.in_flight += 1;
-        self.send(job);
+        self.count_in(store);
+        self.send(store, job);
     }
 
-    fn send(&mut self, job: Job) {
-        if let Some(tx) = &self.jobs {
-            // Fails only when every worker died (a panic); the job is lost like its worker.
-            if tx.send(job).is_err() {
-                log::error!("disk workers are gone; a disk job was dropped");
-            }
+    fn count_in(&mut self, store: StoreId) {
+        self.in_flight += 1;
+        *self.in_flight_per_store.entry(store).or_default() += 1;
+    }
+
+    fn send(&mut self, store: StoreId, job: Job) {
+        let (Some(tx), Some(storage)) = (&self.jobs, self.stores.get(store.0)) else {
+            return;
+        };
+        let envelope = Envelope {
+            store,
+            storage: storage.clone(),
+            job,
+        };
+        // Fails only when every worker died (a panic); the job is lost like its worker.
+        if tx.send(envelope).is_err() {
+            log::error!("disk workers are gone; a disk job was dropped");
         }
     }
 
-    /// The next completion, if one arrived. Drain until `None` after the waker fires.
-    pub fn poll_completion(&mut self) -> Option<Completion> {
-        let c = self.done.try_recv().ok()?;
+    /// The next completion and its store, if one arrived. Drain until `None` after the waker
+    /// fires.
+    pub fn poll_completion(&mut self) -> Option<(StoreId, Completion)> {
+        let (store, c) = self.done.try_recv().ok()?;
         match &c {
             Completion::Written { piece, length, .. }
             | Completion::WriteFailed { piece, length, .. } => {
                 self.write_bytes = self.write_bytes.saturating_sub(u64::from(*length));
-                if let Some(n) = self.writes_per_piece.get_mut(piece) {
+                let key = (store, *piece);
+                if let Some(n) = self.writes_per_piece.get_mut(&key) {
                     *n -= 1;
                     if *n == 0 {
-                        self.writes_per_piece.remove(piece);
-                        for _ in 0..self.deferred_hashes.remove(piece).unwrap_or(0) {
-                            self.send(Job::Hash { piece: *piece });
+                        self.writes_per_piece.remove(&key);
+                        for _ in 0..self.deferred_hashes.remove(&key).unwrap_or(0) {
+                            self.send(store, Job::Hash { piece: *piece });
                         }
                     }
                 }
             }
-            Completion::Read { peer, data, .. } => self.read_done(*peer, data.len() as u64),
+            Completion::Read { peer, data, .. } => {
+                self.read_done((store, *peer), data.len() as u64)
+            }
             Completion::ReadFailed { peer, length, .. } => {
-                self.read_done(*peer, u64::from(*length))
+                self.read_done((store, *peer), u64::from(*length))
             }
             _ => {}
         }
         self.in_flight = self.in_flight.saturating_sub(1);
-        Some(c)
+        if let Some(n) = self.in_flight_per_store.get_mut(&store) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight_per_store.remove(&store);
+            }
+        }
+        Some((store, c))
     }
 
-    fn read_done(&mut self, peer: PeerHandle, bytes: u64) {
-        if let Some(n) = self.read_bytes.get_mut(&peer) {
+    fn read_done(&mut self, key: (StoreId, PeerHandle), bytes: u64) {
+        if let Some(n) = self.read_bytes.get_mut(&key) {
             *n = n.saturating_sub(bytes);
             if *n == 0 {
-                self.read_bytes.remove(&peer);
+                self.read_bytes.remove(&key);
             }
         }
     }
 
-    /// Bytes of reads queued or running for `peer` whose completion was not polled yet.
-    pub fn queued_read_bytes(&self, peer: PeerHandle) -> u64 {
-        self.read_bytes.get(&peer).copied().unwrap_or(0)
+    /// Bytes of reads queued or running for `peer` of `store` whose completion was not polled.
+    pub fn queued_read_bytes(&self, store: StoreId, peer: PeerHandle) -> u64 {
+        self.read_bytes.get(&(store, peer)).copied().unwrap_or(0)
+    }
+
+    /// Jobs of `store` whose final completion was not polled yet.
+    pub fn in_flight_for(&self, store: StoreId) -> usize {
+        self.in_flight_per_store.get(&store).copied().unwrap_or(0)
     }
 
     /// Bytes of writes queued or running whose completion was not polled yet.
@@ -316,11 +369,16 @@ impl Drop for DiskPool {
 impl Worker {
     fn run(self) {
         loop {
-            let job = match self.jobs.lock() {
+            let envelope = match self.jobs.lock() {
                 Ok(rx) => rx.recv(),
                 Err(_) => return,
             };
-            let Ok(job) = job else {
+            let Ok(Envelope {
+                store,
+                storage,
+                job,
+            }) = envelope
+            else {
                 return;
             };
             // Stopping: only work that keeps data (writes, the resume file) is still worth doing;
@@ -330,83 +388,82 @@ impl Worker {
             {
                 continue;
             }
-            let c = self.execute(job);
-            self.complete(c);
+            let c = execute(&storage, job);
+            self.complete(store, c);
         }
     }
 
-    fn complete(&self, c: Completion) {
-        if self.done.send(c).is_ok()
+    fn complete(&self, store: StoreId, c: Completion) {
+        if self.done.send((store, c)).is_ok()
             && let Err(e) = self.waker.wake()
         {
             log::error!("cannot wake the event loop: {e}");
         }
     }
+}
 
-    fn execute(&self, job: Job) -> Completion {
-        let s = &self.storage;
-        match job {
-            Job::Write { piece, begin, data } => {
-                let length = data.len() as u32;
-                match s.write(piece, begin, &data) {
-                    Ok(()) => Completion::Written {
-                        piece,
-                        begin,
-                        length,
-                    },
-                    Err(error) => Completion::WriteFailed {
-                        piece,
-                        begin,
-                        length,
-                        error,
-                    },
-                }
+fn execute(s: &Storage, job: Job) -> Completion {
+    match job {
+        Job::Write { piece, begin, data } => {
+            let length = data.len() as u32;
+            match s.write(piece, begin, &data) {
+                Ok(()) => Completion::Written {
+                    piece,
+                    begin,
+                    length,
+                },
+                Err(error) => Completion::WriteFailed {
+                    piece,
+                    begin,
+                    length,
+                    error,
+                },
             }
-            Job::Read {
-                peer,
-                piece,
-                begin,
-                length,
-            } => {
-                // The core only asks for blocks inside a piece; a bad length fails in `read`
-                // before this buffer is used, but cap it so it cannot allocate wildly either.
-                let mut data = vec![0; (length as u64).min(s.layout().piece_length()) as usize];
-                match s.read(piece, begin, &mut data) {
-                    Ok(()) if data.len() == length as usize => Completion::Read {
-                        peer,
-                        piece,
-                        begin,
-                        data,
-                    },
-                    Ok(()) => Completion::ReadFailed {
-                        peer,
-                        piece,
-                        begin,
-                        length,
-                        error: StorageError::OutOfRange {
-                            piece,
-                            begin,
-                            length: length as usize,
-                        },
-                    },
-                    Err(error) => Completion::ReadFailed {
-                        peer,
-                        piece,
-                        begin,
-                        length,
-                        error,
-                    },
-                }
-            }
-            Job::Hash { piece } => match s.hash_piece(piece) {
-                Ok(digest) => Completion::Hashed { piece, digest },
-                Err(error) => Completion::HashFailed { piece, error },
-            },
-            Job::SaveResume { path, snapshot } => match resume::save(&path, &snapshot, s) {
-                Ok(()) => Completion::ResumeSaved { path },
-                Err(error) => Completion::ResumeFailed { path, error },
-            },
         }
+        Job::Read {
+            peer,
+            piece,
+            begin,
+            length,
+        } => {
+            // The core only asks for blocks inside a piece; a bad length fails in `read`
+            // before this buffer is used, but cap it so it cannot allocate wildly either.
+            let mut data = vec![0; (length as u64).min(s.layout().piece_length()) as usize];
+            match s.read(piece, begin, &mut data) {
+                Ok(()) if data.len() == length as usize => Completion::Read {
+                    peer,
+                    piece,
+                    begin,
+                    data,
+                },
+                Ok(()) => Completion::ReadFailed {
+                    peer,
+                    piece,
+                    begin,
+                    length,
+                    error: StorageError::OutOfRange {
+                        piece,
+                        begin,
+                        length: length as usize,
+                    },
+                },
+                Err(error) => Completion::ReadFailed {
+                    peer,
+                    piece,
+                    begin,
+                    length,
+                    error,
+                },
+            }
+        }
+        Job::Hash { piece } => match s.hash_piece(piece) {
+            Ok(digest) => Completion::Hashed { piece, digest },
+            Err(error) => Completion::HashFailed { piece, error },
+        },
+        Job::SaveResume { path, snapshot } => match resume::save(&path, &snapshot, s) {
+            Ok(()) => Completion::ResumeSaved { path },
+            Err(error) => Completion::ResumeFailed { path, error },
+        },
     }
 }
 

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::units::{format_bytes, format_duration, format_rate};
 
@@ -115,12 +115,22 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A bar when stderr is a terminal, status lines every `every` otherwise, nothing when `quiet`.
-    pub fn new(name: &str, quiet: bool, every: Duration) -> Progress {
+    /// A bar when stderr is a terminal (one line of `group`, when several torrents share the
+    /// terminal), status lines every `every` otherwise, nothing when `quiet`.
+    pub fn new(
+        name: &str,
+        quiet: bool,
+        every: Duration,
+        group: Option<&MultiProgress>,
+    ) -> Progress {
         let mode = if quiet {
             Mode::Quiet
         } else if std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            let bar = match group {
+                Some(g) => g.add(bar),
+                None => bar,
+            };
             let style = ProgressStyle::with_template(
                 "{prefix} {msg:11} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {wide_msg}",
             )
@@ -163,6 +173,13 @@ impl Progress {
                     eprintln!("{}", status_line(&self.name, s));
                 }
             }
+        }
+    }
+
+    /// Clears the bar, printing nothing.
+    pub fn clear(&mut self) {
+        if let Mode::Bar(bar) = &self.mode {
+            bar.finish_and_clear();
         }
     }
 

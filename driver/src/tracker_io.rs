@@ -10,40 +10,60 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use kp_torrent_core::engine::TorrentId;
 use kp_torrent_core::time::Time;
 use kp_torrent_core::tracker::manager::{ConnId, TrackerAction, TrackerId, TrackerManager};
 
-/// Where the sockets' news goes: the torrent's tracker inputs (the loop feeds them to its task,
-/// which records them); a bare [`TrackerManager`] takes them directly.
+/// Where the sockets' news goes: the owning torrent's tracker inputs (the loop feeds them to the
+/// engine, which records them per torrent); a bare [`TrackerManager`] takes them directly and
+/// ignores the torrent. Datagrams name no torrent: the engine routes them by transaction id.
 pub trait TrackerPort {
     /// A lookup for a UDP tracker finished (empty: it failed).
-    fn handle_resolved(&mut self, now: Time, tracker: TrackerId, addrs: &[SocketAddr]);
+    fn handle_resolved(
+        &mut self,
+        now: Time,
+        torrent: TorrentId,
+        tracker: TrackerId,
+        addrs: &[SocketAddr],
+    );
     /// A TCP (or TLS) connection could not be made.
-    fn handle_connect_failed(&mut self, now: Time, conn: ConnId, why: String);
+    fn handle_connect_failed(&mut self, now: Time, torrent: TorrentId, conn: ConnId, why: String);
     /// A TCP connection is open.
-    fn handle_tcp_connected(&mut self, now: Time, conn: ConnId);
+    fn handle_tcp_connected(&mut self, now: Time, torrent: TorrentId, conn: ConnId);
     /// Bytes arrived on a TCP connection.
-    fn handle_tcp_data(&mut self, now: Time, conn: ConnId, bytes: &[u8]);
+    fn handle_tcp_data(&mut self, now: Time, torrent: TorrentId, conn: ConnId, bytes: &[u8]);
     /// A TCP connection ended (`error` when it broke).
-    fn handle_tcp_closed(&mut self, now: Time, conn: ConnId, error: Option<String>);
+    fn handle_tcp_closed(
+        &mut self,
+        now: Time,
+        torrent: TorrentId,
+        conn: ConnId,
+        error: Option<String>,
+    );
     /// A datagram arrived on a tracker UDP socket.
     fn handle_udp_datagram(&mut self, now: Time, from: SocketAddr, bytes: &[u8]);
 }
 
 impl TrackerPort for TrackerManager {
-    fn handle_resolved(&mut self, now: Time, tracker: TrackerId, addrs: &[SocketAddr]) {
+    fn handle_resolved(
+        &mut self,
+        now: Time,
+        _: TorrentId,
+        tracker: TrackerId,
+        addrs: &[SocketAddr],
+    ) {
         TrackerManager::handle_resolved(self, now, tracker, addrs);
     }
-    fn handle_connect_failed(&mut self, now: Time, conn: ConnId, why: String) {
+    fn handle_connect_failed(&mut self, now: Time, _: TorrentId, conn: ConnId, why: String) {
         TrackerManager::handle_connect_failed(self, now, conn, why);
     }
-    fn handle_tcp_connected(&mut self, now: Time, conn: ConnId) {
+    fn handle_tcp_connected(&mut self, now: Time, _: TorrentId, conn: ConnId) {
         TrackerManager::handle_tcp_connected(self, now, conn);
     }
-    fn handle_tcp_data(&mut self, now: Time, conn: ConnId, bytes: &[u8]) {
+    fn handle_tcp_data(&mut self, now: Time, _: TorrentId, conn: ConnId, bytes: &[u8]) {
         TrackerManager::handle_tcp_data(self, now, conn, bytes);
     }
-    fn handle_tcp_closed(&mut self, now: Time, conn: ConnId, error: Option<String>) {
+    fn handle_tcp_closed(&mut self, now: Time, _: TorrentId, conn: ConnId, error: Option<String>) {
         TrackerManager::handle_tcp_closed(self, now, conn, error);
     }
     fn handle_udp_datagram(&mut self, now: Time, from: SocketAddr, bytes: &[u8]) {
@@ -82,15 +102,13 @@ pub struct Tokens {
 
 enum Lookup {
     Udp {
+        torrent: TorrentId,
         tracker: TrackerId,
         port: u16,
     },
     /// For the connection `id` in slot `key`: the slot may hold another connection by the time
     /// the answer comes (the manager gave up on a slow lookup and opened a new one).
-    Tcp {
-        key: usize,
-        id: ConnId,
-    },
+    Tcp { key: usize, id: (TorrentId, ConnId) },
 }
 
 enum State {
@@ -106,7 +124,8 @@ enum State {
 }
 
 struct TcpConn {
-    id: ConnId,
+    /// The owning torrent and the connection's id there.
+    id: (TorrentId, ConnId),
     host: String,
     tls_wanted: bool,
     tls: Option<TlsStream>,
@@ -118,7 +137,7 @@ struct TcpConn {
 pub struct TrackerIo {
     tokens: Tokens,
     conns: Slab<TcpConn>,
-    by_id: BTreeMap<ConnId, usize>,
+    by_id: BTreeMap<(TorrentId, ConnId), usize>,
     udp4: Option<UdpSocket>,
     udp6: Option<UdpSocket>,
     bind_ip: Option<IpAddr>,
@@ -162,18 +181,27 @@ impl TrackerIo {
             || (self.tokens.conn_base..self.tokens.conn_base + MAX_CONNS).contains(&token.0)
     }
 
-    /// Drains a bare manager's actions and carries them out.
-    pub fn run_actions(&mut self, registry: &Registry, now: Time, mgr: &mut TrackerManager) {
+    /// Drains a bare manager's actions and carries them out (for tools and tests that run a
+    /// manager without a torrent; `torrent` only tags its connections).
+    pub fn run_actions(
+        &mut self,
+        registry: &Registry,
+        now: Time,
+        torrent: TorrentId,
+        mgr: &mut TrackerManager,
+    ) {
         while let Some(action) = mgr.poll_action() {
-            self.execute(registry, now, action, mgr);
+            self.execute(registry, now, torrent, action, mgr);
         }
     }
 
-    /// Carries out one tracker action; what the sockets say at once goes to `mgr`.
+    /// Carries out one action of `torrent`'s trackers; what the sockets say at once goes to
+    /// `mgr`.
     pub fn execute(
         &mut self,
         registry: &Registry,
         now: Time,
+        torrent: TorrentId,
         action: TrackerAction,
         mgr: &mut dyn TrackerPort,
     ) {
@@ -183,9 +211,13 @@ impl TrackerIo {
                 host,
                 port,
             } => match resolver::literal(&host, port) {
-                Some(addr) => mgr.handle_resolved(now, tracker, &[addr]),
+                Some(addr) => mgr.handle_resolved(now, torrent, tracker, &[addr]),
                 None => {
-                    let key = self.lookup_key(Lookup::Udp { tracker, port });
+                    let key = self.lookup_key(Lookup::Udp {
+                        torrent,
+                        tracker,
+                        port,
+                    });
                     self.resolver.resolve(key, &host, port);
                 }
             },
@@ -197,28 +229,36 @@ impl TrackerIo {
                 ..
             } => {
                 if self.conns.len() >= MAX_CONNS {
-                    mgr.handle_connect_failed(now, conn, "too many tracker connections".into());
+                    mgr.handle_connect_failed(
+                        now,
+                        torrent,
+                        conn,
+                        "too many tracker connections".into(),
+                    );
                     return;
                 }
                 let key = self.conns.insert(TcpConn {
-                    id: conn,
+                    id: (torrent, conn),
                     host: host.clone(),
                     tls_wanted: tls,
                     tls: None,
                     state: State::Resolving,
                     out: SendQueue::default(),
                 });
-                self.by_id.insert(conn, key);
+                self.by_id.insert((torrent, conn), key);
                 match resolver::literal(&host, port) {
                     Some(addr) => self.connect(registry, now, key, vec![addr], mgr),
                     None => {
-                        let lookup = self.lookup_key(Lookup::Tcp { key, id: conn });
+                        let lookup = self.lookup_key(Lookup::Tcp {
+                            key,
+                            id: (torrent, conn),
+                        });
                         self.resolver.resolve(lookup, &host, port);
                     }
                 }
             }
             TrackerAction::SendTcp { conn, bytes } => {
-                let Some(&key) = self.by_id.get(&conn) else {
+                let Some(&key) = self.by_id.get(&(torrent, conn)) else {
                     return;
                 };
                 let c = &mut self.conns[key];
@@ -235,7 +275,7 @@ impl TrackerIo {
                 }
             }
             TrackerAction::CloseTcp { conn } => {
-                if let Some(key) = self.by_id.remove(&conn) {
+                if let Some(key) = self.by_id.remove(&(torrent, conn)) {
                     self.drop_conn(registry, key);
                 }
             }
@@ -255,14 +295,18 @@ impl TrackerIo {
     pub fn handle_wakeup(&mut self, registry: &Registry, now: Time, mgr: &mut dyn TrackerPort) {
         while let Some(answer) = self.resolver.try_take() {
             match self.lookups.remove(&answer.key) {
-                Some(Lookup::Udp { tracker, port }) => {
+                Some(Lookup::Udp {
+                    torrent,
+                    tracker,
+                    port,
+                }) => {
                     let addrs: Vec<SocketAddr> = answer
                         .result
                         .unwrap_or_default()
                         .into_iter()
                         .map(|a| SocketAddr::new(a.ip(), port))
                         .collect();
-                    mgr.handle_resolved(now, tracker, &addrs);
+                    mgr.handle_resolved(now, torrent, tracker, &addrs);
                 }
                 Some(Lookup::Tcp { key, id }) => {
                     let waiting = self
@@ -277,7 +321,7 @@ impl TrackerIo {
                         Err(e) => {
                             let id = self.conns[key].id;
                             self.forget(registry, key);
-                            mgr.handle_connect_failed(now, id, e);
+                            mgr.handle_connect_failed(now, id.0, id.1, e);
                         }
                     }
                 }
@@ -344,7 +388,7 @@ impl TrackerIo {
         }
         let id = self.conns[key].id;
         self.forget(registry, key);
-        mgr.handle_connect_failed(now, id, last_err);
+        mgr.handle_connect_failed(now, id.0, id.1, last_err);
     }
 
     fn start_connect(
@@ -389,7 +433,7 @@ impl TrackerIo {
                 if rest.is_empty() {
                     let id = c.id;
                     self.forget(registry, key);
-                    mgr.handle_connect_failed(now, id, e);
+                    mgr.handle_connect_failed(now, id.0, id.1, e);
                 } else {
                     self.connect(registry, now, key, rest, mgr);
                 }
@@ -410,12 +454,13 @@ impl TrackerIo {
                         Err(e) => {
                             let id = self.conns[key].id;
                             self.forget(registry, key);
-                            mgr.handle_connect_failed(now, id, e.to_string());
+                            mgr.handle_connect_failed(now, id.0, id.1, e.to_string());
                             return;
                         }
                     }
                 }
-                mgr.handle_tcp_connected(now, self.conns[key].id);
+                let id = self.conns[key].id;
+                mgr.handle_tcp_connected(now, id.0, id.1);
             }
         }
     }
@@ -475,14 +520,14 @@ impl TrackerIo {
             self.flush(registry, now, key, mgr);
         }
         if !data.is_empty() {
-            mgr.handle_tcp_data(now, id, &data);
+            mgr.handle_tcp_data(now, id.0, id.1, &data);
         }
         match outcome {
             Ok(false) => {}
             Ok(true) => {
                 if self.by_id.get(&id) == Some(&key) {
                     self.forget(registry, key);
-                    mgr.handle_tcp_closed(now, id, None);
+                    mgr.handle_tcp_closed(now, id.0, id.1, None);
                 }
             }
             Err(e) => {
@@ -503,7 +548,7 @@ impl TrackerIo {
     ) {
         let id = self.conns[key].id;
         self.forget(registry, key);
-        mgr.handle_tcp_closed(now, id, Some(why));
+        mgr.handle_tcp_closed(now, id.0, id.1, Some(why));
     }
 
     /// Drops a connection and its id mapping.

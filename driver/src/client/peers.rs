@@ -1,12 +1,14 @@
-//! Peer sockets in the event loop: connecting, accepting, reading within a budget, flushing
-//! with backpressure, and handing the session what the sockets did.
+//! Sockets in the event loop: connecting, accepting, reading within a budget, flushing with
+//! backpressure, and handing the engine what the sockets did.
 
 use std::collections::VecDeque;
 use std::io;
 
+use kp_torrent_core::engine::{EngineInput, IncomingId, TorrentId};
 use kp_torrent_core::id::PeerHandle;
 use kp_torrent_core::session::Input;
 use kp_torrent_core::time::Time;
+use kp_torrent_core::torrent::TorrentInput;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
@@ -15,47 +17,61 @@ use super::{Client, PEER_BASE, READ_BUDGET, SEND_QUEUE_LIMIT};
 use crate::conn::{ReadOutcome, SendQueue, read_budgeted};
 use crate::disk::{Job, WRITE_BACKLOG_LIMIT};
 
-/// A connection's socket and buffers, indexed by the session's handle.
+/// Who a socket belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Owner {
+    /// Accepted, its handshake not yet routed by the engine.
+    Pending(IncomingId),
+    /// A torrent's peer.
+    Peer(TorrentId, PeerHandle),
+}
+
+/// A connection's socket and buffers.
 pub(super) struct PeerSock {
+    pub(super) owner: Owner,
     pub(super) stream: TcpStream,
     pub(super) out: SendQueue,
     pub(super) connecting: bool,
-    /// Disk reads the session asked for while this peer's send queue was full.
+    /// Disk reads the torrent asked for while this peer's send queue was full.
     pub(super) deferred_reads: VecDeque<(u32, u32, u32)>,
 }
 
 impl Client {
-    pub(super) fn set_peer(&mut self, peer: PeerHandle, sock: PeerSock) {
-        if self.peers.len() <= peer.0 {
-            self.peers.resize_with(peer.0 + 1, || None);
+    /// Deregisters and forgets a socket (its owner's mapping too).
+    pub(super) fn drop_sock(&mut self, key: usize) {
+        let Some(mut p) = self.socks.try_remove(key) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut p.stream);
+        match p.owner {
+            Owner::Pending(conn) => {
+                self.by_incoming.remove(&conn);
+            }
+            Owner::Peer(t, peer) => {
+                if self.by_peer.get(&(t, peer)) == Some(&key) {
+                    self.by_peer.remove(&(t, peer));
+                }
+            }
         }
-        if let Some(mut old) = self.peers[peer.0].replace(sock) {
-            let _ = self.poll.registry().deregister(&mut old.stream);
+        self.read_pending.remove(&key);
+    }
+
+    /// The socket failed or closed: tell its owner.
+    pub(super) fn lost_sock(&mut self, now: Time, key: usize) {
+        let Some(p) = self.socks.get(key) else {
+            return;
+        };
+        let (owner, connecting) = (p.owner, p.connecting);
+        self.drop_sock(key);
+        match owner {
+            Owner::Pending(conn) => self.feed(now, EngineInput::IncomingClosed { conn }),
+            Owner::Peer(t, peer) if connecting => self.input(now, t, Input::ConnectFailed { peer }),
+            Owner::Peer(t, peer) => self.input(now, t, Input::Closed { peer }),
         }
     }
 
-    pub(super) fn drop_peer(&mut self, idx: usize) {
-        if let Some(slot) = self.peers.get_mut(idx)
-            && let Some(mut p) = slot.take()
-        {
-            let _ = self.poll.registry().deregister(&mut p.stream);
-        }
-        self.read_pending.remove(&idx);
-    }
-
-    /// The socket failed or closed: tell the session.
-    pub(super) fn lost_peer(&mut self, now: Time, idx: usize, connecting: bool) {
-        self.drop_peer(idx);
-        let peer = PeerHandle(idx);
-        if connecting {
-            self.input(now, Input::ConnectFailed { peer });
-        } else {
-            self.input(now, Input::Closed { peer });
-        }
-    }
-
-    pub(super) fn flush_peer(&mut self, now: Time, idx: usize) {
-        let Some(Some(p)) = self.peers.get_mut(idx) else {
+    pub(super) fn flush_sock(&mut self, now: Time, key: usize) {
+        let Some(p) = self.socks.get_mut(key) else {
             return;
         };
         let mut w = Limited {
@@ -63,99 +79,116 @@ impl Client {
             bucket: &mut self.up,
         };
         match p.out.flush_to(&mut w) {
-            Ok(_) => self.resume_reads(idx),
+            Ok(_) => self.resume_reads(key),
             Err(e) => {
-                log::debug!("send to peer {idx}: {e}");
-                self.lost_peer(now, idx, false);
+                log::debug!("send on socket {key}: {e}");
+                self.lost_sock(now, key);
             }
         }
     }
 
     /// Queues deferred disk reads for a peer whose send queue has room again.
-    pub(super) fn resume_reads(&mut self, idx: usize) {
-        let peer = PeerHandle(idx);
-        let queued = self.disk.queued_read_bytes(peer);
-        let Some(Some(p)) = self.peers.get_mut(idx) else {
+    pub(super) fn resume_reads(&mut self, key: usize) {
+        let Some(p) = self.socks.get_mut(key) else {
             return;
         };
+        let Owner::Peer(t, peer) = p.owner else {
+            return;
+        };
+        let Some(store) = self.runs.get(&t).map(|r| r.store) else {
+            return;
+        };
+        let queued = self.disk.queued_read_bytes(store, peer);
         let mut budget = (SEND_QUEUE_LIMIT as u64).saturating_sub(p.out.len() as u64 + queued);
         while budget > 0 {
             let Some((piece, begin, length)) = p.deferred_reads.pop_front() else {
                 break;
             };
             budget = budget.saturating_sub(u64::from(length));
-            self.disk.submit(Job::Read {
-                peer,
-                piece,
-                begin,
-                length,
-            });
+            self.disk.submit(
+                store,
+                Job::Read {
+                    peer,
+                    piece,
+                    begin,
+                    length,
+                },
+            );
         }
     }
 
     /// True when a peer has more queued for it than [`SEND_QUEUE_LIMIT`]: it is not read until it
     /// drains, so a peer that sends requests but never reads cannot grow our replies without bound.
-    pub(super) fn send_blocked(&self, idx: usize) -> bool {
-        self.peers
-            .get(idx)
-            .and_then(Option::as_ref)
+    pub(super) fn send_blocked(&self, key: usize) -> bool {
+        self.socks
+            .get(key)
             .is_some_and(|p| p.out.len() > SEND_QUEUE_LIMIT)
     }
 
-    pub(super) fn read_peer(&mut self, now: Time, idx: usize) {
-        if self.send_blocked(idx) {
-            self.read_pending.insert(idx);
-            return;
-        }
-        if self.disk.queued_write_bytes() > WRITE_BACKLOG_LIMIT {
-            self.read_pending.insert(idx);
+    pub(super) fn read_sock(&mut self, now: Time, key: usize) {
+        if self.send_blocked(key) || self.disk.queued_write_bytes() > WRITE_BACKLOG_LIMIT {
+            self.read_pending.insert(key);
             return;
         }
         let budget = (self.down.available().min(READ_BUDGET as u64)) as usize;
         if budget == 0 {
-            self.read_pending.insert(idx);
+            self.read_pending.insert(key);
             return;
         }
-        let Some(Some(p)) = self.peers.get_mut(idx) else {
+        let Some(p) = self.socks.get_mut(key) else {
+            self.read_pending.remove(&key);
             return;
         };
+        let owner = p.owner;
         let mut received = Vec::new();
         let outcome = read_budgeted(&mut p.stream, &mut self.buf, budget, |chunk| {
             received.extend_from_slice(chunk)
         });
         self.down.spend(received.len() as u64);
         if !received.is_empty() {
-            self.input(
-                now,
-                Input::Received {
-                    peer: PeerHandle(idx),
+            let input = match owner {
+                Owner::Pending(conn) => EngineInput::IncomingData {
+                    conn,
                     bytes: &received,
                 },
-            );
+                Owner::Peer(torrent, peer) => EngineInput::Torrent {
+                    torrent,
+                    input: TorrentInput::Session(Input::Received {
+                        peer,
+                        bytes: &received,
+                    }),
+                },
+            };
+            self.feed(now, input);
         }
+        // The engine may have handed the socket over (or closed it) meanwhile.
+        let still_ours = self.socks.contains(key);
         match outcome {
             Ok(ReadOutcome::Drained) => {
-                self.read_pending.remove(&idx);
+                self.read_pending.remove(&key);
+            }
+            Ok(ReadOutcome::BudgetSpent) if still_ours => {
+                self.read_pending.insert(key);
             }
             Ok(ReadOutcome::BudgetSpent) => {
-                self.read_pending.insert(idx);
+                self.read_pending.remove(&key);
             }
             Ok(ReadOutcome::Closed) => {
-                if self.peers.get(idx).is_some_and(Option::is_some) {
-                    self.lost_peer(now, idx, false);
+                if still_ours {
+                    self.lost_sock(now, key);
                 }
             }
             Err(e) => {
-                log::debug!("read from peer {idx}: {e}");
-                if self.peers.get(idx).is_some_and(Option::is_some) {
-                    self.lost_peer(now, idx, false);
+                log::debug!("read from socket {key}: {e}");
+                if still_ours {
+                    self.lost_sock(now, key);
                 }
             }
         }
     }
 
-    pub(super) fn peer_event(&mut self, now: Time, idx: usize, event: &mio::event::Event) {
-        let Some(Some(p)) = self.peers.get_mut(idx) else {
+    pub(super) fn sock_event(&mut self, now: Time, key: usize, event: &mio::event::Event) {
+        let Some(p) = self.socks.get_mut(key) else {
             return;
         };
         if p.connecting {
@@ -168,62 +201,54 @@ impl Client {
                 },
             };
             if failed {
-                self.lost_peer(now, idx, true);
+                self.lost_sock(now, key);
                 return;
             }
             p.connecting = false;
             let _ = p.stream.set_nodelay(true);
-            self.input(
-                now,
-                Input::Connected {
-                    peer: PeerHandle(idx),
-                },
-            );
+            if let Owner::Peer(t, peer) = p.owner {
+                self.input(now, t, Input::Connected { peer });
+            }
         }
         if event.is_writable() {
-            self.flush_peer(now, idx);
+            self.flush_sock(now, key);
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read_peer(now, idx);
+            self.read_sock(now, key);
         }
     }
 
-    /// Takes waiting connections; while the task checks its data they wait in the listen
-    /// queue (edge-triggered readiness is remembered in `accept_pending`).
+    /// Takes every waiting connection; the engine decides from its handshake where it goes.
     pub(super) fn accept(&mut self, now: Time) {
         loop {
-            let Some(peer) = self
-                .session
-                .next_handle()
-                .filter(|_| self.session.accepts_peers())
-            else {
-                self.accept_pending = true;
-                return;
-            };
             match self.listener.accept() {
                 Ok((mut stream, addr)) => {
-                    let token = Token(PEER_BASE + peer.0);
+                    let key = self.socks.vacant_key();
                     if self
                         .poll
                         .registry()
-                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .register(
+                            &mut stream,
+                            Token(PEER_BASE + key),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
                         .is_err()
                     {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    self.set_peer(
-                        peer,
-                        PeerSock {
-                            stream,
-                            out: SendQueue::default(),
-                            connecting: false,
-                            deferred_reads: VecDeque::new(),
-                        },
-                    );
-                    self.input(now, Input::Incoming { addr });
+                    let conn = self.engine.next_incoming();
+                    self.socks.insert(PeerSock {
+                        owner: Owner::Pending(conn),
+                        stream,
+                        out: SendQueue::default(),
+                        connecting: false,
+                        deferred_reads: VecDeque::new(),
+                    });
+                    self.by_incoming.insert(conn, key);
+                    self.feed(now, EngineInput::Incoming { addr });
                     // Bytes may already be waiting; edge-triggered readiness won't repeat them.
-                    self.read_pending.insert(peer.0);
+                    self.read_pending.insert(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -15,8 +15,7 @@ use kp_torrent_core::metainfo::{Metainfo, TorrentSpec, hash_pieces};
 use rand::{Rng, SeedableRng};
 
 use super::CliError;
-use crate::client::{self, Options};
-use crate::storage::Location;
+use crate::client::{self, Options, TorrentOptions};
 use crate::units::{format_bytes, format_duration, format_rate, parse_size};
 
 /// Options of `kp-torrent demo`.
@@ -123,10 +122,9 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
         handle_signals: false,
         on_listen: Some(tx),
         stop: Some(stop.clone()),
-        keep_seeding: true,
         // A peer that sees its own peer id hangs up: the two clients need different seeds.
         rng_seed: 0x5eed,
-        ..base_options(metainfo.clone(), Location::Seed(source.clone()))
+        ..base_options(TorrentOptions::seed(metainfo.clone(), source.clone()))
     };
     let seeder = std::thread::Builder::new()
         .name("demo-seeder".into())
@@ -143,14 +141,20 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     eprintln!("demo: seeder listening on {seeder_addr}; downloading from it");
 
     let started = Instant::now();
-    let leecher = client::run(Options {
+    let leecher = client::run(base_options(TorrentOptions {
         peers: vec![seeder_addr],
-        ..base_options(metainfo, Location::Download(dest.clone()))
-    });
+        ..TorrentOptions::download(metainfo, dest.clone())
+    }));
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let _ = seeder.join();
-    let summary = leecher.map_err(|e| CliError::new("demo download", e.to_string()))?;
+    let outcome = leecher
+        .map_err(|e| CliError::new("demo download", e.to_string()))?
+        .pop()
+        .ok_or_else(|| CliError::new("demo download", "no result"))?;
+    let summary = outcome
+        .result
+        .map_err(|e| CliError::new("demo download", e.to_string()))?;
     if !summary.complete {
         return Ok(ExitCode::from(130));
     }
@@ -176,29 +180,12 @@ pub fn run(args: &Args) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn base_options(metainfo: Metainfo, location: Location) -> Options {
+fn base_options(torrent: TorrentOptions) -> Options {
     Options {
-        metainfo,
-        location,
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        peers: Vec::new(),
-        max_peers: 50,
-        download_limit: None,
-        upload_limit: None,
-        files: None,
-        sequential: false,
-        keep_seeding: false,
-        seed_ratio: None,
-        seed_time: None,
         timeout: Some(Duration::from_secs(600)),
-        record: None,
-        tracker_ca: None,
         rng_seed: 0x6b70,
-        quiet: false,
         status_every: Duration::from_secs(2),
-        handle_signals: true,
-        on_listen: None,
-        stop: None,
+        ..Options::new(vec![torrent], SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 }
 

@@ -1,5 +1,5 @@
-//! `kp-torrent download FILE.torrent -d DIR` and `kp-torrent seed FILE.torrent -s PATH`: run the
-//! event loop on one torrent.
+//! `kp-torrent download FILE.torrent... -d DIR` and `kp-torrent seed FILE.torrent... -s PATH`:
+//! run the event loop on one or more torrents in one process, on one port.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::CliError;
 use super::info::load;
-use crate::client::{self, ClientError, Options, Summary};
+use crate::client::{self, ClientError, Options, Outcome, TorrentOptions};
 use crate::storage::Location;
 use crate::units::{format_bytes, parse_size};
 
@@ -27,7 +27,7 @@ pub struct Common {
     #[arg(long = "peer", value_name = "ADDR:PORT")]
     pub peers: Vec<SocketAddr>,
 
-    /// Most peer connections at once.
+    /// Most peer connections at once, per torrent.
     #[arg(long, default_value_t = 50)]
     pub max_peers: usize,
 
@@ -52,7 +52,8 @@ pub struct Common {
     pub tracker_ca: Option<PathBuf>,
 
     /// Write this run's trace (every input to the protocol engine, with its time) to TRACE;
-    /// `kp-torrent replay TRACE` checks that the engine does exactly the same again.
+    /// `kp-torrent replay TRACE` checks that the engine does exactly the same again. One torrent
+    /// only.
     #[arg(long, value_name = "TRACE")]
     pub record: Option<PathBuf>,
 
@@ -68,9 +69,9 @@ pub struct Common {
 /// Options of `kp-torrent download`.
 #[derive(Debug, clap::Args)]
 pub struct DownloadArgs {
-    /// The .torrent file.
-    #[arg(value_name = "FILE.torrent")]
-    pub torrent: PathBuf,
+    /// The .torrent files (all downloaded at once, into DIR).
+    #[arg(value_name = "FILE.torrent", required = true)]
+    pub torrents: Vec<PathBuf>,
 
     /// Folder to download into (created if missing).
     #[arg(short = 'd', long = "dir", value_name = "DIR")]
@@ -80,7 +81,7 @@ pub struct DownloadArgs {
     #[arg(long)]
     pub seed: bool,
 
-    /// Download only these files, by index as `info` lists them (e.g. 0,2,5).
+    /// Download only these files, by index as `info` lists them (e.g. 0,2,5); one torrent only.
     #[arg(long, value_delimiter = ',', value_name = "INDEX,...")]
     pub files: Option<Vec<usize>>,
 
@@ -100,9 +101,9 @@ pub struct DownloadArgs {
 /// Options of `kp-torrent seed`.
 #[derive(Debug, clap::Args)]
 pub struct SeedArgs {
-    /// The .torrent file.
-    #[arg(value_name = "FILE.torrent")]
-    pub torrent: PathBuf,
+    /// The .torrent files (each seeded from PATH).
+    #[arg(value_name = "FILE.torrent", required = true)]
+    pub torrents: Vec<PathBuf>,
 
     /// The data: the file itself, or the folder that holds it (or the torrent's folder).
     #[arg(short = 's', long = "source", value_name = "PATH")]
@@ -121,12 +122,26 @@ fn parse_rate(text: &str) -> Result<u64, String> {
     }
 }
 
-fn options(
+/// One torrent's options from the command line.
+fn torrent_options(
     torrent: &std::path::Path,
     location: Location,
     common: &Common,
+) -> Result<TorrentOptions, CliError> {
+    Ok(TorrentOptions {
+        peers: common.peers.clone(),
+        seed_ratio: common.seed_ratio,
+        seed_time: common.seed_time.map(Duration::from_secs),
+        ..TorrentOptions::new(load(torrent)?, location)
+    })
+}
+
+/// The process-wide options, and each torrent's from `make`.
+fn options(
+    torrents: &[PathBuf],
+    common: &Common,
+    make: impl Fn(&std::path::Path) -> Result<TorrentOptions, CliError>,
 ) -> Result<Options, CliError> {
-    let metainfo = load(torrent)?;
     if let Some(r) = common.seed_ratio
         && !(r.is_finite() && r >= 0.0)
     {
@@ -135,30 +150,27 @@ fn options(
             "must be a number of 0 or more",
         ));
     }
+    if common.record.is_some() && torrents.len() > 1 {
+        return Err(CliError::new(
+            "--record",
+            "records one torrent: give only one",
+        ));
+    }
+    let mut list = Vec::new();
+    for t in torrents {
+        let mut opts = make(t)?;
+        opts.record = common.record.clone();
+        list.push(opts);
+    }
     let ip = common.bind.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let rng_seed = common.rng_seed.unwrap_or_else(random_seed);
     Ok(Options {
-        metainfo,
-        location,
-        listen: SocketAddr::new(ip, common.port),
-        peers: common.peers.clone(),
         max_peers: common.max_peers.max(1),
         download_limit: common.download_limit,
         upload_limit: common.upload_limit,
-        files: None,
-        sequential: false,
-        keep_seeding: false,
-        seed_ratio: common.seed_ratio,
-        seed_time: common.seed_time.map(Duration::from_secs),
-        timeout: None,
-        record: common.record.clone(),
         tracker_ca: common.tracker_ca.clone(),
-        rng_seed,
+        rng_seed: common.rng_seed.unwrap_or_else(random_seed),
         quiet: common.quiet,
-        status_every: Duration::from_secs(5),
-        handle_signals: true,
-        on_listen: None,
-        stop: None,
+        ..Options::new(list, SocketAddr::new(ip, common.port))
     })
 }
 
@@ -174,26 +186,30 @@ fn random_seed() -> u64 {
 pub fn download(args: &DownloadArgs) -> Result<ExitCode, CliError> {
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| CliError::io(&args.dir, "cannot create the download folder", &e))?;
-    let mut opts = options(
-        &args.torrent,
-        Location::Download(args.dir.clone()),
-        &args.common,
-    )?;
-    if let Some(files) = &args.files {
-        let count = opts.metainfo.info.files.len();
-        if let Some(bad) = files.iter().find(|&&i| i >= count) {
-            return Err(CliError::new(
-                "--files",
-                format!("no file {bad}: the torrent has {count} (numbered from 0)"),
-            ));
-        }
-        opts.files = Some(files.clone());
+    if args.files.is_some() && args.torrents.len() > 1 {
+        return Err(CliError::new(
+            "--files",
+            "selects files of one torrent: give only one",
+        ));
     }
-    opts.sequential = args.sequential;
-    opts.keep_seeding = args.seed;
+    let mut opts = options(&args.torrents, &args.common, |t| {
+        let mut o = torrent_options(t, Location::Download(args.dir.clone()), &args.common)?;
+        if let Some(files) = &args.files {
+            let count = o.metainfo.info.files.len();
+            if let Some(bad) = files.iter().find(|&&i| i >= count) {
+                return Err(CliError::new(
+                    "--files",
+                    format!("no file {bad}: the torrent has {count} (numbered from 0)"),
+                ));
+            }
+            o.files = Some(files.clone());
+        }
+        o.sequential = args.sequential;
+        o.keep_seeding = args.seed;
+        Ok(o)
+    })?;
     opts.timeout = args.timeout.map(Duration::from_secs);
-    let subject = args.torrent.display().to_string();
-    finish(&subject, client::run(opts))
+    finish(&args.torrents, client::run(opts))
 }
 
 /// Runs `seed`.
@@ -201,28 +217,66 @@ pub fn seed(args: &SeedArgs) -> Result<ExitCode, CliError> {
     if !args.source.exists() {
         return Err(CliError::path(&args.source, "no such file or folder"));
     }
-    let mut opts = options(
-        &args.torrent,
-        Location::Seed(args.source.clone()),
-        &args.common,
-    )?;
-    opts.keep_seeding = true;
-    let subject = args.torrent.display().to_string();
-    finish(&subject, client::run(opts))
+    let opts = options(&args.torrents, &args.common, |t| {
+        let o = torrent_options(t, Location::Seed(args.source.clone()), &args.common)?;
+        Ok(TorrentOptions {
+            keep_seeding: true,
+            ..o
+        })
+    })?;
+    finish(&args.torrents, client::run(opts))
 }
 
-fn finish(subject: &str, result: Result<Summary, ClientError>) -> Result<ExitCode, CliError> {
-    match result {
-        Ok(s) if s.interrupted && !s.complete => {
-            eprintln!(
-                "kp-torrent: {subject}: interrupted with {} of {}; run the same command to resume",
-                format_bytes(s.total_bytes.min(s.downloaded)),
-                format_bytes(s.total_bytes)
-            );
-            Ok(ExitCode::from(130))
+/// The exit status of the whole run: 1 when a torrent failed (each failure is one line on
+/// stderr), 130 when interrupted before every download finished, 0 otherwise.
+fn finish(
+    torrents: &[PathBuf],
+    result: Result<Vec<Outcome>, ClientError>,
+) -> Result<ExitCode, CliError> {
+    let subject = |name: &str| -> String {
+        // Name a failure by the .torrent file given for it when there is only one.
+        match torrents {
+            [one] => one.display().to_string(),
+            _ => name.to_owned(),
         }
-        Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(CliError::new(subject, e.to_string())),
+    };
+    let outcomes = match result {
+        Ok(o) => o,
+        Err(e) => {
+            let who = match torrents {
+                [one] => one.display().to_string(),
+                _ => "kp-torrent".to_owned(),
+            };
+            return Err(CliError::new(who, e.to_string()));
+        }
+    };
+    let mut failure = None;
+    let mut interrupted = false;
+    for o in outcomes {
+        match o.result {
+            Ok(s) if s.interrupted && !s.complete => {
+                interrupted = true;
+                eprintln!(
+                    "kp-torrent: {}: interrupted with {} of {}; run the same command to resume",
+                    subject(&o.name),
+                    format_bytes(s.total_bytes.min(s.downloaded)),
+                    format_bytes(s.total_bytes)
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(earlier) =
+                    failure.replace(CliError::new(subject(&o.name), e.to_string()))
+                {
+                    eprintln!("kp-torrent: {earlier}");
+                }
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None if interrupted => Ok(ExitCode::from(130)),
+        None => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -17,6 +17,7 @@ struct Rig {
     poll: Poll,
     storage: Arc<Storage>,
     pool: DiskPool,
+    store: StoreId,
 }
 
 /// A single-file torrent of `pieces` pieces of `piece_length` bytes, allocated, with a pool.
@@ -33,13 +34,15 @@ fn rig(label: &str, piece_length: u64, pieces: u64, threads: usize) -> Rig {
     storage.allocate().unwrap();
     let poll = Poll::new().unwrap();
     let waker = Arc::new(Waker::new(poll.registry(), WAKE).unwrap());
-    let pool = DiskPool::new(storage.clone(), waker, threads).unwrap();
+    let mut pool = DiskPool::new(waker, threads).unwrap();
+    let store = pool.add_store(storage.clone());
     Rig {
         dir: dir.path().to_path_buf(),
         _dir: dir,
         poll,
         storage,
         pool,
+        store,
     }
 }
 
@@ -60,7 +63,7 @@ impl Rig {
                 .unwrap();
             if events.iter().any(|e| e.token() == WAKE) {
                 while let Some(c) = self.pool.poll_completion() {
-                    out.push(c);
+                    out.push(c.1);
                 }
             }
         }
@@ -79,7 +82,7 @@ fn hash_job_gives_the_sha1_and_wakes_the_poll() {
     let mut r = rig("hash", 1 << 16, 2, DEFAULT_WORKERS);
     let data = bytes(1 << 16, 3);
     r.storage.write(1, 0, &data).unwrap();
-    r.pool.submit(Job::Hash { piece: 1 });
+    r.pool.submit(r.store, Job::Hash { piece: 1 });
     let done = r.run_until_idle();
     let expected: [u8; 20] = Sha1::digest(&data).into();
     match &done[..] {
@@ -93,15 +96,18 @@ fn hash_waits_for_earlier_writes_to_its_piece() {
     let mut r = rig("order", 1 << 18, 1, 4);
     let data = bytes(1 << 18, 9);
     for (i, block) in data.chunks(1 << 14).enumerate() {
-        r.pool.submit(Job::Write {
-            piece: 0,
-            begin: (i << 14) as u32,
-            data: block.to_vec(),
-        });
+        r.pool.submit(
+            r.store,
+            Job::Write {
+                piece: 0,
+                begin: (i << 14) as u32,
+                data: block.to_vec(),
+            },
+        );
     }
     assert_eq!(r.pool.queued_write_bytes(), 1 << 18);
-    r.pool.submit(Job::Hash { piece: 0 });
-    assert_eq!(r.pool.deferred_hashes.get(&0), Some(&1));
+    r.pool.submit(r.store, Job::Hash { piece: 0 });
+    assert_eq!(r.pool.deferred_hashes.get(&(r.store, 0)), Some(&1));
     let done = r.run_until_idle();
     let digests: Vec<_> = done
         .iter()
@@ -126,15 +132,18 @@ fn reads_are_counted_per_peer_until_polled() {
     }
     let (a, b) = (PeerHandle(1), PeerHandle(2));
     for (peer, piece) in [(a, 0), (a, 3), (b, 2)] {
-        r.pool.submit(Job::Read {
-            peer,
-            piece,
-            begin: 1024,
-            length: 4096,
-        });
+        r.pool.submit(
+            r.store,
+            Job::Read {
+                peer,
+                piece,
+                begin: 1024,
+                length: 4096,
+            },
+        );
     }
-    assert_eq!(r.pool.queued_read_bytes(a), 8192);
-    assert_eq!(r.pool.queued_read_bytes(b), 4096);
+    assert_eq!(r.pool.queued_read_bytes(r.store, a), 8192);
+    assert_eq!(r.pool.queued_read_bytes(r.store, b), 4096);
     let done = r.run_until_idle();
     assert_eq!(done.len(), 3);
     for c in done {
@@ -150,15 +159,18 @@ fn reads_are_counted_per_peer_until_polled() {
         let at = (piece as usize) * (1 << 15) + begin as usize;
         assert_eq!(got, data[at..at + 4096]);
     }
-    assert_eq!(r.pool.queued_read_bytes(a), 0);
+    assert_eq!(r.pool.queued_read_bytes(r.store, a), 0);
     assert!(r.pool.read_bytes.is_empty());
     // A read past the piece fails instead of returning short data.
-    r.pool.submit(Job::Read {
-        peer: a,
-        piece: 0,
-        begin: 1 << 14,
-        length: 1 << 15,
-    });
+    r.pool.submit(
+        r.store,
+        Job::Read {
+            peer: a,
+            piece: 0,
+            begin: 1 << 14,
+            length: 1 << 15,
+        },
+    );
     let done = r.run_until_idle();
     assert!(
         matches!(done[..], [Completion::ReadFailed { .. }]),
@@ -172,11 +184,14 @@ fn a_failed_write_is_a_completion() {
     let file = r.dir.join("data");
     std::fs::remove_file(&file).unwrap();
     std::fs::create_dir(&file).unwrap();
-    r.pool.submit(Job::Write {
-        piece: 1,
-        begin: 0,
-        data: vec![1; 100],
-    });
+    r.pool.submit(
+        r.store,
+        Job::Write {
+            piece: 1,
+            begin: 0,
+            data: vec![1; 100],
+        },
+    );
     let done = r.run_until_idle();
     match &done[..] {
         [
@@ -201,13 +216,16 @@ fn save_resume_job_writes_the_file() {
     let path = resume::resume_path(&r.dir, &info_hash);
     let mut have = Bitfield::new(4);
     have.set(2);
-    r.pool.submit(Job::SaveResume {
-        path: path.clone(),
-        snapshot: Snapshot {
-            info_hash,
-            have: have.clone(),
+    r.pool.submit(
+        r.store,
+        Job::SaveResume {
+            path: path.clone(),
+            snapshot: Snapshot {
+                info_hash,
+                have: have.clone(),
+            },
         },
-    });
+    );
     let done = r.run_until_idle();
     assert!(
         matches!(&done[..], [Completion::ResumeSaved { path: p }] if *p == path),
@@ -224,19 +242,25 @@ fn dropping_the_pool_finishes_queued_writes() {
     let mut r = rig("drop", 1 << 12, 64, 1);
     let data = bytes(64 << 12, 6);
     for (p, chunk) in data.chunks(1 << 12).enumerate() {
-        r.pool.submit(Job::Write {
-            piece: p as u32,
-            begin: 0,
-            data: chunk.to_vec(),
-        });
+        r.pool.submit(
+            r.store,
+            Job::Write {
+                piece: p as u32,
+                begin: 0,
+                data: chunk.to_vec(),
+            },
+        );
         // Reads and hashes queued among the writes are skipped on drop; the writes are not.
-        r.pool.submit(Job::Read {
-            peer: PeerHandle(0),
-            piece: p as u32,
-            begin: 0,
-            length: 1 << 12,
-        });
-        r.pool.submit(Job::Hash { piece: p as u32 });
+        r.pool.submit(
+            r.store,
+            Job::Read {
+                peer: PeerHandle(0),
+                piece: p as u32,
+                begin: 0,
+                length: 1 << 12,
+            },
+        );
+        r.pool.submit(r.store, Job::Hash { piece: p as u32 });
     }
     drop(r.pool);
     assert_eq!(std::fs::read(r.dir.join("data")).unwrap(), data);
