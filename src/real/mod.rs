@@ -24,12 +24,14 @@
 pub mod aria2;
 pub mod kp;
 pub mod libtorrent;
+pub mod mountns;
 pub mod opentracker;
 pub mod transmission;
 
 pub use aria2::Aria2;
 pub use kp::{Dataset, KpTorrent};
 pub use libtorrent::{Encryption, Libtorrent, LibtorrentOptions};
+pub use mountns::MountNs;
 pub use opentracker::{Opentracker, Swarm};
 pub use transmission::Transmission;
 
