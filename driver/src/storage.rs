@@ -719,6 +719,39 @@ impl Storage {
         Ok(hasher.finalize().into())
     }
 
+    /// Looks that every file of a download is still where it was made: not deleted, moved away or
+    /// replaced (a replacement is not the file we wrote). Call when the download is complete,
+    /// before saying so: a file finished early is never written again, so no write notices when
+    /// it goes. Returns the first file that is gone as [`StorageError::Deleted`]. Does nothing
+    /// when seeding. One `stat` per file, two for a file open in the cache.
+    pub fn check_files(&self) -> Result<(), StorageError> {
+        if !self.writable {
+            return Ok(());
+        }
+        for (index, (f, path)) in self.layout.files.iter().zip(&self.paths).enumerate() {
+            if f.padding {
+                continue;
+            }
+            let at_path = match fs::metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::Deleted(path.clone()));
+                }
+                Err(e) => return Err(StorageError::io(Action::Stat, path, e)),
+            };
+            let open = lock(&self.cache).open.get(&index).map(|c| c.file.clone());
+            if let Some(open) = open {
+                let open = open
+                    .metadata()
+                    .map_err(|e| StorageError::io(Action::Stat, path, e))?;
+                if open.dev() != at_path.dev() || open.ino() != at_path.ino() {
+                    return Err(StorageError::Deleted(path.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Flushes every file written since the last call to the device (`fdatasync`), so pieces
     /// written before this call survive a crash of the machine, not only of the process.
     pub fn flush(&self) -> Result<(), StorageError> {

@@ -416,3 +416,48 @@ fn a_deleted_file_is_not_created_again_when_reopened() {
     // Reading it for a hash fails too, naming the file.
     assert!(s.hash_piece(0).unwrap_err().to_string().contains("t/a"));
 }
+
+#[test]
+fn check_files_finds_a_finished_file_that_went() {
+    let dir = TestDir::new("check-files");
+    let layout = Layout::new(
+        "t",
+        true,
+        4,
+        [
+            (path(&["t", "a"]), 4, false),
+            (path(&["t", "pad"]), 4, true),
+            (path(&["t", "b"]), 4, false),
+        ],
+    )
+    .unwrap();
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 4).unwrap();
+    s.allocate().unwrap();
+    s.write(0, 0, &[1; 4]).unwrap();
+    s.write(2, 0, &[2; 4]).unwrap();
+    s.check_files().unwrap();
+    let (a, b) = (dir.path().join("t/a"), dir.path().join("t/b"));
+    fs::remove_file(&b).unwrap();
+    let err = s.check_files().unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Deleted(p) if *p == b),
+        "{err:?}"
+    );
+    // Replaced under an open descriptor: the file at the path is not the one written.
+    fs::remove_file(&a).unwrap();
+    fs::write(&a, [1; 4]).unwrap();
+    let err = s.check_files().unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Deleted(p) if *p == a),
+        "{err:?}"
+    );
+
+    // Seeding never asks.
+    let seed = Storage::new(
+        Layout::new("t", true, 4, [(path(&["t", "gone"]), 4, false)]).unwrap(),
+        Location::Seed(dir.path().into()),
+        4,
+    )
+    .unwrap();
+    seed.check_files().unwrap();
+}
