@@ -125,15 +125,28 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ResumeError> {
         move |error| ResumeError::Io { path, error }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(err(dir))?;
+    // Only the resume folder itself: a destination deleted during the download is not made
+    // again just to hold a resume file about data that is gone.
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(err(dir)(e)),
+        _ => {}
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp).map_err(err(&tmp))?;
-    f.write_all(bytes).map_err(err(&tmp))?;
-    f.sync_all().map_err(err(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(err(path))?;
+    let written = File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // A half-written temporary file helps nobody, and on a full disk it holds space.
+        let _ = fs::remove_file(&tmp);
+        return Err(err(&tmp)(e));
+    }
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(err(path)(e));
+    }
     // The rename itself is durable only once the folder is.
     File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))
 }

@@ -16,15 +16,22 @@
 //! A [`Storage`] for downloading is made in two steps: [`Storage::new`] only computes paths (so
 //! the resume plan can look at the files as they were), then [`Storage::allocate`] creates the
 //! missing files at their final size as sparse files.
+//!
+//! A file deleted (or moved away) while we download is an error, [`StorageError::Deleted`], not
+//! something to paper over: its verified pieces are gone, and writing on into an open descriptor
+//! of an unlinked file would "finish" a download that is nowhere on disk. After `allocate`, a
+//! download never creates a file again, and a write checks at most once every
+//! [`LIVENESS_EVERY`] that the open file is still the one at its path.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use kp_torrent_core::metainfo::Info;
 use sha1::{Digest, Sha1};
@@ -35,6 +42,10 @@ pub const DEFAULT_OPEN_FILES: usize = 128;
 
 /// Bytes read at a time while hashing a piece, so a large piece never needs one large buffer.
 const HASH_CHUNK: usize = 1 << 20;
+
+/// How often a write looks whether its open file is still the one at its path (two `stat`s): a
+/// file deleted while we download is noticed this long after at most, at no cost per block.
+pub const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 
 /// One file of a [`Layout`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +287,8 @@ pub enum StorageError {
     NotAFile(PathBuf),
     /// The storage was opened read-only (seeding) and a write was asked.
     ReadOnly,
+    /// A file of the download was deleted or moved away while we were downloading into it.
+    Deleted(PathBuf),
     /// A block outside its piece, or a piece past the end.
     OutOfRange {
         /// Piece index.
@@ -306,11 +319,10 @@ impl StorageError {
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StorageError::Io { path, .. } if self.is_disk_full() => write!(
-                f,
-                "disk full writing {}: free some space and start again to resume",
-                path.display()
-            ),
+            // The caller adds what to do (free space, run again): it knows what is kept.
+            StorageError::Io { path, .. } if self.is_disk_full() => {
+                write!(f, "no space left on the device writing {}", path.display())
+            }
             StorageError::Io {
                 action: Action::Read,
                 path,
@@ -330,6 +342,11 @@ impl fmt::Display for StorageError {
             }
             StorageError::NotAFile(p) => write!(f, "{} is not a regular file", p.display()),
             StorageError::ReadOnly => f.write_str("the data is open read-only (seeding)"),
+            StorageError::Deleted(p) => write!(
+                f,
+                "{} was deleted or moved during the download: run again to fetch it anew",
+                p.display()
+            ),
             StorageError::OutOfRange {
                 piece,
                 begin,
@@ -356,22 +373,35 @@ impl std::error::Error for StorageError {
 #[derive(Debug)]
 struct FileCache {
     cap: usize,
-    open: HashMap<usize, (Arc<File>, u64)>,
+    open: HashMap<usize, CachedFile>,
     by_use: BTreeMap<u64, usize>,
     tick: u64,
 }
 
+#[derive(Debug)]
+struct CachedFile {
+    file: Arc<File>,
+    used: u64,
+    /// When a write should next look whether the file is still at its path.
+    check_at: Instant,
+}
+
 impl FileCache {
-    fn get(&mut self, index: usize) -> Option<Arc<File>> {
+    /// The open file, and whether its liveness check is due (then the next one is scheduled).
+    fn get(&mut self, index: usize, now: Instant) -> Option<(Arc<File>, bool)> {
         self.tick += 1;
-        let (file, used) = self.open.get_mut(&index)?;
-        self.by_use.remove(used);
-        *used = self.tick;
+        let entry = self.open.get_mut(&index)?;
+        self.by_use.remove(&entry.used);
+        entry.used = self.tick;
         self.by_use.insert(self.tick, index);
-        Some(file.clone())
+        let due = now >= entry.check_at;
+        if due {
+            entry.check_at = now + LIVENESS_EVERY;
+        }
+        Some((entry.file.clone(), due))
     }
 
-    fn insert(&mut self, index: usize, file: Arc<File>) {
+    fn insert(&mut self, index: usize, file: Arc<File>, now: Instant) {
         while self.open.len() >= self.cap {
             let Some((_, oldest)) = self.by_use.pop_first() else {
                 break;
@@ -380,7 +410,20 @@ impl FileCache {
         }
         self.tick += 1;
         self.by_use.insert(self.tick, index);
-        self.open.insert(index, (file, self.tick));
+        self.open.insert(
+            index,
+            CachedFile {
+                file,
+                used: self.tick,
+                check_at: now + LIVENESS_EVERY,
+            },
+        );
+    }
+
+    fn remove(&mut self, index: usize) {
+        if let Some(entry) = self.open.remove(&index) {
+            self.by_use.remove(&entry.used);
+        }
     }
 }
 
@@ -547,27 +590,55 @@ impl Storage {
     }
 
     fn file(&self, index: usize) -> Result<Arc<File>, StorageError> {
+        self.cached_file(index).map(|(file, _)| file)
+    }
+
+    /// The open file `index`, and whether a liveness check is due for it (see [`Self::live_file`]).
+    fn cached_file(&self, index: usize) -> Result<(Arc<File>, bool), StorageError> {
+        let now = Instant::now();
         let mut cache = lock(&self.cache);
-        if let Some(f) = cache.get(index) {
-            return Ok(f);
+        if let Some(found) = cache.get(index, now) {
+            return Ok(found);
         }
         let path = &self.paths[index];
-        // Opened with create in case the file was deleted while we run: the write then succeeds
-        // and the hash check catches the missing bytes, instead of failing the whole download.
+        // Never created here: `allocate` made every file, so a missing one was deleted while we
+        // run. Creating it again would lose its verified pieces without anyone noticing.
         let file = if self.writable {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
+            OpenOptions::new().read(true).write(true).open(path)
         } else {
             File::open(path)
         }
-        .map_err(|e| StorageError::io(Action::Open, path, e))?;
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound if self.writable => StorageError::Deleted(path.clone()),
+            _ => StorageError::io(Action::Open, path, e),
+        })?;
         let file = Arc::new(file);
-        cache.insert(index, file.clone());
-        Ok(file)
+        cache.insert(index, file.clone(), now);
+        // Just opened through its path: nothing to check.
+        Ok((file, false))
+    }
+
+    /// The open file `index` for a write, after looking (at most once every [`LIVENESS_EVERY`])
+    /// that it is still the file at its path: not unlinked, not replaced, not moved away.
+    fn live_file(&self, index: usize) -> Result<Arc<File>, StorageError> {
+        let (file, due) = self.cached_file(index)?;
+        if !due {
+            return Ok(file);
+        }
+        let path = &self.paths[index];
+        let open = file
+            .metadata()
+            .map_err(|e| StorageError::io(Action::Stat, path, e))?;
+        let same = match fs::metadata(path) {
+            Ok(at_path) => at_path.dev() == open.dev() && at_path.ino() == open.ino(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(StorageError::io(Action::Stat, path, e)),
+        };
+        if same && open.nlink() > 0 {
+            return Ok(file);
+        }
+        lock(&self.cache).remove(index);
+        Err(StorageError::Deleted(path.clone()))
     }
 
     /// Reads `buf.len()` bytes at `begin` in `piece`. Padding reads as zeros.
@@ -617,7 +688,7 @@ impl Storage {
                     return Ok(());
                 }
                 let path = &self.paths[index];
-                self.file(index)?
+                self.live_file(index)?
                     .write_all_at(&data[range], at)
                     .map_err(|e| StorageError::io(Action::Write, path, e))?;
                 lock(&self.dirty).insert(index);
@@ -646,6 +717,39 @@ impl Storage {
             done += n as u64;
         }
         Ok(hasher.finalize().into())
+    }
+
+    /// Looks that every file of a download is still where it was made: not deleted, moved away or
+    /// replaced (a replacement is not the file we wrote). Call when the download is complete,
+    /// before saying so: a file finished early is never written again, so no write notices when
+    /// it goes. Returns the first file that is gone as [`StorageError::Deleted`]. Does nothing
+    /// when seeding. One `stat` per file, two for a file open in the cache.
+    pub fn check_files(&self) -> Result<(), StorageError> {
+        if !self.writable {
+            return Ok(());
+        }
+        for (index, (f, path)) in self.layout.files.iter().zip(&self.paths).enumerate() {
+            if f.padding {
+                continue;
+            }
+            let at_path = match fs::metadata(path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::Deleted(path.clone()));
+                }
+                Err(e) => return Err(StorageError::io(Action::Stat, path, e)),
+            };
+            let open = lock(&self.cache).open.get(&index).map(|c| c.file.clone());
+            if let Some(open) = open {
+                let open = open
+                    .metadata()
+                    .map_err(|e| StorageError::io(Action::Stat, path, e))?;
+                if open.dev() != at_path.dev() || open.ino() != at_path.ino() {
+                    return Err(StorageError::Deleted(path.clone()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Flushes every file written since the last call to the device (`fdatasync`), so pieces

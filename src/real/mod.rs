@@ -25,6 +25,7 @@ pub mod aria2;
 pub mod dead_tracker;
 pub mod kp;
 pub mod libtorrent;
+pub mod mountns;
 pub mod opentracker;
 pub mod transmission;
 
@@ -32,6 +33,7 @@ pub use aria2::Aria2;
 pub use dead_tracker::{SilentTcpTracker, SilentUdpTracker};
 pub use kp::{Dataset, KpTorrent};
 pub use libtorrent::{Encryption, Libtorrent, LibtorrentOptions};
+pub use mountns::MountNs;
 pub use opentracker::{Opentracker, Swarm};
 pub use transmission::Transmission;
 

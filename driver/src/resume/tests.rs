@@ -185,3 +185,49 @@ fn a_wrong_snapshot_is_refused() {
         }
     ));
 }
+
+#[test]
+fn a_failed_save_leaves_no_temporary_file() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipping: no /dev/full");
+        return;
+    }
+    let dir = TestDir::new("resume-full");
+    let s = storage(dir.path());
+    s.allocate().unwrap();
+    let path = resume_path(dir.path(), &HASH);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // The temporary file is where the bytes go first: make its writes fail as on a full disk.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+    let snap = Snapshot {
+        info_hash: HASH,
+        have: bits(4, &[0]),
+    };
+    let err = save(&path, &snap, &s).unwrap_err();
+    assert!(err.to_string().contains(".resume.tmp"), "{err}");
+    assert!(
+        fs::symlink_metadata(&tmp).is_err(),
+        "{} left behind",
+        tmp.display()
+    );
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_deleted_destination_is_not_made_again_for_the_resume_file() {
+    let dir = TestDir::new("resume-gone");
+    let dest = dir.path().join("dest");
+    let s = storage(&dest);
+    s.allocate().unwrap();
+    fs::remove_dir_all(&dest).unwrap();
+    let snap = Snapshot {
+        info_hash: HASH,
+        have: bits(4, &[]),
+    };
+    let err = save(&resume_path(&dest, &HASH), &snap, &s).unwrap_err();
+    assert!(err.to_string().contains(".kp-torrent"), "{err}");
+    assert!(!dest.exists(), "the deleted destination was made again");
+}

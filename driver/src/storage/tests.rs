@@ -296,7 +296,11 @@ fn a_full_device_is_reported_as_disk_full() {
     std::os::unix::fs::symlink("/dev/full", dir.path().join("f")).unwrap();
     let err = s.write(0, 0, &[1; 8]).unwrap_err();
     assert!(err.is_disk_full(), "{err}");
-    assert!(err.to_string().starts_with("disk full writing "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("no space left on the device writing "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -332,4 +336,128 @@ fn layout_of_a_parsed_torrent_round_trips_its_data() {
         bytes[10..33]
     );
     assert!(dir.path().join("multi/empty").is_file());
+}
+
+/// Writes to file 0 of `s` until one fails (bounded: a few liveness intervals), and returns it.
+fn write_until_refused(s: &Storage) -> StorageError {
+    let deadline = std::time::Instant::now() + 4 * LIVENESS_EVERY;
+    loop {
+        match s.write(0, 0, &[7; 8]) {
+            Err(e) => return e,
+            Ok(()) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(()) => panic!(
+                "writes still succeed {:?} after the file went",
+                4 * LIVENESS_EVERY
+            ),
+        }
+    }
+}
+
+#[test]
+fn an_open_file_deleted_or_moved_is_noticed_by_the_next_writes() {
+    for how in ["delete", "move", "replace"] {
+        let dir = TestDir::new("deleted-open");
+        let layout = Layout::new("f", false, 8, [(path(&["f"]), 8, false)]).unwrap();
+        let s = Storage::new(layout, Location::Download(dir.path().into()), 2).unwrap();
+        s.allocate().unwrap();
+        s.write(0, 0, &[1; 8]).unwrap();
+        let f = dir.path().join("f");
+        match how {
+            "delete" => fs::remove_file(&f).unwrap(),
+            "move" => fs::rename(&f, dir.path().join("elsewhere")).unwrap(),
+            _ => {
+                fs::remove_file(&f).unwrap();
+                fs::write(&f, [0; 8]).unwrap();
+            }
+        }
+        let err = write_until_refused(&s);
+        assert!(
+            matches!(&err, StorageError::Deleted(p) if *p == f),
+            "{how}: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/f was deleted or moved during the download"),
+            "{how}: {msg}"
+        );
+        // Never made again behind the user's back (the replacement stays as it was).
+        assert_eq!(s.write(0, 0, &[1; 8]).is_err(), how != "replace", "{how}");
+        if how == "delete" {
+            assert!(!f.exists(), "the deleted file was created again");
+        }
+    }
+}
+
+#[test]
+fn a_deleted_file_is_not_created_again_when_reopened() {
+    let dir = TestDir::new("deleted-closed");
+    // One open file at most: writing b closes a.
+    let layout = Layout::new(
+        "t",
+        true,
+        4,
+        [(path(&["t", "a"]), 4, false), (path(&["t", "b"]), 4, false)],
+    )
+    .unwrap();
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 1).unwrap();
+    s.allocate().unwrap();
+    s.write(0, 0, &[1; 4]).unwrap();
+    s.write(1, 0, &[2; 4]).unwrap();
+    let a = dir.path().join("t/a");
+    fs::remove_file(&a).unwrap();
+    let err = s.write(0, 0, &[1; 4]).unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Deleted(p) if *p == a),
+        "{err:?}"
+    );
+    assert!(!a.exists(), "the deleted file was created again");
+    // Reading it for a hash fails too, naming the file.
+    assert!(s.hash_piece(0).unwrap_err().to_string().contains("t/a"));
+}
+
+#[test]
+fn check_files_finds_a_finished_file_that_went() {
+    let dir = TestDir::new("check-files");
+    let layout = Layout::new(
+        "t",
+        true,
+        4,
+        [
+            (path(&["t", "a"]), 4, false),
+            (path(&["t", "pad"]), 4, true),
+            (path(&["t", "b"]), 4, false),
+        ],
+    )
+    .unwrap();
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 4).unwrap();
+    s.allocate().unwrap();
+    s.write(0, 0, &[1; 4]).unwrap();
+    s.write(2, 0, &[2; 4]).unwrap();
+    s.check_files().unwrap();
+    let (a, b) = (dir.path().join("t/a"), dir.path().join("t/b"));
+    fs::remove_file(&b).unwrap();
+    let err = s.check_files().unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Deleted(p) if *p == b),
+        "{err:?}"
+    );
+    // Replaced under an open descriptor: the file at the path is not the one written.
+    fs::remove_file(&a).unwrap();
+    fs::write(&a, [1; 4]).unwrap();
+    let err = s.check_files().unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Deleted(p) if *p == a),
+        "{err:?}"
+    );
+
+    // Seeding never asks.
+    let seed = Storage::new(
+        Layout::new("t", true, 4, [(path(&["t", "gone"]), 4, false)]).unwrap(),
+        Location::Seed(dir.path().into()),
+        4,
+    )
+    .unwrap();
+    seed.check_files().unwrap();
 }
