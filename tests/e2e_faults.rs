@@ -225,7 +225,6 @@ fn disk_full_mid_download_stops_with_an_error_and_the_next_run_resumes() {
 }
 
 #[test]
-#[ignore = "client.rs also logs the session's write error at ERROR level before the fatal line (two lines with --quiet); see the faults report"]
 fn disk_full_mid_download_prints_one_line_only() {
     disk_full(true);
 }
@@ -292,7 +291,6 @@ fn destination_read_only_mid_download_stops_with_an_error_and_the_next_run_resum
 }
 
 #[test]
-#[ignore = "client.rs also logs the session's write error at ERROR level before the fatal line (two lines with --quiet); see the faults report"]
 fn destination_read_only_mid_download_prints_one_line_only() {
     read_only(true);
 }
@@ -331,7 +329,6 @@ fn destination_deleted_mid_download_stops_with_an_error_and_the_next_run_fetches
 }
 
 #[test]
-#[ignore = "client.rs also logs the session's write error at ERROR level before the fatal line (two lines with --quiet); see the faults report"]
 fn destination_deleted_mid_download_prints_one_line_only() {
     deleted(true);
 }
@@ -340,7 +337,6 @@ fn destination_deleted_mid_download_prints_one_line_only() {
 /// files still download. Nothing writes to it again, so only a look at the files before the end
 /// can notice: the run must not end with "done" and status 0 while the file is gone.
 #[test]
-#[ignore = "client.rs reports the download done without calling Storage::check_files; see the faults report"]
 fn a_finished_file_deleted_mid_download_is_not_reported_done() {
     let dir = TempDir::new("e2e-fault-deleted-file");
     let files: Vec<(String, usize)> = (0..24)

@@ -308,6 +308,7 @@ impl std::error::Error for ClientError {}
 /// One torrent's run, the driver's side of it.
 struct Run {
     opts: TorrentOptions,
+    storage: Arc<Storage>,
     store: StoreId,
     name: String,
     resume_path: Option<PathBuf>,
@@ -528,7 +529,8 @@ impl Client {
         };
         let torrent = Torrent::from_info(info_hash, &topts.metainfo.info);
         let now = self.now();
-        let store = self.disk.add_store(Arc::new(storage));
+        let storage = Arc::new(storage);
+        let store = self.disk.add_store(storage.clone());
         let Some(id) = self
             .engine
             .add_torrent(now, config, torrent, StartState::Check, record)
@@ -551,6 +553,7 @@ impl Client {
             id,
             Run {
                 opts: topts,
+                storage,
                 store,
                 name,
                 resume_path,
@@ -798,6 +801,8 @@ impl Client {
             Event::PeerBanned { .. } | Event::HashFailed { .. } => {
                 log::warn!("{}: {event}", run.name)
             }
+            // A fatal error is printed once, as the run's last line.
+            Event::Error { .. } if run.fatal.is_some() => log::debug!("{}: {event}", run.name),
             Event::Error { .. } => log::error!("{}: {event}", run.name),
             _ => log::debug!("{event}"),
         }
@@ -820,22 +825,24 @@ impl Client {
                 } => {
                     let full = error.is_disk_full();
                     let text = error.to_string();
+                    // Recorded before the swarm hears of it, so its error event is not printed
+                    // too: a fatal error is one line, the run's last.
+                    if let Some(run) = self.runs.get_mut(&t) {
+                        run.fatal.get_or_insert(if full {
+                            ClientError::DiskFull(text.clone())
+                        } else {
+                            ClientError::Storage(error)
+                        });
+                    }
                     self.input(
                         now,
                         t,
                         Input::WriteFailed {
                             piece,
                             begin,
-                            error: text.clone(),
+                            error: text,
                         },
                     );
-                    if let Some(run) = self.runs.get_mut(&t) {
-                        run.fatal.get_or_insert(if full {
-                            ClientError::DiskFull(text)
-                        } else {
-                            ClientError::Storage(error)
-                        });
-                    }
                 }
                 Completion::Read {
                     peer,
@@ -1018,6 +1025,15 @@ impl Client {
                 listen: self.listen_addr,
             }
         });
+        // A file finished early is never written again: only a look now notices it went.
+        if summary
+            .as_ref()
+            .is_some_and(|s| s.complete && !s.interrupted)
+            && run.storage.writable()
+            && let Err(e) = run.storage.check_files()
+        {
+            run.fatal.get_or_insert(ClientError::Storage(e));
+        }
         if let Some((_, Err(e))) = self.engine.remove_torrent(torrent) {
             let path = run.opts.record.clone().unwrap_or_default();
             run.fatal
