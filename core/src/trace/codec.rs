@@ -261,7 +261,8 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
             out.extend_from_slice(have.as_bytes());
         }
     }
-    put_varint(out, h.start.as_nanos());
+    // The same zigzag form as every input's time, read back by `Cursor::time` from zero.
+    put_varint(out, zigzag(h.start.as_nanos() as i64));
 }
 
 fn zigzag(d: i64) -> u64 {

@@ -325,3 +325,46 @@ fn recorder_keeps_io_errors_and_runs_on() {
     let (_, res) = r.finish();
     assert_eq!(res.err().map(|e| e.to_string()), Some("disk full".into()));
 }
+
+#[test]
+fn a_task_started_late_replays() {
+    // Torrents added to a running engine start at its current time, not at zero.
+    let torrent = Torrent {
+        info_hash: InfoHash([2; 20]),
+        piece_length: 16384,
+        total_length: 16384,
+        piece_hashes: vec![[0; 20]],
+        files: vec![FileSpan {
+            offset: 0,
+            length: 16384,
+            padding: false,
+        }],
+    };
+    let start = Time::from_millis(1234);
+    let mut r = Recorder::new(
+        Vec::new(),
+        task_config(5),
+        torrent,
+        StartState::Check,
+        start,
+    );
+    r.handle_input(
+        start,
+        TorrentInput::Start {
+            files: &[None],
+            resume: None,
+        },
+    );
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+    r.handle_input(
+        start + Duration::from_millis(3),
+        S(Input::PeersDiscovered { addrs: &[addr] }),
+    );
+    let (_, out) = r.finish();
+    let trace = out.unwrap();
+    let reader = TraceReader::new(&trace).unwrap();
+    assert_eq!(reader.header().start, start);
+    let report = replay(&trace).unwrap();
+    assert_eq!(report.divergence, None, "{report}");
+    assert!(report.finished && report.inputs == 2 && report.actions >= 1);
+}
