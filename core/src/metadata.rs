@@ -444,6 +444,8 @@ pub struct MetadataFetcher {
     attempt: Option<Attempt>,
     /// Set after the first failed multi-peer attempt: every later attempt has one source.
     one_source: bool,
+    /// The latest one-peer-at-a-time source chosen, where the round robin resumes.
+    last_source: Option<PeerHandle>,
     suspects: Option<Suspects>,
     complete: bool,
     actions: VecDeque<MetadataAction>,
@@ -460,6 +462,7 @@ impl MetadataFetcher {
             peers: BTreeMap::new(),
             attempt: None,
             one_source: false,
+            last_source: None,
             suspects: None,
             complete: false,
             actions: VecDeque::new(),
@@ -624,23 +627,22 @@ impl MetadataFetcher {
                 self.release(peer, piece);
             }
         }
-        if let Some(a) = &mut self.attempt {
-            if a.source == Some(peer) {
-                // Its pieces cannot be checked against anyone else's: start over.
-                a.source = None;
-                a.slots.fill(Slot::Missing);
-            }
+        if let Some(a) = &mut self.attempt
+            && a.source == Some(peer)
+        {
+            // Its pieces cannot be checked against anyone else's: start over.
+            a.source = None;
+            a.slots.fill(Slot::Missing);
         }
     }
 
     /// Piece `piece` requested from `peer` is no longer expected from it.
     fn release(&mut self, peer: PeerHandle, piece: u32) {
-        if let Some(a) = &mut self.attempt {
-            if let Some(slot) = a.slots.get_mut(piece as usize) {
-                if *slot == Slot::Requested(peer) {
-                    *slot = Slot::Missing;
-                }
-            }
+        if let Some(a) = &mut self.attempt
+            && let Some(slot) = a.slots.get_mut(piece as usize)
+            && *slot == Slot::Requested(peer)
+        {
+            *slot = Slot::Missing;
         }
     }
 
@@ -841,20 +843,28 @@ impl MetadataFetcher {
                 .and_then(|s| self.peers.get(&s))
                 .is_some_and(|p| Self::is_ready(p, now));
             if !current_ready {
+                // Round robin from the last source, so peers that keep stalling cannot starve
+                // the others of their turn.
+                let after = self.last_source;
+                let eligible = |(&h, p): (&PeerHandle, &PeerState)| {
+                    (p.size == a.size && Self::is_ready(p, now)).then_some(h)
+                };
                 let next = self
                     .peers
                     .iter()
-                    .find(|(_, p)| p.size == a.size && Self::is_ready(p, now))
-                    .map(|(&h, _)| h);
-                if let Some(next) = next {
-                    if a.source != Some(next) {
-                        // Requests still out to the old source are abandoned: its pieces go.
-                        if let Some(old) = a.source.and_then(|s| self.peers.get_mut(&s)) {
-                            old.in_flight.clear();
-                        }
-                        a.source = Some(next);
-                        a.slots.fill(Slot::Missing);
+                    .filter(|&(&h, _)| after.is_none_or(|l| h > l))
+                    .find_map(eligible)
+                    .or_else(|| self.peers.iter().find_map(eligible));
+                if let Some(next) = next
+                    && a.source != Some(next)
+                {
+                    // Requests still out to the old source are abandoned: its pieces go.
+                    if let Some(old) = a.source.and_then(|s| self.peers.get_mut(&s)) {
+                        old.in_flight.clear();
                     }
+                    a.source = Some(next);
+                    self.last_source = Some(next);
+                    a.slots.fill(Slot::Missing);
                 }
             }
         }
