@@ -29,7 +29,7 @@ pub mod transmission;
 
 pub use aria2::Aria2;
 pub use kp::{Dataset, KpTorrent};
-pub use libtorrent::{Encryption, Libtorrent, LibtorrentOptions};
+pub use libtorrent::{Encryption, Libtorrent, LibtorrentOptions, LibtorrentPeer, peer_source};
 pub use opentracker::{Opentracker, Swarm};
 pub use transmission::Transmission;
 
