@@ -24,8 +24,9 @@
 //!
 //! A peer is asked only for the size it advertised. A `data` message whose `total_size` differs
 //! from that size, whose piece is out of range, or whose length is not the piece's length proves
-//! the peer broken: it is reported with [`MetadataEvent::BadPeer`] and never asked again. Repeated,
-//! late or unrequested pieces are ignored. When the assembled bytes fail the hash check and came
+//! the peer broken: it is reported with [`MetadataEvent::BadPeer`] and never asked again. A piece
+//! we already have or expect from another peer is ignored; a late answer to a request that timed
+//! out is used while its piece is still missing (the hash check judges it like any other). When the assembled bytes fail the hash check and came
 //! from one peer, that peer is reported; when they came from several, the fetcher keeps the failed
 //! pieces and from then on fetches from one peer at a time: an attempt that fails convicts its
 //! only source, and one that succeeds convicts every earlier peer whose piece differs from the
@@ -512,7 +513,10 @@ impl MetadataFetcher {
             None
         };
         if let Some(e) = refused {
-            self.forget_peer(peer);
+            // A convicted peer stays convicted whatever it advertises next.
+            if !self.is_banned(peer) {
+                self.forget_peer(peer);
+            }
             self.schedule();
             return Err(e);
         }

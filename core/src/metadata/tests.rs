@@ -636,3 +636,27 @@ fn time_going_backwards_counts_as_the_latest_time() {
     let _ = actions(&mut f);
     assert_eq!(f.poll_timeout(), Some(Time::from_secs(120)));
 }
+
+#[test]
+fn a_convicted_peer_stays_convicted_whatever_it_advertises_next() {
+    let info = info_of_len(100);
+    let mut f = fetcher(&info, FetcherConfig::default());
+    f.handle_peer(T0, p(1), 100).unwrap();
+    let _ = actions(&mut f);
+    answer(&mut f, T0, p(1), &[0u8; 100], 0);
+    assert_eq!(
+        banned(&events(&mut f)),
+        vec![(p(1), MetadataError::HashMismatch)]
+    );
+    assert_eq!(f.handle_peer(T0, p(1), 0), Err(MetadataError::ZeroSize));
+    assert_eq!(f.handle_peer(T0, p(1), 100), Ok(()));
+    assert!(f.is_banned(p(1)));
+    f.handle_peer(T0, p(1), 200).unwrap();
+    assert!(f.is_banned(p(1)));
+    f.handle_timeout(Time::from_secs(1000));
+    assert!(actions(&mut f).is_empty());
+    // Only a disconnect frees the handle for a new peer.
+    f.handle_peer_gone(T0, p(1));
+    f.handle_peer(T0, p(1), 100).unwrap();
+    assert_eq!(actions(&mut f), vec![(p(1), 0)]);
+}
