@@ -104,10 +104,17 @@ fn the_sender_converges_on_our_set_within_the_limits() {
                 .map(|(a, seed)| (a.0, if seed { PexFlags::SEED } else { PexFlags(0) }))
                 .collect();
             now += Duration::from_secs(u64::from(wait));
-            // Send until caught up, as a peer would see over the following minutes.
-            for _ in 0..20 {
+            // Send until caught up, as a peer would see over the following minutes: ask at
+            // once, and again when the sender says its next message is due.
+            for _ in 0..40 {
                 let Some(msg) = sender.handle_timeout(now, &current) else {
-                    break;
+                    match sender.poll_timeout() {
+                        Some(due) if due > now => {
+                            now = due;
+                            continue;
+                        }
+                        _ => break,
+                    }
                 };
                 assert!(msg.added.len() <= MAX_PER_MESSAGE);
                 assert!(msg.dropped.len() <= MAX_PER_MESSAGE);
@@ -126,7 +133,6 @@ fn the_sender_converges_on_our_set_within_the_limits() {
                     assert_ne!(a.port(), 0);
                     believed.insert(a, f);
                 }
-                now += INTERVAL;
             }
             let mut want = current.clone();
             want.remove(&me.0);
