@@ -43,8 +43,11 @@
 //! - [`engine`]: the router above many torrents (incoming handshakes, shared limits, UDP).
 //! - [`id`]: info-hashes and BEP 20 peer ids.
 //! - [`magnet`]: magnet URIs (`xt=urn:btih:` in hex or base32, `dn`, `tr`, `x.pe`).
+//! - [`metadata`]: BEP 9 `ut_metadata`: fetching the info dictionary from peers (magnet links),
+//!   and serving it.
 //! - [`metainfo`]: reading and writing `.torrent` files, with safe file paths.
 //! - [`peer`]: one peer connection's protocol state machine (handshake, flags, timers, pipelining).
+//! - [`pex`]: BEP 11 `ut_pex`: peer exchange messages, what to tell each peer, what to accept.
 //! - [`picker`]: which blocks to request from which peer (rarest first, endgame, sequential).
 //! - [`rate`]: transfer rates over a sliding window.
 //! - [`resume`]: resume data and the start-up verdict (which pieces count before any peer).
@@ -62,8 +65,10 @@ pub mod choker;
 pub mod engine;
 pub mod id;
 pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
 pub mod peer;
+pub mod pex;
 pub mod picker;
 pub mod rate;
 pub mod resume;

@@ -1,11 +1,18 @@
 //! libtorrent-rasterbar 2.0.8 through its Python bindings: one peer seeding or downloading one
-//! torrent on 127.0.0.1.
+//! torrent (from a `.torrent` file or a magnet link) on 127.0.0.1.
 //!
 //! The peer is `libtorrent_peer.py` (embedded here, written to the harness's temp folder) run with
 //! Debian's `/usr/bin/python3`, the only Python that has the module. It prints one fact per line,
 //! each prefixed with seconds since its start: `port N`, `progress HAVE TOTAL STATE PEERS`,
-//! `alert KIND: TEXT`, `done` (all pieces verified), `error TEXT`.
+//! `metadata`, `peers IP:PORT/SOURCE ...`, `alert KIND: TEXT`, `done` (all pieces verified),
+//! `error TEXT`. The harness talks back through a commands file in its temp folder
+//! ([`Libtorrent::connect_peer`]).
+//!
+//! Its session is made with no plugins: name the ones a test needs in
+//! [`LibtorrentOptions::extensions`] (`ut_metadata` to fetch or serve a magnet link's metadata,
+//! `ut_pex` for peer exchange, `smart_ban`).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,13 +56,53 @@ pub struct LibtorrentOptions {
     pub upload_limit: u64,
     /// Listen port; `None` lets the system choose one, which cannot collide.
     pub port: Option<u16>,
+    /// libtorrent plugins to add by name (`ses.add_extension`): `"ut_metadata"`, `"ut_pex"`,
+    /// `"smart_ban"`. Empty (the default) means none, not libtorrent's default set.
+    pub extensions: Vec<String>,
+    /// A leecher keeps running (seeding) after it completes instead of exiting, so it can serve
+    /// others (metadata, PEX); [`Libtorrent::wait_done`] then does not wait for an exit.
+    pub keep_running: bool,
+}
+
+/// Where a peer gets its torrent.
+enum Source<'a> {
+    File(&'a Torrent),
+    Magnet(&'a str),
+}
+
+/// A peer source bit of [`LibtorrentPeer::source`] (libtorrent's `peer_info.source`).
+pub mod peer_source {
+    /// From a tracker.
+    pub const TRACKER: u8 = 0x01;
+    /// From the DHT.
+    pub const DHT: u8 = 0x02;
+    /// From peer exchange (`ut_pex`).
+    pub const PEX: u8 = 0x04;
+    /// From local service discovery.
+    pub const LSD: u8 = 0x08;
+    /// From resume data. (A peer given to `connect_peer`, as [`LibtorrentOptions::peers`] and
+    /// [`super::Libtorrent::connect_peer`] do, has no source bit at all.)
+    pub const RESUME_DATA: u8 = 0x10;
+    /// The peer connected to us.
+    pub const INCOMING: u8 = 0x20;
+}
+
+/// One peer connected to a libtorrent peer, as its latest `peers` line lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LibtorrentPeer {
+    /// The remote address (its listening address when libtorrent dialled it).
+    pub addr: SocketAddr,
+    /// How libtorrent learnt about it: bits of [`peer_source`].
+    pub source: u8,
 }
 
 /// A running libtorrent peer (see the module doc).
 pub struct Libtorrent {
     process: RealProcess,
     port: u16,
-    leecher: bool,
+    /// Exits once complete (a leecher without [`LibtorrentOptions::keep_running`]).
+    exits_when_done: bool,
+    commands: PathBuf,
     _dir: TempDir,
 }
 
@@ -71,7 +118,7 @@ impl Libtorrent {
         data_dir: &Path,
         opts: &LibtorrentOptions,
     ) -> Option<Libtorrent> {
-        let mut peer = Libtorrent::start(torrent, data_dir, opts, false)?;
+        let mut peer = Libtorrent::start(Source::File(torrent), data_dir, opts, false)?;
         peer.wait_line(
             START_TIMEOUT,
             "done",
@@ -88,11 +135,20 @@ impl Libtorrent {
         dest: &Path,
         opts: &LibtorrentOptions,
     ) -> Option<Libtorrent> {
-        Libtorrent::start(torrent, dest, opts, true)
+        Libtorrent::start(Source::File(torrent), dest, opts, true)
+    }
+
+    /// Downloads the torrent of magnet link `uri` (`lt.parse_magnet_uri`) into `dest`: the info
+    /// dictionary comes from peers, so both sides need `ut_metadata` in
+    /// [`LibtorrentOptions::extensions`], and the peers come from the URI's `x.pe` and `tr`,
+    /// [`LibtorrentOptions::peers`] or [`Libtorrent::connect_peer`]. Otherwise as
+    /// [`Libtorrent::download`].
+    pub fn download_magnet(uri: &str, dest: &Path, opts: &LibtorrentOptions) -> Option<Libtorrent> {
+        Libtorrent::start(Source::Magnet(uri), dest, opts, true)
     }
 
     fn start(
-        torrent: &Torrent,
+        source: Source<'_>,
         save: &Path,
         opts: &LibtorrentOptions,
         leecher: bool,
@@ -106,10 +162,20 @@ impl Libtorrent {
         let abs = |p: &Path| -> PathBuf {
             std::path::absolute(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
         };
+        let commands = dir.path().join("commands");
+        let (source_flag, source_arg) = match source {
+            Source::File(torrent) => (
+                "--torrent",
+                abs(&torrent.path).to_string_lossy().into_owned(),
+            ),
+            Source::Magnet(uri) => ("--magnet", uri.to_string()),
+        };
         let mut args = vec![
             script.to_string_lossy().into_owned(),
-            "--torrent".into(),
-            abs(&torrent.path).to_string_lossy().into_owned(),
+            source_flag.into(),
+            source_arg,
+            "--commands".into(),
+            commands.to_string_lossy().into_owned(),
             "--save".into(),
             abs(save).to_string_lossy().into_owned(),
             "--port".into(),
@@ -130,9 +196,13 @@ impl Libtorrent {
         for t in &opts.trackers {
             args.extend(["--tracker".into(), t.clone()]);
         }
-        if leecher {
+        for e in &opts.extensions {
+            args.extend(["--extension".into(), e.clone()]);
+        }
+        let exits_when_done = leecher && !opts.keep_running;
+        if exits_when_done {
             args.push("--exit-when-done".into());
-        } else {
+        } else if !leecher {
             // A seeder whose data fails the check would otherwise quietly start downloading.
             args.push("--expect-complete".into());
         }
@@ -145,7 +215,8 @@ impl Libtorrent {
         let mut peer = Libtorrent {
             process,
             port: 0,
-            leecher,
+            exits_when_done,
+            commands,
             _dir: dir,
         };
         let port = peer.wait_line(START_TIMEOUT, "port", "did not report its listen port");
@@ -208,18 +279,97 @@ impl Libtorrent {
         }
     }
 
+    /// Dials `addr` now (`handle.connect_peer`), and again every 2 s while fewer peers than it was
+    /// told to dial are connected; the peer acknowledges with a `command connect` line, which
+    /// this waits for (up to 10 s).
+    ///
+    /// # Panics
+    /// When the peer does not acknowledge in time, with its log.
+    pub fn connect_peer(&mut self, addr: SocketAddr) {
+        let mut f = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.commands)
+            .expect("open libtorrent commands file");
+        writeln!(f, "connect {addr}").expect("write libtorrent command");
+        drop(f);
+        let want = format!("connect {addr}");
+        let acked = wait_for(Duration::from_secs(10), || {
+            let log = self.process.log();
+            facts(&log)
+                .any(|(k, rest)| k == "command" && rest == want)
+                .then_some(())
+        });
+        if acked.is_none() {
+            self.process
+                .fail(&format!("did not take the command \"{want}\" within 10 s"));
+        }
+    }
+
+    /// The peers connected to it, as it last reported them (empty before the first report).
+    pub fn peers(&self) -> Vec<LibtorrentPeer> {
+        let log = self.process.log();
+        facts(&log)
+            .filter(|(k, _)| *k == "peers")
+            .last()
+            .map(|(_, rest)| parse_peers(rest))
+            .unwrap_or_default()
+    }
+
+    /// Waits until one connected peer satisfies `pred` and returns it.
+    ///
+    /// # Panics
+    /// After `timeout`, or when the process ends first, with the peer's log.
+    pub fn wait_peer(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&LibtorrentPeer) -> bool,
+    ) -> LibtorrentPeer {
+        let found = wait_for(timeout, || {
+            let log = self.process.log();
+            let hit = facts(&log)
+                .filter(|(k, _)| *k == "peers")
+                .flat_map(|(_, rest)| parse_peers(rest))
+                .find(|p| pred(p));
+            if let Some(p) = hit {
+                return Some(Some(p));
+            }
+            self.process.exit_status().map(|_| None)
+        });
+        match found {
+            Some(Some(p)) => p,
+            Some(None) => self
+                .process
+                .fail(&format!("exited before a peer \"{what}\"")),
+            None => self.process.fail(&format!(
+                "no connected peer \"{what}\" within {timeout:?}; last peers {:?}",
+                self.peers()
+            )),
+        }
+    }
+
+    /// Waits until a magnet download has received and checked the torrent's metadata.
+    ///
+    /// # Panics
+    /// After `timeout`, or when the process ends first, with the peer's log.
+    pub fn wait_metadata(&mut self, timeout: Duration) {
+        self.wait_line(timeout, "metadata", "did not receive the metadata");
+    }
+
     /// Kills the peer at once (SIGKILL, like `kill -9`) and reaps it; what it wrote stays on disk.
     pub fn kill(&mut self) {
         self.process.kill();
     }
 
-    /// Waits until every piece is verified; a leecher must also have exited successfully.
+    /// Waits until every piece is verified; a leecher that exits when done must also have exited
+    /// successfully.
     ///
     /// # Panics
     /// After `timeout` (or if the leecher exits with an error), with the peer's log.
     pub fn wait_done(&mut self, timeout: Duration) {
         self.wait_line(timeout, "done", "did not complete the download");
-        if self.leecher {
+        if self.exits_when_done {
             let status = wait_for(EXIT_TIMEOUT, || self.process.exit_status())
                 .unwrap_or_else(|| self.process.fail("did not exit after completing"));
             if !status.success() {
@@ -249,6 +399,19 @@ impl Libtorrent {
             None => self.process.fail(&format!("{what} within {timeout:?}")),
         }
     }
+}
+
+/// The peers of a `peers` line: `IP:PORT/SOURCE` words; malformed words are skipped.
+fn parse_peers(rest: &str) -> Vec<LibtorrentPeer> {
+    rest.split_whitespace()
+        .filter_map(|word| {
+            let (addr, source) = word.rsplit_once('/')?;
+            Some(LibtorrentPeer {
+                addr: addr.parse().ok()?,
+                source: source.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// The `(keyword, rest)` of each fact line `SECONDS KEYWORD REST`.

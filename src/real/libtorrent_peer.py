@@ -1,8 +1,13 @@
-# One libtorrent peer for kp-torrent's tests: seeds or downloads a single torrent on 127.0.0.1.
+# One libtorrent peer for kp-torrent's tests: seeds or downloads a single torrent (a .torrent file
+# or a magnet URI) on 127.0.0.1.
 # Written to a temp dir and run with Debian's /usr/bin/python3 by src/real/libtorrent.rs.
 # Output lines (stdout, flushed), each "SECONDS_SINCE_START KEYWORD ...": "infohash HEX",
-# "port N", "progress HAVE TOTAL STATE PEERS", "alert KIND: TEXT", "done" (every piece verified),
-# "error TEXT" (then exit status 2 or 3).
+# "port N", "progress HAVE TOTAL STATE PEERS" (TOTAL is 0 while a magnet has no metadata),
+# "metadata" (a magnet's info dictionary arrived), "peers [IP:PORT/SOURCE ...]" (the connected
+# peers, whenever that set changes; SOURCE is libtorrent's peer_source_flags bitmask),
+# "alert KIND: TEXT", "done" (every piece verified), "error TEXT" (then exit status 2 or 3).
+# With --commands FILE it reads lines appended to FILE: "connect IP:PORT" dials that peer (and
+# keeps redialling it like a --peer), acknowledged with "command connect IP:PORT".
 import argparse
 import sys
 import time
@@ -10,7 +15,9 @@ import time
 import libtorrent as lt
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--torrent", required=True)
+src = ap.add_mutually_exclusive_group(required=True)
+src.add_argument("--torrent")
+src.add_argument("--magnet")
 ap.add_argument("--save", required=True)
 ap.add_argument("--port", type=int, default=0)
 ap.add_argument("--peer", action="append", default=[])
@@ -19,6 +26,8 @@ ap.add_argument("--exit-when-done", action="store_true")
 ap.add_argument("--expect-complete", action="store_true")
 ap.add_argument("--encryption", choices=["plaintext", "enabled", "forced"], default="enabled")
 ap.add_argument("--upload-limit", type=int, default=0)
+ap.add_argument("--extension", action="append", default=[])
+ap.add_argument("--commands")
 args = ap.parse_args()
 
 enc = {
@@ -55,6 +64,9 @@ settings = {
 # Settings at construction (not applied afterwards), or DHT and UPnP start for a moment; flags 0
 # leaves out the default plugins, so there is no PEX (ut_pex) either.
 ses = lt.session(settings, 0)
+for name in args.extension:
+    # Plugins by name: ut_metadata (magnet links), ut_pex, smart_ban.
+    ses.add_extension(name)
 if args.upload_limit:
     # Rate limits skip the local peer class, which holds 127.0.0.0/8: put every address in the
     # global class only, so the limit applies on loopback too.
@@ -62,9 +74,15 @@ if args.upload_limit:
     everyone.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
     ses.set_peer_class_filter(everyone)
 
-ti = lt.torrent_info(args.torrent)
-atp = lt.add_torrent_params()
-atp.ti = ti
+if args.torrent:
+    ti = lt.torrent_info(args.torrent)
+    atp = lt.add_torrent_params()
+    atp.ti = ti
+    info_hash = ti.info_hashes().v1
+else:
+    ti = None
+    atp = lt.parse_magnet_uri(args.magnet)
+    info_hash = atp.info_hashes.v1
 atp.save_path = args.save
 h = ses.add_torrent(atp)
 if args.tracker:
@@ -80,7 +98,13 @@ def out(line):
     sys.stdout.flush()
 
 
-out("infohash %s" % str(ti.info_hashes().v1))
+out("infohash %s" % str(info_hash))
+
+
+def total_pieces():
+    """Pieces in the torrent; 0 while a magnet link has no metadata yet."""
+    t = h.torrent_file()
+    return t.num_pieces() if t is not None else 0
 
 
 def parse_peer(s):
@@ -95,7 +119,37 @@ last_beat = 0.0
 done_printed = False
 port_printed = False
 own_port = 0
+last_peers = None
+commands_read = 0
+
+
+def read_commands():
+    """New complete lines of the commands file (the test appends whole lines)."""
+    global commands_read
+    if not args.commands:
+        return []
+    try:
+        with open(args.commands, "rb") as f:
+            f.seek(commands_read)
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    end = data.rfind(b"\n") + 1
+    commands_read += end
+    return data[:end].decode("utf-8", "replace").splitlines()
+
+
 while True:
+    for cmd in read_commands():
+        verb, _, arg = cmd.partition(" ")
+        if verb == "connect":
+            p = parse_peer(arg)
+            peers.append(p)
+            h.connect_peer(p)
+            out("command connect %s:%d" % p)
+        else:
+            out("error unknown command %r" % cmd)
+            sys.exit(2)
     for a in ses.pop_alerts():
         if isinstance(a, lt.listen_succeeded_alert):
             if a.socket_type == lt.socket_type_t.tcp and not port_printed:
@@ -105,10 +159,12 @@ while True:
         elif isinstance(a, lt.listen_failed_alert):
             out("error listen: %s" % a.message())
             sys.exit(2)
+        elif isinstance(a, lt.metadata_received_alert):
+            out("metadata")
         elif isinstance(a, lt.torrent_checked_alert) and args.expect_complete:
             st = h.status()
             if not st.is_seeding:
-                out("error data check found %d of %d pieces" % (st.num_pieces, ti.num_pieces()))
+                out("error data check found %d of %d pieces" % (st.num_pieces, total_pieces()))
                 sys.exit(3)
             out("alert %s: %s" % (a.what(), a.message()))
         else:
@@ -131,11 +187,19 @@ while True:
             h.connect_peer(p)
         last_dial = now
     state = str(s.state).split(".")[-1]
-    line = "progress %d %d %s %d" % (s.num_pieces, ti.num_pieces(), state, s.num_peers)
+    line = "progress %d %d %s %d" % (s.num_pieces, total_pieces(), state, s.num_peers)
     if line != last_line or now - last_beat > 1.0:
         out(line)
         last_line = line
         last_beat = now
+    connected = sorted(
+        "%s:%d/%d" % (pi.ip[0], pi.ip[1], int(pi.source))
+        for pi in h.get_peer_info()
+        if not (pi.flags & lt.peer_info.connecting) and not (pi.flags & lt.peer_info.handshake)
+    )
+    if connected != last_peers:
+        out(" ".join(["peers"] + connected))
+        last_peers = connected
     if s.is_seeding and not done_printed:
         out("done")
         done_printed = True

@@ -32,7 +32,7 @@ pub mod transmission;
 pub use aria2::Aria2;
 pub use dead_tracker::{SilentTcpTracker, SilentUdpTracker};
 pub use kp::{Dataset, KpTorrent};
-pub use libtorrent::{Encryption, Libtorrent, LibtorrentOptions};
+pub use libtorrent::{Encryption, Libtorrent, LibtorrentOptions, LibtorrentPeer, peer_source};
 pub use mountns::MountNs;
 pub use opentracker::{Opentracker, Swarm};
 pub use transmission::Transmission;
