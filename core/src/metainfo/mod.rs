@@ -89,7 +89,7 @@ pub struct FileEntry {
     pub padding: bool,
     /// BEP 47 symlink (attribute `l`): the target as sanitized components from the destination
     /// folder (`[name, ..]`), when it names a file or folder of this torrent; `None` for a plain
-    /// file and for a link whose target is missing or leaves the torrent. A link holds no data
+    /// file and for a link whose target is missing or unusable. A link holds no data
     /// (its length is 0 whatever the torrent says); kp-torrent creates it as an empty file.
     pub symlink: Option<Vec<String>>,
 }
@@ -591,10 +591,11 @@ fn strings<'a>(list: &bencode::List<'a>) -> Option<Vec<&'a [u8]>> {
 }
 
 /// Sets [`FileEntry::symlink`] for every link whose target names a file or folder of the
-/// torrent (paths as sanitized, before renaming duplicates). `.` components are skipped and `..`
-/// goes up; a target that leaves the torrent, has an empty component or one holding a separator,
-/// names nothing in the torrent, or is the link itself stays `None`, as libtorrent then makes the
-/// link point at itself.
+/// torrent (paths as sanitized, before renaming duplicates). As libtorrent 2.0.8 does, `.` and
+/// `..` components are dropped, not followed (`d/../a` is `d/a`), so a target can only name
+/// something under the torrent's folder; a target with an empty component or one holding a
+/// separator, one that names nothing in the torrent, and one that is the link itself stay `None`
+/// (libtorrent makes such a link point at itself).
 fn resolve_links(files: &mut [FileEntry], links: &[Option<Vec<&[u8]>>]) {
     if links.iter().all(Option::is_none) {
         return;
@@ -622,13 +623,7 @@ fn resolve_target(name: &str, raw: &[&[u8]]) -> Option<Vec<String>> {
     let mut out = vec![name.to_string()];
     for &c in raw {
         match c {
-            b"." => {}
-            b".." => {
-                if out.len() <= 1 {
-                    return None;
-                }
-                out.pop();
-            }
+            b"." | b".." => {}
             _ if c.is_empty() || c.contains(&b'/') || c.contains(&b'\\') => return None,
             _ => out.push(path::sanitize_component(c)?),
         }

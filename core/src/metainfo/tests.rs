@@ -452,7 +452,10 @@ fn symlinks_hold_no_data_and_keep_only_targets_inside_the_torrent() {
         // Its length is ignored: the torrent's data is the 5 bytes of `a`.
         link(&["in"], 100, target(&["d", "a"])),
         link(&["dir"], 0, target(&["d"])),
-        link(&["dotted"], 0, target(&[".", "d", "..", "d", "a"])),
+        link(&["dotted"], 0, target(&[".", "d", ".", "a"])),
+        // `..` is dropped, not followed (libtorrent): `d/../a` is `d/a`, `d/../d/a` is `d/d/a`.
+        link(&["dropped"], 0, target(&["d", "..", "a"])),
+        link(&["not_up"], 0, target(&["d", "..", "d", "a"])),
         link(&["up"], 0, target(&["..", "..", "etc", "passwd"])),
         link(&["up2"], 0, target(&["d", "..", "..", "x"])),
         link(&["abs"], 0, target(&["/etc/passwd"])),
@@ -480,6 +483,8 @@ fn symlinks_hold_no_data_and_keep_only_targets_inside_the_torrent() {
             inside("folder/d/a"),
             inside("folder/d"),
             inside("folder/d/a"),
+            inside("folder/d/a"),
+            None,
             None,
             None,
             None,
