@@ -32,8 +32,9 @@ fn time_bound(config: &SimConfig) -> Duration {
     Duration::from_secs(30) + Duration::from_secs_f64(once * 2.0)
 }
 
-/// Runs one case; `Err` describes the failure and how to rerun it.
-fn check(config: SimConfig) -> Result<(), String> {
+/// Runs one case; `Ok` is the virtual time when the last leecher finished, `Err` describes the
+/// failure and how to rerun it.
+fn check(config: SimConfig) -> Result<kp_torrent_core::time::Time, String> {
     let seed = config.seed;
     let hostile = config.hostile > 0;
     let rerun = format!(
@@ -140,12 +141,12 @@ fn check(config: SimConfig) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(outcome.finished_at)
 }
 
 fn random_case(seed: u64) -> bool {
     match check(SimConfig::random(seed, MAX_TOTAL)) {
-        Ok(()) => true,
+        Ok(_) => true,
         Err(e) => {
             eprintln!("{e}");
             false
@@ -164,7 +165,7 @@ fn hostile_config(seed: u64) -> SimConfig {
 fn hostile_case(seed: u64) -> bool {
     let config = hostile_config(seed);
     match check(config) {
-        Ok(()) => true,
+        Ok(_) => true,
         Err(e) => {
             eprintln!("{e}");
             false
@@ -216,14 +217,20 @@ fn runs_are_deterministic() {
     assert_eq!(run(11), run(11));
 }
 
-/// Reruns the case named by `KP_SIM_SEED` (and `KP_SIM_HOSTILE=1`); does nothing without it.
+/// The case [`one_case`] runs when `KP_SIM_SEED` is not set: a random swarm shape of several
+/// leechers and pieces, so the test always simulates one real swarm to completion.
+const DEFAULT_SIM_SEED: u64 = 3;
+
+/// Runs one case: the one named by `KP_SIM_SEED` (and `KP_SIM_HOSTILE=1`), else
+/// [`DEFAULT_SIM_SEED`]. A failure prints what every node saw.
 #[test]
 fn one_case() {
-    let Some(seed) = std::env::var("KP_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    else {
-        return;
+    let seed = match std::env::var("KP_SIM_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("KP_SIM_SEED={s:?} is not a number (a u64 seed)")),
+        Err(_) => DEFAULT_SIM_SEED,
     };
     let hostile = std::env::var("KP_SIM_HOSTILE").is_ok_and(|v| v == "1");
     let config = if hostile {
@@ -232,7 +239,17 @@ fn one_case() {
         SimConfig::random(seed, MAX_TOTAL)
     };
     eprintln!("{config:?}");
-    if let Err(e) = check(config.clone()) {
+    let leechers = config.leechers;
+    let result = check(config.clone());
+    if let Ok(finished_at) = result {
+        // Every leecher started empty, so finishing took virtual time: the swarm really ran.
+        assert!(
+            finished_at > kp_torrent_core::time::Time::ZERO,
+            "seed {seed}: {leechers} leechers finished without any transfer"
+        );
+        eprintln!("seed {seed}: {leechers} leechers finished at {finished_at}");
+    }
+    if let Err(e) = result {
         // Show what each node saw, verified pieces aside.
         let mut sim = Sim::new(config);
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));

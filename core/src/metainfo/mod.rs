@@ -4,7 +4,15 @@
 //! the total length, lengths do not overflow, every file path is safe to join under the download
 //! folder) and returns a distinct [`MetainfoError`] for each way a torrent can be wrong. The
 //! info-hash is the SHA-1 of the `info` dictionary's bytes exactly as they stand in the file.
-//! Hybrid v1+v2 torrents load as v1; v2-only torrents are refused.
+//! Hybrid v1+v2 torrents load as v1 once their v2 `file tree` is checked to describe the same
+//! files; v2-only torrents are refused.
+//!
+//! What loads follows libtorrent 2.0.8 (checked case by case in `tests/hostile_torrents.rs`): a
+//! single file whose `name` is nothing but separators, NULs, `.` or `..` is refused, so is a `path`
+//! or `symlink path` holding anything but strings; a padding file needs no `path`. BEP 47 symlinks
+//! (attribute `l`) hold no data: their length is ignored, and their target is kept only when it
+//! names a file or folder of the torrent. kp-torrent creates no symbolic links: such an entry is
+//! an empty file on disk.
 //!
 //! [`TorrentSpec`] writes a torrent; [`hash_pieces`] and [`auto_piece_length`] help build one.
 
@@ -79,6 +87,11 @@ pub struct FileEntry {
     pub offset: u64,
     /// BEP 47 padding file (attribute `p`): counted in the piece layout, never created on disk.
     pub padding: bool,
+    /// BEP 47 symlink (attribute `l`): the target as sanitized components from the destination
+    /// folder (`[name, ..]`), when it names a file or folder of this torrent; `None` for a plain
+    /// file and for a link whose target is missing or unusable. A link holds no data
+    /// (its length is 0 whatever the torrent says); kp-torrent creates it as an empty file.
+    pub symlink: Option<Vec<String>>,
 }
 
 /// Why bytes are not a usable v1 torrent.
@@ -133,6 +146,30 @@ pub enum MetainfoError {
         /// Position in `files`.
         index: usize,
     },
+    /// A single-file torrent whose `name` is empty once separators and NULs are removed, or is
+    /// `.` or `..`: there is no file name to save it under.
+    InvalidName,
+    /// Entry `index` of `files` has a `key` list (`path`, `path.utf-8` or `symlink path`) that
+    /// holds something other than strings.
+    PathNotStrings {
+        /// Position in `files`.
+        index: usize,
+        /// The key whose list is wrong.
+        key: &'static str,
+    },
+    /// A torrent with `meta version` 2 and v1 `pieces` (a hybrid) whose v2 `file tree` is
+    /// missing or malformed.
+    BadFileTree {
+        /// What is wrong with it.
+        reason: FileTreeProblem,
+    },
+    /// A hybrid torrent whose v1 file list and v2 `file tree` describe different files.
+    HybridMismatch {
+        /// Position in the v1 file list (padding included) where they first differ.
+        index: usize,
+    },
+    /// A `file tree` (v2 keys) without `meta version` 2.
+    V2KeysWithoutMetaVersion,
     /// The file lengths add up to more than 2^63 - 1 bytes.
     LengthOverflow,
     /// The files add up to zero bytes.
@@ -156,6 +193,31 @@ pub enum MetainfoError {
         /// Hashes present in `pieces`.
         found: usize,
     },
+}
+
+/// What is wrong with a hybrid torrent's v2 `file tree`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileTreeProblem {
+    /// There is no `file tree` dictionary.
+    Missing,
+    /// A folder or file entry is not a dictionary.
+    NotADictionary,
+    /// A file (an entry under the empty key) has no non-negative integer `length`.
+    BadLength,
+    /// A file's name is empty or the tree holds no file.
+    Empty,
+}
+
+impl fmt::Display for FileTreeProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileTreeProblem::Missing => "it has no `file tree` dictionary",
+            FileTreeProblem::NotADictionary => "an entry of its `file tree` is not a dictionary",
+            FileTreeProblem::BadLength => "a file of its `file tree` has no valid `length`",
+            FileTreeProblem::Empty => "its `file tree` has an empty name or no file",
+        })
+    }
 }
 
 impl fmt::Display for MetainfoError {
@@ -197,6 +259,26 @@ impl fmt::Display for MetainfoError {
                 "invalid torrent: file #{index} has a negative length ({length})"
             ),
             FileWithoutPath { index } => write!(f, "invalid torrent: file #{index} has no path"),
+            InvalidName => f.write_str(
+                "invalid torrent: its `name` is empty, `.` or `..` once separators are removed, \
+                 so the file has no name to be saved under",
+            ),
+            PathNotStrings { index, key } => write!(
+                f,
+                "invalid torrent: `{key}` of file #{index} holds something other than strings"
+            ),
+            BadFileTree { reason } => write!(
+                f,
+                "invalid hybrid torrent (meta version 2 with v1 pieces): {reason}"
+            ),
+            HybridMismatch { index } => write!(
+                f,
+                "invalid hybrid torrent: its v1 file list and v2 file tree disagree at file \
+                 #{index}; the torrent was altered or badly made"
+            ),
+            V2KeysWithoutMetaVersion => f.write_str(
+                "invalid torrent: it has a v2 `file tree` but its `meta version` is not 2",
+            ),
             LengthOverflow => {
                 f.write_str("invalid torrent: the file lengths add up to more than 2^63 bytes")
             }
@@ -294,7 +376,11 @@ impl Metainfo {
 impl Info {
     fn from_dict(d: &Dict<'_>, info_hash: &InfoHash) -> Result<Info, MetainfoError> {
         use MetainfoError::*;
-        if d.get_int(b"meta version") == Some(2) && d.get(b"pieces").is_none() {
+        let v2 = d.get_int(b"meta version") == Some(2);
+        if !v2 && d.get(b"file tree").is_some() {
+            return Err(V2KeysWithoutMetaVersion);
+        }
+        if v2 && d.get(b"pieces").is_none() {
             return Err(V2Only);
         }
         let piece_length = match d.get_int(b"piece length") {
@@ -305,12 +391,19 @@ impl Info {
             Some(n) => n.unsigned_abs(),
         };
         let raw_name = utf8_preferred(d, "name").ok_or(MissingName)?;
+        let file_list = d.get_list(b"files");
+        if file_list.is_none() && path::is_void_name(raw_name) {
+            // libtorrent refuses these too: a single file needs a name of its own.
+            return Err(InvalidName);
+        }
         // libtorrent falls back to the info-hash too; it cannot escape the folder and is unique.
         let name = path::sanitize_component(raw_name).unwrap_or_else(|| info_hash.to_hex());
 
         let mut files = Vec::new();
         let mut total: u64 = 0;
-        let multi_file = match d.get_list(b"files") {
+        // Per file: its raw BEP 47 link target (empty when it has none), `None` when not a link.
+        let mut links: Vec<Option<Vec<&[u8]>>> = Vec::new();
+        let multi_file = match file_list {
             Some(list) => {
                 if list.is_empty() {
                     return Err(NoFiles);
@@ -318,35 +411,58 @@ impl Info {
                 files.reserve(list.len());
                 for (index, entry) in list.iter().enumerate() {
                     let entry = entry.as_dict().ok_or(FileNotADictionary { index })?;
+                    let attr = entry.get_bytes(b"attr").unwrap_or_default();
+                    let padding = attr.contains(&b'p');
+                    let is_link = attr.contains(&b'l');
                     let length = match entry.get_int(b"length") {
                         None => return Err(FileWithoutLength { index }),
                         Some(n) if n < 0 => return Err(NegativeFileLength { index, length: n }),
+                        // A link holds no data, whatever length the torrent gives it (libtorrent).
+                        Some(_) if is_link => 0,
                         Some(n) => n.unsigned_abs(),
                     };
-                    let components = entry
-                        .get_list(b"path.utf-8")
-                        .filter(|l| !l.is_empty())
-                        .or_else(|| entry.get_list(b"path"))
-                        .filter(|l| !l.is_empty())
-                        .ok_or(FileWithoutPath { index })?;
-                    let mut path = Vec::with_capacity(components.len() + 1);
+                    // `path.utf-8` wins whenever it is a list, even an empty one (libtorrent).
+                    let components = match entry.get(b"path.utf-8") {
+                        Some(Value::List(l)) => Some((l, "path.utf-8")),
+                        _ => entry.get_list(b"path").map(|l| (l, "path")),
+                    };
+                    let mut path = Vec::with_capacity(components.map_or(0, |(l, _)| l.len()) + 1);
                     path.push(name.clone());
-                    path.extend(
-                        components
-                            .iter()
-                            .filter_map(Value::as_bytes)
-                            .filter_map(path::sanitize_component),
-                    );
-                    if path.len() == 1 {
-                        // Every component was `..`, `.` or empty: keep the file under a safe name.
-                        path.push("_".to_string());
+                    match components {
+                        Some((l, key)) if !l.is_empty() => {
+                            let raw = strings(l).ok_or(PathNotStrings { index, key })?;
+                            path.extend(raw.into_iter().filter_map(path::sanitize_component));
+                            if path.len() == 1 {
+                                // Every component was `..`, `.` or empty: keep the file under a
+                                // safe name.
+                                path.push("_".to_string());
+                            }
+                        }
+                        // A padding file is never created, so it needs no path (libtorrent).
+                        _ if padding => {
+                            path.push(".pad".to_string());
+                            path.push(length.to_string());
+                        }
+                        _ => return Err(FileWithoutPath { index }),
                     }
-                    let padding = entry.get_bytes(b"attr").is_some_and(|a| a.contains(&b'p'));
+                    let target = match entry.get(b"symlink path") {
+                        Some(Value::List(l)) if is_link => {
+                            Some(strings(l).ok_or(PathNotStrings {
+                                index,
+                                key: "symlink path",
+                            })?)
+                        }
+                        // A link without a usable target: still a link, pointing nowhere.
+                        _ if is_link => Some(Vec::new()),
+                        _ => None,
+                    };
+                    links.push(target);
                     files.push(FileEntry {
                         path,
                         length,
                         offset: total,
                         padding,
+                        symlink: None,
                     });
                     total = add_length(total, length)?;
                 }
@@ -356,6 +472,8 @@ impl Info {
                 let length = match d.get_int(b"length") {
                     None => return Err(MissingLength),
                     Some(n) if n < 0 => return Err(NegativeLength(n)),
+                    // A single file that is a link holds nothing: the torrent is empty.
+                    Some(_) if d.get_bytes(b"attr").is_some_and(|a| a.contains(&b'l')) => 0,
                     Some(n) => n.unsigned_abs(),
                 };
                 files.push(FileEntry {
@@ -363,7 +481,9 @@ impl Info {
                     length,
                     offset: 0,
                     padding: false,
+                    symlink: None,
                 });
+                links.push(None);
                 total = length;
                 false
             }
@@ -395,6 +515,11 @@ impl Info {
                 h
             })
             .collect();
+
+        if d.get_int(b"meta version") == Some(2) {
+            check_hybrid(d, &files, &links, multi_file, piece_length)?;
+        }
+        resolve_links(&mut files, &links);
 
         if multi_file {
             let mut paths: Vec<Vec<String>> = files
@@ -457,6 +582,174 @@ impl Info {
             .partition_point(|f| f.offset.saturating_add(f.length) <= piece.start);
         let end = self.files.partition_point(|f| f.offset < piece.end);
         first..end.max(first)
+    }
+}
+
+/// The byte strings of `list`, or `None` when it holds anything else.
+fn strings<'a>(list: &bencode::List<'a>) -> Option<Vec<&'a [u8]>> {
+    list.iter().map(Value::as_bytes).collect()
+}
+
+/// Sets [`FileEntry::symlink`] for every link whose target names a file or folder of the
+/// torrent (paths as sanitized, before renaming duplicates). As libtorrent 2.0.8 does, `.` and
+/// `..` components are dropped, not followed (`d/../a` is `d/a`), so a target can only name
+/// something under the torrent's folder; a target with an empty component or one holding a
+/// separator, one that names nothing in the torrent, and one that is the link itself stay `None`
+/// (libtorrent makes such a link point at itself).
+fn resolve_links(files: &mut [FileEntry], links: &[Option<Vec<&[u8]>>]) {
+    if links.iter().all(Option::is_none) {
+        return;
+    }
+    let mut known: std::collections::BTreeSet<&[String]> = std::collections::BTreeSet::new();
+    for f in files.iter().filter(|f| !f.padding) {
+        for k in 2..=f.path.len() {
+            known.insert(&f.path[..k]);
+        }
+    }
+    let resolved: Vec<Option<Vec<String>>> = files
+        .iter()
+        .zip(links)
+        .map(|(f, link)| {
+            let target = resolve_target(f.path.first()?, link.as_deref()?)?;
+            (known.contains(target.as_slice()) && target != f.path).then_some(target)
+        })
+        .collect();
+    for (f, r) in files.iter_mut().zip(resolved) {
+        f.symlink = r;
+    }
+}
+
+fn resolve_target(name: &str, raw: &[&[u8]]) -> Option<Vec<String>> {
+    let mut out = vec![name.to_string()];
+    for &c in raw {
+        match c {
+            b"." | b".." => {}
+            _ if c.is_empty() || c.contains(&b'/') || c.contains(&b'\\') => return None,
+            _ => out.push(path::sanitize_component(c)?),
+        }
+    }
+    (out.len() > 1).then_some(out)
+}
+
+/// One file of a v2 `file tree`: sanitized path from the destination folder, length, link.
+struct TreeFile {
+    path: Vec<String>,
+    length: u64,
+    link: bool,
+}
+
+/// Collects the files of a v2 `file tree` in order; `prefix` is the raw path of `dir`.
+fn walk_tree<'a>(
+    dir: &Dict<'a>,
+    prefix: &mut Vec<&'a [u8]>,
+    out: &mut Vec<(Vec<&'a [u8]>, u64, bool)>,
+) -> Result<(), FileTreeProblem> {
+    for (key, value) in dir.entries() {
+        let entry = value.as_dict().ok_or(FileTreeProblem::NotADictionary)?;
+        if key.is_empty() {
+            if prefix.is_empty() {
+                return Err(FileTreeProblem::Empty);
+            }
+            let link = entry.get_bytes(b"attr").is_some_and(|a| a.contains(&b'l'));
+            let length = match entry.get_int(b"length") {
+                _ if link => 0,
+                Some(n) if n >= 0 => n.unsigned_abs(),
+                _ => return Err(FileTreeProblem::BadLength),
+            };
+            out.push((prefix.clone(), length, link));
+        } else {
+            prefix.push(key);
+            walk_tree(entry, prefix, out)?;
+            prefix.pop();
+        }
+    }
+    Ok(())
+}
+
+/// The v2 file list of a hybrid torrent, with the padding that aligns each file to a piece.
+fn tree_files(
+    d: &Dict<'_>,
+    name: &str,
+    multi_file: bool,
+) -> Result<Vec<TreeFile>, FileTreeProblem> {
+    let tree = d.get_dict(b"file tree").ok_or(FileTreeProblem::Missing)?;
+    let mut raw = Vec::new();
+    // The decoder bounds nesting, so this recursion is bounded too.
+    walk_tree(tree, &mut Vec::new(), &mut raw)?;
+    if raw.is_empty() {
+        return Err(FileTreeProblem::Empty);
+    }
+    let files = raw
+        .into_iter()
+        .map(|(components, length, link)| {
+            let mut path = Vec::with_capacity(components.len() + 1);
+            if multi_file {
+                path.push(name.to_string());
+            }
+            path.extend(components.into_iter().filter_map(path::sanitize_component));
+            if path.len() == usize::from(multi_file) {
+                path.push("_".to_string());
+            }
+            TreeFile { path, length, link }
+        })
+        .collect();
+    Ok(files)
+}
+
+/// Refuses a hybrid torrent whose v2 `file tree` does not describe the v1 files, as libtorrent
+/// does: file by file (v1 padding included, where v2 pads every file of a multi-file torrent to a
+/// piece boundary), every file with data or a link must have the same path, length and offset.
+/// Empty files and padding only have to sit at the same positions; a last padding file is
+/// optional.
+fn check_hybrid(
+    d: &Dict<'_>,
+    files: &[FileEntry],
+    links: &[Option<Vec<&[u8]>>],
+    multi_file: bool,
+    piece_length: u64,
+) -> Result<(), MetainfoError> {
+    let name = files
+        .first()
+        .and_then(|f| f.path.first())
+        .map_or("", String::as_str);
+    let tree =
+        tree_files(d, name, multi_file).map_err(|reason| MetainfoError::BadFileTree { reason })?;
+    // (path, length, offset, relevant) of each v2 entry, padding included.
+    let mut v2: Vec<(Option<&[String]>, u64, u64, bool)> = Vec::with_capacity(tree.len() * 2);
+    let mut offset = 0u64;
+    for f in &tree {
+        v2.push((Some(&f.path), f.length, offset, f.length > 0 || f.link));
+        offset = offset.saturating_add(f.length);
+        let tail = f.length % piece_length;
+        if multi_file && tail != 0 {
+            v2.push((None, piece_length - tail, offset, false));
+            offset = offset.saturating_add(piece_length - tail);
+        }
+    }
+    let mut v1: Vec<(Option<&[String]>, u64, u64, bool)> = files
+        .iter()
+        .zip(links)
+        .map(|(f, link)| {
+            let relevant = !f.padding && (f.length > 0 || link.is_some());
+            (Some(f.path.as_slice()), f.length, f.offset, relevant)
+        })
+        .collect();
+    if files.last().is_some_and(|f| f.padding) {
+        v1.pop();
+    }
+    if v2.last().is_some_and(|e| e.0.is_none()) {
+        v2.pop();
+    }
+    let first_difference = v1
+        .iter()
+        .zip(&v2)
+        .position(|(a, b)| a.3 != b.3 || (a.3 && (a.0 != b.0 || a.1 != b.1 || a.2 != b.2)));
+    match first_difference {
+        Some(index) => Err(MetainfoError::HybridMismatch { index }),
+        None if v1.len() != v2.len() => Err(MetainfoError::HybridMismatch {
+            index: v1.len().min(v2.len()),
+        }),
+        None => Ok(()),
     }
 }
 

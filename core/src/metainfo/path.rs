@@ -61,6 +61,17 @@ pub fn sanitize_component(raw: &[u8]) -> Option<String> {
     Some(shorten(&s, "", MAX_COMPONENT_BYTES))
 }
 
+/// True when a torrent's `name` leaves nothing to name a file with: empty, `.` or `..` once
+/// separators (`/`, `\`) and NULs are removed, which is when libtorrent refuses a single-file
+/// torrent. [`sanitize_component`] would still make something of most of these (`/` → `_`).
+pub fn is_void_name(raw: &[u8]) -> bool {
+    let mut kept = raw.iter().filter(|&&b| !matches!(b, b'/' | b'\\' | 0));
+    matches!(
+        (kept.next(), kept.next(), kept.next()),
+        (None, _, _) | (Some(b'.'), None, _) | (Some(b'.'), Some(b'.'), None)
+    )
+}
+
 /// True when the part before the first dot is a Windows device name (`CON`, `com1`, `NUL .txt`).
 fn is_reserved(name: &str) -> bool {
     // Every reserved name starts with one of these; most names are rejected here at once.

@@ -101,7 +101,8 @@ fn single_file_with_a_short_last_piece() {
             path: vec!["file.bin".into()],
             length: 40_000,
             offset: 0,
-            padding: false
+            padding: false,
+            symlink: None,
         }]
     );
     assert_eq!(i.files_in_piece(2), 0..1);
@@ -314,14 +315,312 @@ fn unsafe_paths_inside_a_torrent_are_sanitized() {
 }
 
 #[test]
-fn a_name_that_sanitizes_to_nothing_becomes_the_info_hash() {
-    let mut info = single_info(1, 16);
+fn a_folder_name_that_sanitizes_to_nothing_becomes_the_info_hash() {
+    let mut info = multi_info(vec![file(&["a"], 1)], 1, 16);
     set(&mut info, "name", b(".."));
     let m = parse(info.clone()).unwrap();
     assert_eq!(m.info.name, m.info_hash.to_hex());
-    assert_eq!(m.info.files[0].path, vec![m.info_hash.to_hex()]);
+    assert_eq!(m.info.files[0].path, vec![m.info_hash.to_hex(), "a".into()]);
     set(&mut info, "name", b(""));
     assert_eq!(parse(info).unwrap().info.name.len(), 40);
+    // A single file whose name libtorrent keeps but we cannot (trailing spaces go): the hash.
+    let mut info = single_info(1, 16);
+    set(&mut info, "name", b("   "));
+    assert_eq!(parse(info).unwrap().info.name.len(), 40);
+}
+
+#[test]
+fn a_single_file_without_a_name_is_refused() {
+    for name in ["", ".", "..", "/", "\\", "./.", ".\0.", "\0", "//"] {
+        let mut info = single_info(1, 16);
+        set(&mut info, "name", b(name));
+        assert_eq!(
+            parse(info).unwrap_err(),
+            MetainfoError::InvalidName,
+            "{name:?}"
+        );
+    }
+    for (name, kept) in [("/a", "_a"), ("a/..", "a_"), ("\0a", "_a")] {
+        let mut info = single_info(1, 16);
+        set(&mut info, "name", b(name));
+        assert_eq!(parse(info).unwrap().info.name, kept, "{name:?}");
+    }
+    // libtorrent loads `...`; we cannot keep trailing dots (Windows), so it gets the hash.
+    let mut info = single_info(1, 16);
+    set(&mut info, "name", b("..."));
+    assert_eq!(parse(info).unwrap().info.name.len(), 40);
+    // `name.utf-8` wins when it is a non-empty string, `..` included.
+    let mut info = single_info(1, 16);
+    set(&mut info, "name.utf-8", b(".."));
+    assert_eq!(parse(info).unwrap_err(), MetainfoError::InvalidName);
+}
+
+#[test]
+fn a_path_that_is_not_a_list_of_strings_is_refused() {
+    let bad = |key: &str, v: Owned| {
+        let mut f = file(&["a"], 1);
+        set(&mut f, key, v);
+        parse(multi_info(vec![file(&["ok"], 1), f], 2, 16))
+    };
+    let int_in = |items: Vec<Owned>| list(items);
+    assert_eq!(
+        bad("path", int_in(vec![Owned::Int(1)])).unwrap_err(),
+        MetainfoError::PathNotStrings {
+            index: 1,
+            key: "path"
+        }
+    );
+    assert_eq!(
+        bad("path", int_in(vec![b("a"), list(vec![b("b")])])).unwrap_err(),
+        MetainfoError::PathNotStrings {
+            index: 1,
+            key: "path"
+        }
+    );
+    // A `path.utf-8` list is used whenever present: a bad one is refused even beside a good
+    // `path`, an empty one is no path.
+    assert_eq!(
+        bad("path.utf-8", int_in(vec![Owned::Int(1)])).unwrap_err(),
+        MetainfoError::PathNotStrings {
+            index: 1,
+            key: "path.utf-8"
+        }
+    );
+    assert_eq!(
+        bad("path.utf-8", list(vec![])).unwrap_err(),
+        MetainfoError::FileWithoutPath { index: 1 }
+    );
+    // A `path.utf-8` that is not a list is ignored, and a string `path` is no path.
+    assert_eq!(
+        paths(&bad("path.utf-8", b("x")).unwrap()),
+        ["folder/ok", "folder/a"]
+    );
+    assert_eq!(
+        bad("path", b("a")).unwrap_err(),
+        MetainfoError::FileWithoutPath { index: 1 }
+    );
+    assert!(
+        MetainfoError::PathNotStrings {
+            index: 1,
+            key: "path"
+        }
+        .to_string()
+        .contains("`path` of file #1 holds something other than strings")
+    );
+}
+
+#[test]
+fn a_padding_file_needs_no_path() {
+    let mut pad = file(&[], 6);
+    del(&mut pad, "path");
+    set(&mut pad, "attr", b("p"));
+    let m = parse(multi_info(
+        vec![file(&["a"], 10), pad, file(&["b"], 1)],
+        17,
+        16,
+    ))
+    .unwrap();
+    assert!(m.info.files[1].padding);
+    assert_eq!(m.info.files[1].path, ["folder", ".pad", "6"]);
+    assert_eq!(m.info.files[2].offset, 16);
+    // Any other file still needs one.
+    let mut plain = file(&[], 6);
+    del(&mut plain, "path");
+    assert_eq!(
+        parse(multi_info(vec![file(&["a"], 10), plain], 16, 16)).unwrap_err(),
+        MetainfoError::FileWithoutPath { index: 1 }
+    );
+}
+
+fn link(path: &[&str], length: u64, target: Option<Owned>) -> Owned {
+    let mut f = file(path, length);
+    set(&mut f, "attr", b("l"));
+    if let Some(t) = target {
+        set(&mut f, "symlink path", t);
+    }
+    f
+}
+
+fn target(parts: &[&str]) -> Option<Owned> {
+    Some(list(parts.iter().map(|p| b(p)).collect()))
+}
+
+#[test]
+fn symlinks_hold_no_data_and_keep_only_targets_inside_the_torrent() {
+    let files = vec![
+        file(&["d", "a"], 5),
+        // Its length is ignored: the torrent's data is the 5 bytes of `a`.
+        link(&["in"], 100, target(&["d", "a"])),
+        link(&["dir"], 0, target(&["d"])),
+        link(&["dotted"], 0, target(&[".", "d", ".", "a"])),
+        // `..` is dropped, not followed (libtorrent): `d/../a` is `d/a`, `d/../d/a` is `d/d/a`.
+        link(&["dropped"], 0, target(&["d", "..", "a"])),
+        link(&["not_up"], 0, target(&["d", "..", "d", "a"])),
+        link(&["up"], 0, target(&["..", "..", "etc", "passwd"])),
+        link(&["up2"], 0, target(&["d", "..", "..", "x"])),
+        link(&["abs"], 0, target(&["/etc/passwd"])),
+        link(&["slash"], 0, target(&["d/a"])),
+        link(&["empty"], 0, target(&["", "a"])),
+        link(&["missing"], 0, target(&["zzz"])),
+        link(&["self"], 0, target(&["self"])),
+        link(&["root"], 0, target(&[".."])),
+        link(&["none"], 0, None),
+        link(&["chain"], 0, target(&["in"])),
+    ];
+    let m = parse(multi_info(files, 5, 16)).unwrap();
+    assert_eq!(m.info.total_length, 5);
+    let targets: Vec<Option<String>> = m
+        .info
+        .files
+        .iter()
+        .map(|f| f.symlink.as_ref().map(|t| t.join("/")))
+        .collect();
+    let inside = |s: &str| Some(s.to_string());
+    assert_eq!(
+        targets,
+        [
+            None,
+            inside("folder/d/a"),
+            inside("folder/d"),
+            inside("folder/d/a"),
+            inside("folder/d/a"),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            inside("folder/in"),
+        ]
+    );
+    assert!(m.info.files.iter().skip(1).all(|f| f.length == 0));
+    // A target that is not a list of strings is refused, as libtorrent does.
+    let bad = link(&["l"], 0, Some(list(vec![Owned::Int(1)])));
+    assert_eq!(
+        parse(multi_info(vec![file(&["a"], 5), bad], 5, 16)).unwrap_err(),
+        MetainfoError::PathNotStrings {
+            index: 1,
+            key: "symlink path"
+        }
+    );
+    // A torrent of links only holds nothing.
+    assert_eq!(
+        parse(multi_info(vec![link(&["l"], 5, target(&["l"]))], 5, 16)).unwrap_err(),
+        MetainfoError::EmptyTorrent
+    );
+}
+
+/// A hybrid multi-file torrent: v1 `files` (with the padding v2 implies) and a `file tree`.
+fn hybrid(v1: Vec<Owned>, tree: Owned, total: u64) -> Owned {
+    let mut info = multi_info(v1, total, 16);
+    set(&mut info, "meta version", Owned::Int(2));
+    set(&mut info, "file tree", tree);
+    info
+}
+
+fn leaf(length: u64) -> Owned {
+    [(
+        "",
+        [
+            ("length", Owned::Int(length as i64)),
+            ("pieces root", Owned::Bytes(vec![7; 32])),
+        ]
+        .into_iter()
+        .collect::<Owned>(),
+    )]
+    .into_iter()
+    .collect()
+}
+
+fn pad(length: u64) -> Owned {
+    let mut p = file(&[".pad", &length.to_string()], length);
+    set(&mut p, "attr", b("p"));
+    p
+}
+
+#[test]
+fn hybrid_file_lists_must_agree() {
+    let tree = || -> Owned {
+        [
+            ("a", leaf(10)),
+            ("e", leaf(0)),
+            ("sub", [("b", leaf(20))].into_iter().collect()),
+        ]
+        .into_iter()
+        .collect()
+    };
+    let v1 = |a: &str, b_len: u64| {
+        vec![
+            file(&[a], 10),
+            pad(6),
+            file(&["e"], 0),
+            file(&["sub", "b"], b_len),
+            pad(12),
+        ]
+    };
+    assert!(parse(hybrid(v1("a", 20), tree(), 48)).is_ok());
+    // The last padding file may be left out.
+    let mut short = v1("a", 20);
+    short.pop();
+    assert!(parse(hybrid(short, tree(), 36)).is_ok());
+    // A renamed file, another length, a missing padding file, an extra empty file.
+    assert_eq!(
+        parse(hybrid(v1("z", 20), tree(), 48)).unwrap_err(),
+        MetainfoError::HybridMismatch { index: 0 }
+    );
+    assert_eq!(
+        parse(hybrid(v1("a", 19), tree(), 47)).unwrap_err(),
+        MetainfoError::HybridMismatch { index: 3 }
+    );
+    let mut unpadded = v1("a", 20);
+    unpadded.remove(1);
+    assert_eq!(
+        parse(hybrid(unpadded, tree(), 42)).unwrap_err(),
+        MetainfoError::HybridMismatch { index: 2 }
+    );
+    let mut extra = v1("a", 20);
+    extra.insert(0, file(&["0"], 0));
+    assert!(matches!(
+        parse(hybrid(extra, tree(), 48)).unwrap_err(),
+        MetainfoError::HybridMismatch { .. }
+    ));
+    // A broken or missing tree, and v2 keys without meta version 2.
+    assert_eq!(
+        parse(hybrid(v1("a", 20), Owned::Int(5), 48)).unwrap_err(),
+        MetainfoError::BadFileTree {
+            reason: FileTreeProblem::Missing
+        }
+    );
+    let mut no_version = hybrid(v1("a", 20), tree(), 48);
+    del(&mut no_version, "meta version");
+    assert_eq!(
+        parse(no_version).unwrap_err(),
+        MetainfoError::V2KeysWithoutMetaVersion
+    );
+    let bad_leaf: Owned = [("a", [("", b("x"))].into_iter().collect::<Owned>())]
+        .into_iter()
+        .collect();
+    assert_eq!(
+        parse(hybrid(vec![file(&["a"], 10)], bad_leaf, 10)).unwrap_err(),
+        MetainfoError::BadFileTree {
+            reason: FileTreeProblem::NotADictionary
+        }
+    );
+    // A single-file hybrid: the tree's one file is the torrent's name.
+    let mut single = single_info(10, 16);
+    set(&mut single, "meta version", Owned::Int(2));
+    let one = |n: &str| -> Owned { [(n, leaf(10))].into_iter().collect() };
+    set(&mut single, "file tree", one("file.bin"));
+    assert!(parse(single.clone()).is_ok());
+    set(&mut single, "file tree", one("other.bin"));
+    assert_eq!(
+        parse(single).unwrap_err(),
+        MetainfoError::HybridMismatch { index: 0 }
+    );
 }
 
 #[test]
@@ -352,7 +651,8 @@ fn duplicate_and_file_folder_collisions_are_disambiguated() {
 fn hybrid_loads_as_v1_and_v2_only_is_refused() {
     let mut info = single_info(1, 16);
     set(&mut info, "meta version", Owned::Int(2));
-    set(&mut info, "file tree", Owned::Dict(Default::default()));
+    let tree: Owned = [("file.bin", leaf(1))].into_iter().collect();
+    set(&mut info, "file tree", tree);
     let m = parse(info.clone()).unwrap();
     assert_eq!(m.info.total_length, 1);
     del(&mut info, "pieces");
