@@ -17,6 +17,7 @@ const PIECE: u64 = 256 << 10;
 
 fn torrent(data: &[u8]) -> Torrent {
     Torrent {
+        private: false,
         info_hash: InfoHash([3; 20]),
         piece_length: PIECE,
         total_length: TOTAL,

@@ -46,8 +46,10 @@ pub const MAX_ALLOWED_FAST: usize = 64;
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 /// Seconds of the peer's measured rate we keep in flight (the bandwidth-delay product with slack).
 const PIPELINE_SECONDS: f64 = 1.5;
-/// Our `v` in the extended handshake. We advertise no extension messages, so `m` stays empty.
+/// Our `v` in the extended handshake.
 const CLIENT_VERSION: &str = concat!("kp-torrent ", env!("CARGO_PKG_VERSION"));
+/// The id peers send us `ut_pex` messages under (our extended handshake's `m`).
+pub const OUR_PEX_ID: u8 = 1;
 /// Longest message body we accept that is not a bitfield or a block: extended messages are small.
 const MAX_OTHER_MESSAGE: usize = 1 << 18;
 
@@ -64,6 +66,8 @@ pub struct PeerConfig {
     pub listen_port: u16,
     /// The most requests we queue for one peer (advertised as `reqq`).
     pub max_serve_queue: usize,
+    /// Offer BEP 11 peer exchange (`ut_pex` in our extended handshake).
+    pub pex: bool,
 }
 
 /// Where the connection is in its life.
@@ -123,6 +127,8 @@ pub enum PeerEvent {
     Suggest(u32),
     /// The peer's extended handshake arrived; read [`Peer::reqq`] and [`Peer::client`].
     ExtendedHandshake,
+    /// A `ut_pex` message (its bencoded payload, not yet checked) from a peer we offered it to.
+    Pex(Vec<u8>),
     /// These requests got no answer in time; give them back to the picker.
     RequestsTimedOut(Vec<BlockRequest>),
     /// The peer was snubbed (no block for [`SNUB_TIMEOUT`] with requests outstanding) or recovered.
@@ -168,6 +174,8 @@ pub struct Peer {
     reqq: Option<u32>,
     client: Option<String>,
     listen_port: Option<u16>,
+    /// The id the peer wants `ut_pex` messages under (0 or `None`: it does not take them).
+    remote_pex: Option<u8>,
 
     opened: Time,
     last_recv: Time,
@@ -209,6 +217,7 @@ impl Peer {
             reqq: None,
             client: None,
             listen_port: None,
+            remote_pex: None,
             opened: now,
             last_recv: now,
             last_sent: now,
@@ -297,6 +306,11 @@ impl Peer {
     /// The peer's listening port (`p`), from its extended handshake.
     pub fn listen_port(&self) -> Option<u16> {
         self.listen_port
+    }
+
+    /// True when both sides offered `ut_pex`: [`Peer::send_pex`] reaches the peer.
+    pub fn supports_pex(&self) -> bool {
+        self.config.pex && self.remote_pex.is_some_and(|id| id != 0)
     }
     /// True when the peer has sent no block for a while although we wait on requests.
     pub fn is_snubbed(&self) -> bool {
@@ -597,6 +611,16 @@ impl Peer {
         std::mem::take(&mut self.out)
     }
 
+    /// Sends a `ut_pex` message (its bencoded payload); nothing when the peer does not take them.
+    pub fn send_pex(&mut self, now: Time, payload: &[u8]) {
+        if self.state != PeerState::Established || !self.supports_pex() {
+            return;
+        }
+        if let Some(id) = self.remote_pex {
+            self.push(now, &Message::Extended { id, payload });
+        }
+    }
+
     /// When [`Peer::handle_timeout`] has something to do next.
     pub fn poll_timeout(&self) -> Option<Time> {
         match self.state {
@@ -666,7 +690,12 @@ impl Peer {
         self.remote_id = Some(h.peer_id);
         self.state = PeerState::Established;
         if self.extended {
+            let mut m = std::collections::BTreeMap::new();
+            if self.config.pex {
+                m.insert(crate::pex::EXTENSION_NAME.to_owned(), OUR_PEX_ID);
+            }
             let ext = ExtendedHandshake {
+                m,
                 v: Some(CLIENT_VERSION.to_string()),
                 reqq: Some(u32::try_from(self.config.max_serve_queue).unwrap_or(u32::MAX)),
                 p: (self.config.listen_port != 0).then_some(self.config.listen_port),
@@ -733,10 +762,14 @@ impl Peer {
                         self.reqq = ext.reqq;
                         self.client = ext.v;
                         self.listen_port = ext.p;
+                        // A later handshake may turn the extension off (id 0) or move it.
+                        self.remote_pex = ext.m.get(crate::pex::EXTENSION_NAME).copied();
                         self.events.push_back(PeerEvent::ExtendedHandshake);
                     }
+                } else if id == OUR_PEX_ID && self.config.pex {
+                    self.events.push_back(PeerEvent::Pex(payload.to_vec()));
                 }
-                // Extension messages with other ids: we advertise none, so they are ignored.
+                // Extension messages under ids we did not give out are ignored.
             }
             Message::Bitfield(bytes) => {
                 match Bitfield::from_bytes(bytes, self.config.piece_count) {

@@ -25,6 +25,7 @@ use slab::Slab;
 
 mod choke;
 mod connect;
+mod exchange;
 mod io;
 mod requests;
 mod torrent;
@@ -77,6 +78,8 @@ struct Slot {
     peer: Option<Peer>,
     /// The picker was told about this peer's pieces (so it must hear it is gone).
     in_picker: bool,
+    /// Peer exchange with this peer, once both sides offered it.
+    pex: Option<Box<exchange::Exchange>>,
 }
 
 /// A torrent's swarm state machine. See the module documentation for the call contract.
@@ -117,6 +120,8 @@ pub struct Session {
     uploaded: u64,
     wasted: u64,
     pick_buf: Vec<Block>,
+    /// Addresses the peer list took from peer exchange (bounded).
+    pex_candidates: usize,
 }
 
 impl fmt::Debug for Session {
@@ -191,6 +196,7 @@ impl Session {
             uploaded: 0,
             wasted: 0,
             pick_buf: Vec::new(),
+            pex_candidates: 0,
         };
         s.recount_needed();
         s.actions.push_back(Action::Announce {
@@ -331,6 +337,9 @@ impl Session {
         if let Some(c) = self.next_connect_time() {
             t = t.min(c);
         }
+        if let Some(x) = self.pex_timeout() {
+            t = t.min(x);
+        }
         Some(t.max(self.now))
     }
 
@@ -426,26 +435,7 @@ impl Session {
                 });
                 self.on_hash_unreadable(now, piece);
             }
-            Input::PeersDiscovered { addrs } => {
-                for &addr in addrs {
-                    if self.banned_addrs.contains(&addr) || self.candidates.contains_key(&addr) {
-                        continue;
-                    }
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    self.candidates.insert(
-                        addr,
-                        Candidate {
-                            failures: 0,
-                            drops: 0,
-                            next_attempt: now,
-                            connected: false,
-                            seq,
-                        },
-                    );
-                }
-                self.maybe_connect(now);
-            }
+            Input::PeersDiscovered { addrs } => self.add_candidates(now, addrs),
             Input::SelectFiles { wanted } => {
                 self.wanted = self.torrent.pieces_for_files(wanted);
                 self.picker.set_wanted(&self.wanted);
@@ -469,6 +459,28 @@ impl Session {
             }
         }
         self.flush();
+    }
+
+    /// New addresses join the peer list (known and banned ones are ignored).
+    fn add_candidates(&mut self, now: Time, addrs: &[SocketAddr]) {
+        for &addr in addrs {
+            if self.banned_addrs.contains(&addr) || self.candidates.contains_key(&addr) {
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.candidates.insert(
+                addr,
+                Candidate {
+                    failures: 0,
+                    drops: 0,
+                    next_attempt: now,
+                    connected: false,
+                    seq,
+                },
+            );
+        }
+        self.maybe_connect(now);
     }
 
     /// The timers are due (or might be): runs everything scheduled up to `now`. Idempotent.
@@ -590,6 +602,7 @@ impl Session {
             piece_count: self.torrent.piece_count(),
             listen_port: self.config.listen_port,
             max_serve_queue: self.config.max_serve_queue,
+            pex: self.pex_allowed(),
         }
     }
 
@@ -635,6 +648,7 @@ impl Session {
         }
         self.choke_round(now, false);
         self.maybe_connect(now);
+        self.pex_round(now, None);
     }
 
     // ---- internals: peer events ----
@@ -718,7 +732,9 @@ impl Session {
                 }
             }
             PeerEvent::Request(r) => self.on_request(now, h, r),
-            PeerEvent::Cancel(_) | PeerEvent::Suggest(_) | PeerEvent::ExtendedHandshake => {}
+            PeerEvent::ExtendedHandshake => self.pex_start(now, h),
+            PeerEvent::Pex(payload) => self.pex_received(now, h, &payload),
+            PeerEvent::Cancel(_) | PeerEvent::Suggest(_) => {}
             PeerEvent::Snubbed(_) => {}
             PeerEvent::Block {
                 index,

@@ -22,7 +22,7 @@
 //! - magic `KPTR`, version `u16` (= 2), flags `u8` (bit 0: events are recorded);
 //! - the [`SessionConfig`](crate::session::SessionConfig): seed `u64`, peer id (optional, 20
 //!   bytes), listen port `u16`, then varints max peers, upload slots, max serve queue, ban after
-//!   failures, max connect failures, and sequential `u8`;
+//!   failures, max connect failures, and sequential and pex `u8`s;
 //! - the [`ManagerConfig`](crate::tracker::manager::ManagerConfig): HTTP timeout, connect
 //!   timeout, receive timeout, fallback delay, UDP
 //!   retransmission base, retransmissions (varint), connection-id lifetime, HTTP head, body and
@@ -32,7 +32,7 @@
 //! - the tiers: count, then per tier a count and its URLs as text;
 //! - the [`Torrent`]: info-hash (20 bytes), piece length, total length and piece count (varints),
 //!   the piece SHA-1s (20 bytes each), file count (varint), then per file offset and length
-//!   (varints) and padding `u8`;
+//!   (varints) and padding `u8`, then private `u8`;
 //! - the start state: `0` (check what is on disk), or `1`, then the verified pieces' bit count
 //!   (varint) and bitfield bytes (BEP 3 order);
 //! - the start time: varint nanoseconds.

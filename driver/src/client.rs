@@ -141,6 +141,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// Most peer connections per torrent.
     pub max_peers: usize,
+    /// Exchange peers with peers (BEP 11; never for private torrents).
+    pub pex: bool,
     /// Download limit for the whole process, bytes per second.
     pub download_limit: Option<u64>,
     /// Upload limit for the whole process, bytes per second.
@@ -171,6 +173,7 @@ impl Options {
             add: None,
             listen,
             max_peers: 50,
+            pex: true,
             download_limit: None,
             upload_limit: None,
             timeout: None,
@@ -348,6 +351,8 @@ struct Client {
     outcomes: Vec<Outcome>,
     group: Option<MultiProgress>,
     added: u64,
+    /// Turns of upload flushing, for the round-robin start.
+    flush_turn: usize,
     interrupted: bool,
 }
 
@@ -417,6 +422,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         outcomes: Vec::new(),
         group,
         added: 0,
+        flush_turn: 0,
         interrupted: false,
     };
     for t in torrents {
@@ -519,6 +525,7 @@ impl Client {
                 listen_port: self.listen_addr.port(),
                 max_peers: self.opts.max_peers.max(1),
                 sequential: topts.sequential,
+                pex: self.opts.pex,
                 ..SessionConfig::default()
             },
             trackers: ManagerConfig {
@@ -1120,14 +1127,20 @@ impl Client {
             for key in pending {
                 self.read_sock(now, key);
             }
-            // Upload tokens came back: flush queued data.
+            // Upload tokens came back: flush queued data, starting one socket further each turn so
+            // that a peer taking every token (blocks) cannot starve another's small messages.
             if self.up.available() > 0 {
-                let keys: Vec<usize> = self
+                let mut keys: Vec<usize> = self
                     .socks
                     .iter()
                     .filter(|(_, p)| !p.connecting && !p.out.is_empty())
                     .map(|(k, _)| k)
                     .collect();
+                if !keys.is_empty() {
+                    self.flush_turn = self.flush_turn.wrapping_add(1);
+                    let start = self.flush_turn % keys.len();
+                    keys.rotate_left(start);
+                }
                 for key in keys {
                     self.flush_sock(now, key);
                 }

@@ -185,6 +185,7 @@ pub(crate) fn test_torrent(
 ) -> kp_torrent_core::session::Torrent {
     use kp_torrent_core::session::{FileSpan, Torrent};
     Torrent {
+        private: false,
         info_hash: *info_hash,
         piece_length: layout.piece_length(),
         total_length: layout.total_length(),

@@ -276,6 +276,7 @@ impl Sim {
         let mut info_hash = [0u8; 20];
         rng.fill_bytes(&mut info_hash);
         let torrent = Torrent {
+            private: false,
             info_hash: InfoHash(info_hash),
             piece_length: config.piece_length,
             total_length: total,

@@ -18,6 +18,7 @@ fn config() -> PeerConfig {
         piece_count: PIECES,
         listen_port: 6881,
         max_serve_queue: 4,
+        pex: false,
     }
 }
 

@@ -19,6 +19,7 @@ impl Session {
             opened: now,
             peer: Some(peer),
             in_picker: false,
+            pex: None,
         });
         if self.peers.len() > self.config.max_peers {
             self.remove_peer(PeerHandle(k), "too many connections".into(), true);
@@ -100,6 +101,7 @@ impl Session {
                 opened: now,
                 peer: None,
                 in_picker: false,
+                pex: None,
             });
             self.actions.push_back(Action::Connect {
                 peer: PeerHandle(k),

@@ -34,6 +34,7 @@ fn content() -> Vec<u8> {
 fn torrent() -> Torrent {
     let data = content();
     Torrent {
+        private: false,
         info_hash: INFO,
         piece_length: PIECE,
         total_length: TOTAL,
@@ -1100,4 +1101,161 @@ fn banned_peer_listening_port_is_never_dialed() {
             .iter()
             .any(|a| matches!(a, Action::Connect { .. }))
     );
+}
+
+/// A handshake with the extension bit, then an extended handshake offering `ut_pex` as id 9 and
+/// listening on `port`.
+fn pex_peer_bytes(id: u8, port: u16) -> Vec<u8> {
+    let mut h = Handshake::new(INFO, PeerId([id; 20]));
+    h.reserved[7] &= !0x04;
+    let mut out = Vec::new();
+    h.encode(&mut out);
+    let ext = crate::wire::ExtendedHandshake {
+        m: [(crate::pex::EXTENSION_NAME.to_owned(), 9u8)].into(),
+        p: Some(port),
+        ..Default::default()
+    };
+    let payload = ext.encode();
+    out.extend(msg(Message::Extended {
+        id: 0,
+        payload: &payload,
+    }));
+    out
+}
+
+/// The `ut_pex` messages (decoded) sent to `peer`.
+fn pex_sent(actions: &[Action], peer: PeerHandle) -> Vec<crate::pex::PexMessage> {
+    let mut out = Vec::new();
+    for a in actions {
+        let Action::Send { peer: p, bytes } = a else {
+            continue;
+        };
+        if *p != peer {
+            continue;
+        }
+        let mut rest = &bytes[..];
+        if Handshake::decode(rest).is_ok_and(|h| h.is_some()) {
+            rest = &rest[Handshake::LEN..];
+        }
+        while let Ok(Some((m, used))) = crate::wire::decode(rest, 1 << 20) {
+            if let Message::Extended { id: 9, payload } = m {
+                out.push(crate::pex::PexMessage::decode(payload).unwrap());
+            }
+            rest = &rest[used..];
+        }
+    }
+    out
+}
+
+/// Two peers that offer `ut_pex` connect to a seeder; returns the session and their handles.
+fn pex_pair(
+    config: SessionConfig,
+    private: bool,
+) -> (Session, PeerHandle, PeerHandle, Vec<Action>) {
+    let t0 = Torrent {
+        private,
+        ..torrent()
+    };
+    let mut s = Session::new(config, t0, Bitfield::full(3), t(0));
+    drain(&mut s);
+    let a = s.handle_incoming(t(1), addr(1));
+    s.handle_received(t(1), a, &pex_peer_bytes(1, 7001));
+    let b = s.handle_incoming(t(2), addr(2));
+    s.handle_received(t(2), b, &pex_peer_bytes(2, 7002));
+    s.handle_timeout(t(3));
+    let (acts, _) = drain(&mut s);
+    (s, a, b, acts)
+}
+
+#[test]
+fn pex_tells_each_peer_about_the_others_and_dials_what_it_hears() {
+    let (mut s, a, b, mut acts) = pex_pair(SessionConfig::default(), false);
+    // Our extended handshake offers ut_pex.
+    let reach = |n: u8, port: u16| {
+        SocketAddr::new(
+            core::net::IpAddr::V4(core::net::Ipv4Addr::new(10, 0, 0, n)),
+            port,
+        )
+    };
+    let (more, _) = drain(&mut s);
+    acts.extend(more);
+    let to_a: Vec<SocketAddr> = pex_sent(&acts, a)
+        .iter()
+        .flat_map(|m| m.added.iter().map(|(x, _)| *x))
+        .collect();
+    let to_b: Vec<SocketAddr> = pex_sent(&acts, b)
+        .iter()
+        .flat_map(|m| m.added.iter().map(|(x, _)| *x))
+        .collect();
+    // Each hears of the other at its listening address, never of itself.
+    assert_eq!(to_a, vec![reach(2, 7002)], "{acts:?}");
+    assert_eq!(to_b, vec![reach(1, 7001)]);
+    // Nothing new within the minute, even when asked again.
+    s.handle_timeout(t(30));
+    let (acts, _) = drain(&mut s);
+    assert!(pex_sent(&acts, a).is_empty());
+    // A peer tells us of a third: we dial it.
+    let third = reach(3, 7003);
+    let news = crate::pex::PexMessage {
+        added: vec![(third, crate::pex::PexFlags::SEED)],
+        ..Default::default()
+    }
+    .encode();
+    s.handle_received(
+        t(31),
+        a,
+        &msg(Message::Extended {
+            id: super::super::peer::OUR_PEX_ID,
+            payload: &news,
+        }),
+    );
+    let (acts, _) = drain(&mut s);
+    assert!(
+        acts.iter()
+            .any(|x| matches!(x, Action::Connect { addr, .. } if *addr == third)),
+        "{acts:?}"
+    );
+    // After a minute, peer b hears that a is gone.
+    s.handle_peer_closed(t(40), a);
+    s.handle_timeout(t(70));
+    let (acts, _) = drain(&mut s);
+    let dropped: Vec<SocketAddr> = pex_sent(&acts, b)
+        .iter()
+        .flat_map(|m| m.dropped.clone())
+        .collect();
+    assert_eq!(dropped, vec![reach(1, 7001)], "{acts:?}");
+}
+
+#[test]
+fn private_torrents_and_no_pex_never_exchange_peers() {
+    for (config, private) in [
+        (SessionConfig::default(), true),
+        (
+            SessionConfig {
+                pex: false,
+                ..SessionConfig::default()
+            },
+            false,
+        ),
+    ] {
+        let (mut s, a, b, acts) = pex_pair(config, private);
+        assert!(pex_sent(&acts, a).is_empty() && pex_sent(&acts, b).is_empty());
+        // Our extended handshake does not offer it, and what a peer sends anyway is ignored.
+        assert!(!s.peer(a).unwrap().supports_pex());
+        let news = crate::pex::PexMessage {
+            added: vec![(addr(9), crate::pex::PexFlags::SEED)],
+            ..Default::default()
+        }
+        .encode();
+        s.handle_received(
+            t(31),
+            a,
+            &msg(Message::Extended {
+                id: super::super::peer::OUR_PEX_ID,
+                payload: &news,
+            }),
+        );
+        let (acts, _) = drain(&mut s);
+        assert!(!acts.iter().any(|x| matches!(x, Action::Connect { .. })));
+    }
 }

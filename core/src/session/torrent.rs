@@ -25,6 +25,8 @@ pub struct SessionConfig {
     pub max_connect_failures: u32,
     /// Download pieces in order (for streaming) instead of rarest first.
     pub sequential: bool,
+    /// Offer and use BEP 11 peer exchange (never for a private torrent, whatever this says).
+    pub pex: bool,
 }
 
 impl Default for SessionConfig {
@@ -39,6 +41,7 @@ impl Default for SessionConfig {
             ban_after_failures: 2,
             max_connect_failures: 5,
             sequential: false,
+            pex: true,
         }
     }
 }
@@ -67,6 +70,8 @@ pub struct Torrent {
     pub piece_hashes: Vec<[u8; 20]>,
     /// The files, in order.
     pub files: Vec<FileSpan>,
+    /// BEP 27: peers come only from the torrent's trackers (no peer exchange, no DHT).
+    pub private: bool,
 }
 
 impl Torrent {
@@ -91,6 +96,7 @@ impl Torrent {
                     padding: f.padding,
                 })
                 .collect(),
+            private: info.private,
         }
     }
 

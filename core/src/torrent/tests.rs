@@ -15,6 +15,7 @@ const PIECE: u64 = 16 * 1024;
 fn torrent() -> (Torrent, Vec<u8>) {
     let content: Vec<u8> = (0..4 * PIECE as usize).map(|i| (i % 253) as u8).collect();
     let t = Torrent {
+        private: false,
         info_hash: InfoHash([5; 20]),
         piece_length: PIECE,
         total_length: content.len() as u64,

@@ -209,6 +209,7 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
         ban_after_failures,
         max_connect_failures,
         sequential,
+        pex,
     } = &h.config.session;
     out.extend_from_slice(&seed.to_le_bytes());
     match peer_id {
@@ -225,6 +226,7 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
     put_varint(out, u64::from(*ban_after_failures));
     put_varint(out, u64::from(*max_connect_failures));
     out.push(u8::from(*sequential));
+    out.push(u8::from(*pex));
     encode_tracker_config(out, &h.config.trackers);
     put_varint(out, h.config.tiers.len() as u64);
     for tier in &h.config.tiers {
@@ -239,6 +241,7 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
         total_length,
         piece_hashes,
         files,
+        private,
     } = &h.torrent;
     out.extend_from_slice(&info_hash.0);
     put_varint(out, *piece_length);
@@ -253,6 +256,7 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
         put_varint(out, f.length);
         out.push(u8::from(f.padding));
     }
+    out.push(u8::from(*private));
     match &h.start_state {
         StartState::Check => out.push(0),
         StartState::Verified(have) => {
@@ -893,6 +897,7 @@ impl<'a> Cursor<'a> {
             ban_after_failures: self.u32v()?,
             max_connect_failures: self.u32v()?,
             sequential: self.flag()?,
+            pex: self.flag()?,
         };
         let trackers = self.tracker_config()?;
         let tier_count = self.usizev()?;
@@ -963,6 +968,7 @@ impl<'a> Cursor<'a> {
         if end != total_length {
             return Err(self.corrupt("files do not add up to the total length"));
         }
+        let private = self.flag()?;
         let start_state = if self.flag()? {
             let bits = self.u32v()?;
             if bits as usize != count {
@@ -981,6 +987,7 @@ impl<'a> Cursor<'a> {
             events: flags & FLAG_EVENTS != 0,
             config,
             torrent: Torrent {
+                private,
                 info_hash,
                 piece_length,
                 total_length,

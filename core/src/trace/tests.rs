@@ -32,6 +32,7 @@ fn S(input: Input<'_>) -> TorrentInput<'_> {
 fn record_pair(piece_length: u64, total: usize) -> Vec<u8> {
     let content: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
     let torrent = Torrent {
+        private: false,
         info_hash: InfoHash([9; 20]),
         piece_length,
         total_length: total as u64,
@@ -295,6 +296,7 @@ impl io::Write for FailingWriter {
 #[test]
 fn recorder_keeps_io_errors_and_runs_on() {
     let torrent = Torrent {
+        private: false,
         info_hash: InfoHash([1; 20]),
         piece_length: 16384,
         total_length: 16384,
@@ -330,6 +332,7 @@ fn recorder_keeps_io_errors_and_runs_on() {
 fn a_task_started_late_replays() {
     // Torrents added to a running engine start at its current time, not at zero.
     let torrent = Torrent {
+        private: false,
         info_hash: InfoHash([2; 20]),
         piece_length: 16384,
         total_length: 16384,

@@ -57,6 +57,10 @@ pub struct Common {
     #[arg(long, value_name = "TRACE")]
     pub record: Option<PathBuf>,
 
+    /// Do not exchange peers with peers (BEP 11 PEX; private torrents never do).
+    #[arg(long)]
+    pub no_pex: bool,
+
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -165,6 +169,7 @@ fn options(
     let ip = common.bind.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     Ok(Options {
         max_peers: common.max_peers.max(1),
+        pex: !common.no_pex,
         download_limit: common.download_limit,
         upload_limit: common.upload_limit,
         tracker_ca: common.tracker_ca.clone(),
