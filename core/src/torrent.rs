@@ -346,9 +346,11 @@ impl TorrentTask {
         self.session().is_some_and(Session::is_complete)
     }
 
-    /// True once the `completed` announce reached a tracker, or there is no tracker to tell.
+    /// True once the `completed` announce reached a tracker, or there is no tracker to tell:
+    /// none in the torrent, or every one failed without ever answering.
     pub fn completed_announced(&self) -> bool {
-        self.completed_announced || (!self.has_trackers && self.is_complete())
+        let nobody = !self.has_trackers || self.trackers().is_some_and(|t| !t.may_answer());
+        self.completed_announced || (nobody && self.is_complete())
     }
 
     /// True after shutdown once the trackers said goodbye (or gave up): nothing more will happen.

@@ -294,3 +294,30 @@ fn trackers_feed_the_swarm_and_hear_started_and_stopped() {
     assert_eq!(sent_events(&actions(&mut task)), vec!["stopped"]);
     assert!(task.is_stopped());
 }
+
+#[test]
+fn a_finished_download_need_not_wait_for_trackers_that_never_answered() {
+    let (t, _) = torrent();
+    let tiers = vec![vec!["http://127.0.0.1:9/announce".to_owned()]];
+    let mut task = TorrentTask::new(
+        config(tiers),
+        t,
+        StartState::Verified(Bitfield::full(4)),
+        Time::ZERO,
+    );
+    assert!(task.is_complete());
+    // The tracker has not been asked yet: it may still want to hear from us.
+    assert!(!task.completed_announced());
+    task.handle_input(Time::ZERO, TorrentInput::Session(Input::Timeout));
+    let conn = opened(&actions(&mut task))[0];
+    assert!(!task.completed_announced(), "asked, not answered yet");
+    task.handle_input(
+        Time::from_secs(1),
+        TorrentInput::Tracker(TrackerInput::ConnectFailed {
+            conn,
+            why: "connection refused".into(),
+        }),
+    );
+    // Every tracker failed without ever answering: nobody is waiting for `completed`.
+    assert!(task.completed_announced());
+}

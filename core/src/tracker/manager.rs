@@ -447,6 +447,14 @@ impl TrackerManager {
         }
     }
 
+    /// True while some tracker has answered an announce (it expects `completed` and `stopped`)
+    /// or may still answer (usable, and not failed yet).
+    pub fn may_answer(&self) -> bool {
+        self.trackers
+            .iter()
+            .any(|t| t.started || (t.url.is_some() && t.fails == 0))
+    }
+
     /// The tiers in their current order (after shuffling and promotions).
     pub fn tiers(&self) -> &[Vec<TrackerId>] {
         &self.tiers
