@@ -28,7 +28,11 @@ fn a_real_peer_gets_in_while_300_idle_connections_are_held() {
         }
         flood.push(s);
     }
-    assert!(flood.len() >= 250, "only {} connections opened", flood.len());
+    assert!(
+        flood.len() >= 250,
+        "only {} connections opened",
+        flood.len()
+    );
     let dest = dir.path().join("dest");
     let mut leecher = KpTorrent::download(
         "leecher",

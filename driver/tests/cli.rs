@@ -572,3 +572,12 @@ fn padding_files_are_counted_not_listed_and_marked_in_json() {
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
     assert!(lines.contains(&format!("info_hash \"{hex}\"")), "{lines:?}");
 }
+
+#[test]
+fn a_magnet_download_says_it_is_not_supported_in_one_line() {
+    let dir = TempDir::new("cli-magnet");
+    let magnet = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567";
+    let out = run(&["download", magnet, "-d", dir.path().to_str().unwrap()]);
+    let err = assert_fails(&out, 1, "kp-torrent: magnet link: ");
+    assert!(err.contains("not supported yet"), "{err}");
+}

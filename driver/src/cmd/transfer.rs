@@ -132,6 +132,13 @@ fn torrent_options(
     location: Location,
     common: &Common,
 ) -> Result<TorrentOptions, CliError> {
+    if torrent.to_str().is_some_and(|t| t.starts_with("magnet:")) {
+        // `info` reads magnets; fetching the info dictionary from peers (BEP 9) is not wired in.
+        return Err(CliError::new(
+            "magnet link",
+            "downloading from a magnet link is not supported yet: give the .torrent file",
+        ));
+    }
     Ok(TorrentOptions {
         peers: common.peers.clone(),
         seed_ratio: common.seed_ratio,
