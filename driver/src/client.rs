@@ -70,6 +70,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const LISTENER6: Token = Token(5);
 const TRACKER_TOKENS: tracker_io::Tokens = tracker_io::Tokens {
     udp4: Token(3),
     udp6: Token(4),
@@ -334,7 +335,8 @@ struct Client {
     epoch: Instant,
     engine: Engine,
     tracker_io: TrackerIo,
-    listener: TcpListener,
+    /// One listener, or two (IPv4 and IPv6) when the system keeps the families apart.
+    listeners: Vec<TcpListener>,
     listen_addr: SocketAddr,
     signals: Option<ShutdownSignals>,
     disk: DiskPool,
@@ -368,14 +370,17 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     } else {
         None
     };
-    let mut listener = TcpListener::bind(opts.listen).map_err(|error| ClientError::Listen {
-        addr: opts.listen,
-        error,
-    })?;
-    let listen_addr = listener.local_addr().map_err(ClientError::Io)?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .map_err(ClientError::Io)?;
+    let (mut listeners, listen_addr) =
+        listen(opts.listen).map_err(|error| ClientError::Listen {
+            addr: opts.listen,
+            error,
+        })?;
+    for (i, l) in listeners.iter_mut().enumerate() {
+        let token = if i == 0 { LISTENER } else { LISTENER6 };
+        poll.registry()
+            .register(l, token, Interest::READABLE)
+            .map_err(ClientError::Io)?;
+    }
     if !opts.quiet {
         let names: Vec<&str> = opts
             .torrents
@@ -408,7 +413,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         epoch,
         engine: Engine::new(EngineConfig::default(), Time::ZERO),
         tracker_io,
-        listener,
+        listeners,
         listen_addr,
         signals,
         disk,
@@ -430,6 +435,30 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     }
     client.run_loop()?;
     Ok(client.outcomes)
+}
+
+/// Opens the peer listener(s) on `addr`. For the IPv4 wildcard (no `--bind`) it listens on IPv6
+/// too: `[::]:PORT` first, then `0.0.0.0:PORT`, which is refused as in use when the IPv6 socket is
+/// dual-stack already (kept apart only where the system says `bindv6only`). Without IPv6 it is
+/// the IPv4 socket alone. The address returned is the IPv4 one (or `addr` as bound).
+fn listen(addr: SocketAddr) -> io::Result<(Vec<TcpListener>, SocketAddr)> {
+    if addr != SocketAddr::from(([0, 0, 0, 0], addr.port())) {
+        let l = TcpListener::bind(addr)?;
+        let local = l.local_addr()?;
+        return Ok((vec![l], local));
+    }
+    let Ok(v6) = TcpListener::bind(SocketAddr::from(([0u16; 8], addr.port()))) else {
+        let l = TcpListener::bind(addr)?;
+        let local = l.local_addr()?;
+        return Ok((vec![l], local));
+    };
+    let port = v6.local_addr()?.port();
+    let local = SocketAddr::from(([0, 0, 0, 0], port));
+    match TcpListener::bind(local) {
+        Ok(v4) => Ok((vec![v4, v6], local)),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok((vec![v6], local)),
+        Err(e) => Err(e),
+    }
 }
 
 /// The line printed when seeding stops: `NAME: stopped seeding, uploaded X (N bytes), ratio R`.
@@ -1234,7 +1263,8 @@ impl Client {
             let now = self.now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(now),
+                    LISTENER => self.accept(now, 0),
+                    LISTENER6 => self.accept(now, 1),
                     WAKER => {
                         self.disk_completions(now);
                         self.tracker_io.handle_wakeup(

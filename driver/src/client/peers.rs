@@ -218,11 +218,23 @@ impl Client {
         }
     }
 
-    /// Takes every waiting connection; the engine decides from its handshake where it goes.
-    pub(super) fn accept(&mut self, now: Time) {
+    /// Takes every waiting connection of listener `which`; the engine decides from its handshake
+    /// where it goes.
+    pub(super) fn accept(&mut self, now: Time, which: usize) {
         loop {
-            match self.listener.accept() {
+            let Some(listener) = self.listeners.get(which) else {
+                return;
+            };
+            match listener.accept() {
                 Ok((mut stream, addr)) => {
+                    // A dual-stack socket reports IPv4 peers as IPv4-mapped IPv6 addresses.
+                    let addr = match addr {
+                        std::net::SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                            Some(v4) => std::net::SocketAddr::new(v4.into(), a.port()),
+                            None => addr,
+                        },
+                        v4 => v4,
+                    };
                     let key = self.socks.vacant_key();
                     if self
                         .poll
