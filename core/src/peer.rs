@@ -552,6 +552,9 @@ impl Peer {
     /// Queues a peer request we accepted (the caller issues the disk read). Returns false, with
     /// a reject (fast extension) or a close, when the queue is full.
     pub fn queue_request(&mut self, now: Time, req: BlockRequest) -> bool {
+        if self.state != PeerState::Established {
+            return false;
+        }
         if self.serve_queue.len() >= self.config.max_serve_queue {
             if self.fast {
                 self.push(now, &Message::Reject(req));
@@ -578,6 +581,9 @@ impl Peer {
     /// Sends a block read from disk if the request is still queued (not cancelled or choked away).
     /// Returns true when it was sent.
     pub fn send_block(&mut self, now: Time, index: u32, begin: u32, data: &[u8]) -> bool {
+        if self.state != PeerState::Established {
+            return false;
+        }
         let Some(pos) = self
             .serve_queue
             .iter()
@@ -657,7 +663,12 @@ impl Peer {
             .max(wire::BLOCK_SIZE as usize + 13)
     }
 
+    /// Queues a message. Nothing goes out before both handshakes or after the connection
+    /// closed, whatever the caller asks.
     fn push(&mut self, now: Time, msg: &Message<'_>) {
+        if self.state != PeerState::Established {
+            return;
+        }
         msg.encode(&mut self.out);
         self.last_sent = now;
     }

@@ -971,3 +971,28 @@ fn allowed_fast_before_the_bitfield_is_accepted() {
         Some("have none after other messages")
     );
 }
+
+#[test]
+fn nothing_goes_out_before_the_handshake_or_after_close() {
+    let have = Bitfield::full(PIECES);
+    // Incoming: our handshake waits for the peer's, and so does everything else.
+    let mut p = Peer::new(config(), false, t(0));
+    p.send_piece_set(t(0), &have);
+    p.send_have(t(0), 1);
+    assert!(p.take_output().is_empty());
+    let req = BlockRequest {
+        index: 0,
+        begin: 0,
+        length: 16384,
+    };
+    assert!(!p.queue_request(t(0), req));
+    // Established, then closed: later calls are ignored.
+    p.handle_bytes(t(0), &handshake(INFO, THEM, true, false));
+    assert!(p.is_established());
+    p.close("test".into());
+    let _ = p.take_output();
+    p.send_piece_set(t(1), &have);
+    assert!(!p.queue_request(t(1), req));
+    assert!(!p.send_block(t(1), 0, 0, &[0; 16384]));
+    assert!(p.take_output().is_empty());
+}
