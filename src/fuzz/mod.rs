@@ -24,9 +24,12 @@ pub use trace::trace;
 pub use tracker::{http_tracker, udp_tracker};
 pub use wire::wire;
 
+/// A target's body: takes the fuzzer's input, panics on a finding.
+pub type Body = fn(&[u8]);
+
 /// Every fuzz target: its name (the file in `fuzz/fuzz_targets/`, the folder under
 /// `fuzz/corpus/` and `fuzz/regressions/`) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("bencode", bencode),
     ("metainfo", metainfo),
     ("magnet", magnet),
