@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod fuzz;
 pub mod real;
 
 /// True when tests must fail instead of skipping for a missing tool (set by `.ci/run`).

@@ -44,9 +44,11 @@ impl fmt::Display for MagnetError {
             MagnetError::MissingInfoHash => {
                 f.write_str("magnet URI has no info-hash (`xt=urn:btih:...`)")
             }
+            // Escaped: the text comes from the user's (or a web page's) URI and may hold newlines.
             MagnetError::InvalidInfoHash(h) => write!(
                 f,
-                "magnet URI info-hash `{h}` is neither 40 hex digits nor 32 base32 characters"
+                "magnet URI info-hash `{}` is neither 40 hex digits nor 32 base32 characters",
+                h.escape_debug()
             ),
             MagnetError::V2Only => f.write_str(
                 "v2-only magnet not supported: it has only a `urn:btmh:` hash, no `urn:btih:`",
@@ -255,5 +257,11 @@ mod tests {
         assert_eq!(e, MagnetError::V2Only);
         assert!(e.to_string().starts_with("v2-only magnet not supported"));
         assert!(!MagnetError::MissingInfoHash.to_string().contains('\n'));
+        // Found by fuzzing: the invalid hash is quoted with its control characters escaped.
+        let e = Magnet::parse("magnet:?xt=urn:btih:a\nb\u{8}").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "magnet URI info-hash `a\\nb\\u{8}` is neither 40 hex digits nor 32 base32 characters"
+        );
     }
 }

@@ -91,7 +91,14 @@ impl TrackerUrl {
                 None => (authority, None),
             }
         };
-        if host.is_empty() || !is_safe(host) || host.contains(['[', ']', '@']) {
+        // A ':' in a host is only valid inside brackets (an IPv6 literal); unbracketed, the URL
+        // could not be printed back in a form that parses to the same host and port.
+        let colon_outside_brackets = !authority.starts_with('[') && host.contains(':');
+        if host.is_empty()
+            || !is_safe(host)
+            || host.contains(['[', ']', '@'])
+            || colon_outside_brackets
+        {
             return Err(TrackerError::InvalidUrl(format!("{s:?}: bad host")));
         }
         let port = match port {
@@ -264,6 +271,9 @@ mod tests {
             "http://h/a\r\nX-Evil: 1",
             "http://[::1/",
             "http://[zz]:80/",
+            // Found by fuzzing: would print as `udp://[u.:x]:69/`, which does not parse.
+            "udp://u.:x:69/",
+            "http://::1:80/",
         ] {
             assert!(
                 matches!(TrackerUrl::parse(bad), Err(TrackerError::InvalidUrl(_))),
