@@ -459,6 +459,14 @@ impl<W: Write> TraceWriter<W> {
         }
     }
 
+    /// Records an event as a trace stores it (for tools that rewrite traces).
+    pub fn event_print(&mut self, event: &EventPrint) {
+        if self.events && self.error.is_none() {
+            event.encode(&mut self.buf);
+            self.maybe_flush();
+        }
+    }
+
     /// Records an event the task returned; ignored when the header says no events.
     pub fn event(&mut self, event: &TorrentEvent) {
         if self.events && self.error.is_none() {

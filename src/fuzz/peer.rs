@@ -39,8 +39,10 @@ pub fn peer(data: &[u8]) {
         piece_count,
         listen_port: b.u16(),
         max_serve_queue: usize::from(b.u8() % 8),
+        pex: b.bool(),
     };
     let max_serve_queue = config.max_serve_queue;
+    let pex = config.pex;
     let outgoing = b.bool();
     let mut h = Harness {
         peer: Peer::new(config, outgoing, Time::ZERO),
@@ -52,6 +54,7 @@ pub fn peer(data: &[u8]) {
         sent: Decoder::new(DEFAULT_MAX_MESSAGE_LEN),
         our_handshake_seen: false,
         asked: Vec::new(),
+        pex,
     };
     h.after_step(&Snapshot::default());
 
@@ -105,6 +108,8 @@ struct Harness {
     our_handshake_seen: bool,
     /// Requests the peer sent us (candidates for `queue_request`).
     asked: Vec<BlockRequest>,
+    /// We offered `ut_pex`: only then may its messages come out as events.
+    pex: bool,
 }
 
 /// What the peer held before a step, to check the step's events against.
@@ -172,6 +177,9 @@ impl Harness {
                     assert!(*i < pc, "piece {i} of {pc} in {ev:?}");
                 }
                 PeerEvent::Bitfield => assert_eq!(self.peer.has().len(), pc),
+                PeerEvent::Pex(_) => {
+                    assert!(self.pex, "ut_pex message although we never offered it")
+                }
                 PeerEvent::Request(r) => {
                     assert!(
                         r.index < pc && r.length > 0 && r.length <= BLOCK_SIZE,

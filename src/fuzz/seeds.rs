@@ -14,7 +14,9 @@ use kp_torrent_core::id::{InfoHash, PeerId};
 use kp_torrent_core::metainfo::{Metainfo, TorrentSpec, hash_pieces};
 use kp_torrent_core::session::{Input, SessionConfig, Torrent};
 use kp_torrent_core::time::Time;
+use kp_torrent_core::torrent::{StartState, TorrentConfig, TorrentInput};
 use kp_torrent_core::trace::Recorder;
+use kp_torrent_core::tracker::manager::ManagerConfig;
 use kp_torrent_core::wire::{BLOCK_SIZE, BlockRequest, ExtendedHandshake, Handshake, Message};
 
 /// One seed: the target it is for, its file name (without the `seed-` prefix) and its bytes.
@@ -517,20 +519,33 @@ fn recorded_seeder() -> Vec<u8> {
     let m = Metainfo::from_bytes(&spec.to_bytes()).expect("seed torrent parses");
     let torrent = Torrent::from_metainfo(&m);
     let have = Bitfield::full(torrent.piece_count());
-    let config = SessionConfig {
-        seed: 5,
-        ..SessionConfig::default()
+    let config = TorrentConfig {
+        session: SessionConfig {
+            seed: 5,
+            ..SessionConfig::default()
+        },
+        trackers: ManagerConfig::default(),
+        tiers: Vec::new(),
     };
-    // Starts at zero: a trace starting later does not read back (see fuzz/regressions/trace/).
-    let mut rec = Recorder::new(Vec::new(), config, torrent, have, Time::ZERO);
+    let mut rec = Recorder::new(
+        Vec::new(),
+        config,
+        torrent,
+        StartState::Verified(have),
+        Time::from_millis(1500),
+    );
     let drain = |rec: &mut Recorder<Vec<u8>>| {
         while rec.poll_action().is_some() {}
         while rec.poll_event().is_some() {}
     };
     drain(&mut rec);
     let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)), 7000);
-    let peer = rec.session().next_handle();
-    rec.handle_input(Time::from_secs(2), Input::Incoming { addr });
+    let peer = rec
+        .task()
+        .next_handle()
+        .expect("a verified task takes peers");
+    let s = TorrentInput::Session;
+    rec.handle_input(Time::from_secs(2), s(Input::Incoming { addr }));
     drain(&mut rec);
     let mut bytes = Vec::new();
     Handshake::new(m.info_hash, PeerId([0x33; 20])).encode(&mut bytes);
@@ -543,25 +558,25 @@ fn recorded_seeder() -> Vec<u8> {
     .encode(&mut bytes);
     rec.handle_input(
         Time::from_secs(3),
-        Input::Received {
+        s(Input::Received {
             peer,
             bytes: &bytes,
-        },
+        }),
     );
     drain(&mut rec);
-    rec.handle_input(Time::from_secs(13), Input::Timeout);
+    rec.handle_input(Time::from_secs(13), s(Input::Timeout));
     drain(&mut rec);
     rec.handle_input(
         Time::from_secs(14),
-        Input::ReadDone {
+        s(Input::ReadDone {
             peer,
             piece: 0,
             begin: 0,
             data: &data[..BLOCK_SIZE as usize],
-        },
+        }),
     );
     drain(&mut rec);
-    rec.handle_input(Time::from_secs(15), Input::Shutdown);
+    rec.handle_input(Time::from_secs(15), s(Input::Shutdown));
     drain(&mut rec);
     let (_, out) = rec.finish();
     out.expect("writing to a Vec cannot fail")

@@ -54,7 +54,7 @@ pub fn trace(data: &[u8]) {
                 TraceRecord::Event { event, .. } => {
                     let _ = event.to_string();
                     if header.events {
-                        writer.event(&event.0);
+                        writer.event_print(&event);
                         kept.push(Kept::Event(event));
                     }
                 }
