@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use kp_torrent_core::metainfo::{TorrentSpec, hash_pieces};
 use kp_torrent_tests::TempDir;
 use kp_torrent_tests::real::{
-    Encryption, KpTorrent, Libtorrent, LibtorrentOptions, Torrent, content, peer_source,
+    Dataset, Encryption, KpTorrent, Libtorrent, LibtorrentOptions, peer_source,
 };
 
 const DONE: Duration = Duration::from_secs(40);
@@ -15,24 +14,6 @@ const PIECE: u64 = 16 * 1024;
 /// 8 MiB: at the 64 KiB/s the middle peer is allowed to upload, it alone could not deliver it
 /// within [`DONE`].
 const SIZE: usize = 8 * 1024 * 1024;
-
-fn single_file(dir: &TempDir, seed: u64) -> (Vec<u8>, Torrent) {
-    let data = content(SIZE, seed);
-    let seed_dir = dir.path().join("seed");
-    std::fs::create_dir_all(&seed_dir).unwrap();
-    std::fs::write(seed_dir.join("data.bin"), &data).unwrap();
-    let spec = TorrentSpec {
-        name: "data.bin".into(),
-        piece_length: PIECE,
-        files: vec![(Vec::new(), SIZE as u64)],
-        piece_hashes: hash_pieces(&data, PIECE),
-        ..TorrentSpec::default()
-    };
-    (
-        data,
-        Torrent::from_spec(&spec, &dir.path().join("data.torrent")),
-    )
-}
 
 fn options(extensions: &[&str]) -> LibtorrentOptions {
     LibtorrentOptions {
@@ -45,12 +26,13 @@ fn options(extensions: &[&str]) -> LibtorrentOptions {
 #[test]
 fn kp_torrent_learns_the_seeder_from_a_libtorrent_peer() {
     let dir = TempDir::new("pex-in");
-    let (data, torrent) = single_file(&dir, 5);
+    let data = Dataset::single(dir.path(), "data.bin", SIZE, PIECE, 5);
+    let torrent = &data.torrent;
     // C: the seeder, without ut_pex (it cannot learn about us and dial us), throttled so that B
     // is still downloading from it when we come.
     let Some(seeder) = Libtorrent::seed(
-        &torrent,
-        &dir.path().join("seed"),
+        torrent,
+        &data.source,
         &LibtorrentOptions {
             upload_limit: 1024 * 1024,
             ..options(&[])
@@ -60,7 +42,7 @@ fn kp_torrent_learns_the_seeder_from_a_libtorrent_peer() {
     };
     // B: knows C, speaks ut_pex, has little to spare (64 KiB/s).
     let middle = Libtorrent::download(
-        &torrent,
+        torrent,
         &dir.path().join("middle"),
         &LibtorrentOptions {
             peers: vec![seeder.addr()],
@@ -85,25 +67,25 @@ fn kp_torrent_learns_the_seeder_from_a_libtorrent_peer() {
     us.wait_success(DONE + Duration::from_secs(5));
     // B alone would need over two minutes for the file, and C knows no way to us (no tracker,
     // no ut_pex): finishing within the timeout means we dialled C, learnt from B's PEX.
-    let got = std::fs::read(dest.join("data.bin")).unwrap();
-    assert!(got == data, "the download differs from the source");
+    data.assert_same(&dest);
 }
 
 #[test]
 fn a_libtorrent_peer_learns_another_from_kp_torrent() {
     let dir = TempDir::new("pex-out");
-    let (_data, torrent) = single_file(&dir, 6);
+    let data = Dataset::single(dir.path(), "data.bin", SIZE, PIECE, 6);
+    let torrent = &data.torrent;
     // We seed, throttled so the leechers stay connected while PEX happens.
     let us = KpTorrent::seed(
         "kp",
         &torrent.path,
-        &dir.path().join("seed"),
+        &data.source,
         &["--upload-limit", "512k"],
         dir.path(),
     );
     let our_addr = us.addr().parse().unwrap();
     let Some(mut first) = Libtorrent::download(
-        &torrent,
+        torrent,
         &dir.path().join("first"),
         &LibtorrentOptions {
             peers: vec![our_addr],
@@ -116,7 +98,7 @@ fn a_libtorrent_peer_learns_another_from_kp_torrent() {
     first.wait_peer(DONE, "kp-torrent", |p| p.addr == our_addr);
     // The second knows only us; it must hear of the first from our ut_pex message and dial it.
     let mut second = Libtorrent::download(
-        &torrent,
+        torrent,
         &dir.path().join("second"),
         &LibtorrentOptions {
             peers: vec![our_addr],
