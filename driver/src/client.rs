@@ -763,10 +763,7 @@ impl Client {
     }
 
     fn show(&mut self, torrent: TorrentId, event: TorrentEvent) {
-        let seeding_data = self.engine.torrent(torrent).map(|t| {
-            let info_pieces = t.torrent().piece_count();
-            (t.have().count() == info_pieces, t.is_complete())
-        });
+        let complete = self.engine.torrent(torrent).is_some_and(|t| t.is_complete());
         let Some(run) = self.runs.get_mut(&torrent) else {
             return;
         };
@@ -819,7 +816,7 @@ impl Client {
                         total: info.total_length,
                     });
                 }
-                if seeding_data.is_some_and(|(_, complete)| complete) {
+                if complete {
                     run.complete_at.get_or_insert_with(Instant::now);
                 }
                 return;
