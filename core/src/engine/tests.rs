@@ -369,3 +369,43 @@ fn a_removed_torrents_slot_gets_a_new_generation() {
     e.shutdown(Time::from_secs(1));
     assert!(e.is_stopped());
 }
+
+#[test]
+fn the_process_connection_limit_refuses_newcomers_once_reached() {
+    let cfg = EngineConfig {
+        max_connections: 1,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(cfg, Time::ZERO);
+    let t = add(&mut e, 1);
+    actions(&mut e);
+    let first = accept(&mut e, Time::ZERO, 5000);
+    e.handle_input(
+        Time::ZERO,
+        EngineInput::IncomingData {
+            conn: first,
+            bytes: &handshake(1),
+        },
+    );
+    assert!(
+        actions(&mut e)
+            .iter()
+            .any(|a| matches!(a, EngineAction::Adopt { torrent, .. } if *torrent == t))
+    );
+    assert_eq!(e.connection_count(), 1);
+    let second = accept(&mut e, Time::ZERO, 5001);
+    e.handle_input(
+        Time::ZERO,
+        EngineInput::IncomingData {
+            conn: second,
+            bytes: &handshake(1),
+        },
+    );
+    assert_eq!(
+        actions(&mut e),
+        vec![EngineAction::CloseIncoming {
+            conn: second,
+            reason: RefuseReason::Full
+        }]
+    );
+}
