@@ -763,7 +763,10 @@ impl Client {
     }
 
     fn show(&mut self, torrent: TorrentId, event: TorrentEvent) {
-        let complete = self.engine.torrent(torrent).is_some_and(|t| t.is_complete());
+        let complete = self
+            .engine
+            .torrent(torrent)
+            .is_some_and(|t| t.is_complete());
         let Some(run) = self.runs.get_mut(&torrent) else {
             return;
         };
