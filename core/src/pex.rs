@@ -11,9 +11,9 @@
 //!   unspecified or multicast address, bounded counts, no more than one message per interval)
 //!   before the caller adds the addresses to its peer list.
 
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Duration;
 
 use crate::bencode::{self, Limits, Owned};
