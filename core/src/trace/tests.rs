@@ -293,11 +293,11 @@ impl io::Write for FailingWriter {
     }
 }
 
-#[test]
-fn recorder_keeps_io_errors_and_runs_on() {
-    let torrent = Torrent {
+/// A torrent of one 16 KiB piece (its hash never matters here).
+fn one_block_torrent(tag: u8) -> Torrent {
+    Torrent {
         private: false,
-        info_hash: InfoHash([1; 20]),
+        info_hash: InfoHash([tag; 20]),
         piece_length: 16384,
         total_length: 16384,
         piece_hashes: vec![[0; 20]],
@@ -306,7 +306,12 @@ fn recorder_keeps_io_errors_and_runs_on() {
             length: 16384,
             padding: false,
         }],
-    };
+    }
+}
+
+#[test]
+fn recorder_keeps_io_errors_and_runs_on() {
+    let torrent = one_block_torrent(1);
     let mut r = Recorder::new(
         FailingWriter { ok: 10 },
         task_config(0),
@@ -331,18 +336,7 @@ fn recorder_keeps_io_errors_and_runs_on() {
 #[test]
 fn a_task_started_late_replays() {
     // Torrents added to a running engine start at its current time, not at zero.
-    let torrent = Torrent {
-        private: false,
-        info_hash: InfoHash([2; 20]),
-        piece_length: 16384,
-        total_length: 16384,
-        piece_hashes: vec![[0; 20]],
-        files: vec![FileSpan {
-            offset: 0,
-            length: 16384,
-            padding: false,
-        }],
-    };
+    let torrent = one_block_torrent(2);
     let start = Time::from_millis(1234);
     let mut r = Recorder::new(
         Vec::new(),
@@ -370,4 +364,71 @@ fn a_task_started_late_replays() {
     let report = replay(&trace).unwrap();
     assert_eq!(report.divergence, None, "{report}");
     assert!(report.finished && report.inputs == 2 && report.actions >= 1);
+}
+
+#[test]
+fn tracker_exchanges_replay_and_a_changed_reply_diverges() {
+    use crate::torrent::TrackerInput;
+    use crate::tracker::manager::TrackerAction;
+    // An HTTP tracker answers the started announce with one peer, which the task then dials.
+    let config = TorrentConfig {
+        tiers: vec![vec!["http://127.0.0.1:9/announce".to_owned()]],
+        ..task_config(7)
+    };
+    let mut r = Recorder::new(
+        Vec::new(),
+        config,
+        one_block_torrent(3),
+        StartState::Verified(Bitfield::new(1)),
+        Time::ZERO,
+    );
+    r.handle_input(Time::ZERO, S(Input::Timeout));
+    let conn = std::iter::from_fn(|| r.poll_action())
+        .find_map(|a| match a {
+            TorrentAction::Tracker(TrackerAction::OpenTcp { conn, .. }) => Some(conn),
+            _ => None,
+        })
+        .expect("the started announce opens a connection");
+    let body = b"d8:intervali1800e5:peers6:\x7f\x00\x00\x01\x1b\x58e";
+    let mut reply =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    reply.extend_from_slice(body);
+    let t = Time::from_millis(20);
+    r.handle_input(
+        t,
+        TorrentInput::Tracker(TrackerInput::TcpConnected { conn }),
+    );
+    r.handle_input(
+        t,
+        TorrentInput::Tracker(TrackerInput::TcpData {
+            conn,
+            bytes: &reply,
+        }),
+    );
+    r.handle_input(
+        t,
+        TorrentInput::Tracker(TrackerInput::TcpClosed { conn, error: None }),
+    );
+    let dialled = std::iter::from_fn(|| r.poll_action()).any(|a| {
+        matches!(a, TorrentAction::Session(Action::Connect { addr, .. })
+            if addr == SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7000))
+    });
+    assert!(dialled, "the tracker's peer was dialled");
+    let (_, out) = r.finish();
+    let trace = out.unwrap();
+    let report = replay(&trace).unwrap();
+    assert_eq!(report.divergence, None, "{report}");
+    assert!(report.finished && report.actions >= 4);
+    // The peer's port in the recorded reply, changed: the replayed task dials elsewhere.
+    let at = trace
+        .windows(2)
+        .rposition(|w| w == [0x1b, 0x58])
+        .expect("the reply is in the trace");
+    let mut bad = trace.clone();
+    bad[at + 1] ^= 1;
+    let d = replay(&bad)
+        .unwrap()
+        .divergence
+        .expect("a changed reply diverges");
+    assert!(d.input_desc.contains("tracker connection"), "{d}");
 }
