@@ -109,9 +109,8 @@ fn hs(id: u8, fast: bool) -> Vec<u8> {
     out
 }
 
-/// Readable descriptions of the messages sent to `peer` in `actions` (handshakes skipped).
-fn sent_to(actions: &[Action], peer: PeerHandle) -> Vec<String> {
-    let mut out = Vec::new();
+/// Calls `f` with each message sent to `peer` in `actions`, in order (handshakes skipped).
+fn each_sent(actions: &[Action], peer: PeerHandle, mut f: impl FnMut(Message<'_>)) {
     for a in actions {
         let Action::Send { peer: p, bytes } = a else {
             continue;
@@ -124,17 +123,25 @@ fn sent_to(actions: &[Action], peer: PeerHandle) -> Vec<String> {
             rest = &rest[Handshake::LEN..];
         }
         while let Ok(Some((m, used))) = crate::wire::decode(rest, 1 << 20) {
-            out.push(match m {
-                Message::Have(i) => format!("have {i}"),
-                Message::Request(r) => format!("request {}:{}", r.index, r.begin),
-                Message::Cancel(r) => format!("cancel {}:{}", r.index, r.begin),
-                Message::Reject(r) => format!("reject {}:{}", r.index, r.begin),
-                Message::Piece { index, begin, .. } => format!("piece {index}:{begin}"),
-                other => other.name().to_string(),
-            });
+            f(m);
             rest = &rest[used..];
         }
     }
+}
+
+/// Readable descriptions of the messages sent to `peer` in `actions` (handshakes skipped).
+fn sent_to(actions: &[Action], peer: PeerHandle) -> Vec<String> {
+    let mut out = Vec::new();
+    each_sent(actions, peer, |m| {
+        out.push(match m {
+            Message::Have(i) => format!("have {i}"),
+            Message::Request(r) => format!("request {}:{}", r.index, r.begin),
+            Message::Cancel(r) => format!("cancel {}:{}", r.index, r.begin),
+            Message::Reject(r) => format!("reject {}:{}", r.index, r.begin),
+            Message::Piece { index, begin, .. } => format!("piece {index}:{begin}"),
+            other => other.name().to_string(),
+        })
+    });
     out
 }
 
@@ -1123,27 +1130,14 @@ fn pex_peer_bytes(id: u8, port: u16) -> Vec<u8> {
     out
 }
 
-/// The `ut_pex` messages (decoded) sent to `peer`.
+/// The `ut_pex` messages (decoded) sent to `peer` (our peers give it id 9).
 fn pex_sent(actions: &[Action], peer: PeerHandle) -> Vec<crate::pex::PexMessage> {
     let mut out = Vec::new();
-    for a in actions {
-        let Action::Send { peer: p, bytes } = a else {
-            continue;
-        };
-        if *p != peer {
-            continue;
+    each_sent(actions, peer, |m| {
+        if let Message::Extended { id: 9, payload } = m {
+            out.push(crate::pex::PexMessage::decode(payload).unwrap());
         }
-        let mut rest = &bytes[..];
-        if Handshake::decode(rest).is_ok_and(|h| h.is_some()) {
-            rest = &rest[Handshake::LEN..];
-        }
-        while let Ok(Some((m, used))) = crate::wire::decode(rest, 1 << 20) {
-            if let Message::Extended { id: 9, payload } = m {
-                out.push(crate::pex::PexMessage::decode(payload).unwrap());
-            }
-            rest = &rest[used..];
-        }
-    }
+    });
     out
 }
 
