@@ -18,6 +18,7 @@ const PIECE: u64 = 256 << 10;
 fn torrent(data: &[u8]) -> Torrent {
     Torrent {
         private: false,
+        metadata: Vec::new(),
         info_hash: InfoHash([3; 20]),
         piece_length: PIECE,
         total_length: TOTAL,

@@ -50,6 +50,11 @@ const PIPELINE_SECONDS: f64 = 1.5;
 const CLIENT_VERSION: &str = concat!("kp-torrent ", env!("CARGO_PKG_VERSION"));
 /// The id peers send us `ut_pex` messages under (our extended handshake's `m`).
 pub const OUR_PEX_ID: u8 = 1;
+/// The id peers send us `ut_metadata` messages under (our extended handshake's `m`).
+pub const OUR_METADATA_ID: u8 = 2;
+/// Highest piece count a peer's `have`s may name before the metadata tells the real one: the
+/// pieces of the largest info dictionary we accept (20 bytes of hash each).
+const MAX_PIECES_WITHOUT_METADATA: u32 = (crate::metadata::DEFAULT_MAX_METADATA_SIZE / 20) as u32;
 /// Longest message body we accept that is not a bitfield or a block: extended messages are small.
 const MAX_OTHER_MESSAGE: usize = 1 << 18;
 
@@ -60,8 +65,13 @@ pub struct PeerConfig {
     pub info_hash: InfoHash,
     /// Our peer id; a handshake carrying it means we connected to ourselves.
     pub our_id: PeerId,
-    /// Number of pieces, for bitfield lengths and index checks.
-    pub piece_count: u32,
+    /// Number of pieces, for bitfield lengths and index checks; `None` until the metadata of a
+    /// magnet link is known (the peer's piece set is then kept raw until
+    /// [`Peer::set_piece_count`]).
+    pub piece_count: Option<u32>,
+    /// The size of the info dictionary we serve (BEP 9, advertised as `metadata_size`); `None`
+    /// when we have none to serve. We offer `ut_metadata` when we serve it or need it.
+    pub metadata_size: Option<u64>,
     /// Our listening port, advertised as `p` in the extended handshake (0: not advertised).
     pub listen_port: u16,
     /// The most requests we queue for one peer (advertised as `reqq`).
@@ -129,12 +139,25 @@ pub enum PeerEvent {
     ExtendedHandshake,
     /// A `ut_pex` message (its bencoded payload, not yet checked) from a peer we offered it to.
     Pex(Vec<u8>),
+    /// A `ut_metadata` message (its payload, not yet checked) from a peer we offered it to.
+    Metadata(Vec<u8>),
     /// These requests got no answer in time; give them back to the picker.
     RequestsTimedOut(Vec<BlockRequest>),
     /// The peer was snubbed (no block for [`SNUB_TIMEOUT`] with requests outstanding) or recovered.
     Snubbed(bool),
     /// The connection must be closed, for this reason. Nothing follows.
     Closed(String),
+}
+
+/// What a peer said about its pieces before we knew how many there are (magnet links).
+#[derive(Debug, Clone, Default)]
+struct RawPieces {
+    /// Its bitfield message, unchecked.
+    bitfield: Option<Vec<u8>>,
+    /// It sent `have all`.
+    all: bool,
+    /// The pieces of its `have` messages and of late bitfields, one bit each, grown as needed.
+    haves: Vec<u8>,
 }
 
 /// A request we sent and are waiting on.
@@ -167,6 +190,8 @@ pub struct Peer {
     peer_choking: bool,
     peer_interested: bool,
     has: Bitfield,
+    /// Before the piece count is known: what the peer said about its pieces.
+    raw: Option<Box<RawPieces>>,
     allowed_fast: Vec<u32>,
     requests: Vec<Outstanding>,
     serve_queue: VecDeque<BlockRequest>,
@@ -176,6 +201,10 @@ pub struct Peer {
     listen_port: Option<u16>,
     /// The id the peer wants `ut_pex` messages under (0 or `None`: it does not take them).
     remote_pex: Option<u8>,
+    /// The id the peer wants `ut_metadata` messages under (0 or `None`: it does not take them).
+    remote_metadata: Option<u8>,
+    /// The `metadata_size` from the peer's extended handshake.
+    remote_metadata_size: Option<u64>,
 
     opened: Time,
     last_recv: Time,
@@ -193,7 +222,7 @@ impl Peer {
     /// A connection that just opened at `now`. For an outgoing one our handshake goes out at once;
     /// for an incoming one it follows the peer's (so we can check its info-hash first).
     pub fn new(config: PeerConfig, outgoing: bool, now: Time) -> Peer {
-        let piece_count = config.piece_count;
+        let known = config.piece_count;
         let mut p = Peer {
             config,
             outgoing,
@@ -210,7 +239,8 @@ impl Peer {
             am_interested: false,
             peer_choking: true,
             peer_interested: false,
-            has: Bitfield::new(piece_count),
+            has: Bitfield::new(known.unwrap_or(0)),
+            raw: known.is_none().then(Box::default),
             allowed_fast: Vec::new(),
             requests: Vec::new(),
             serve_queue: VecDeque::new(),
@@ -218,6 +248,8 @@ impl Peer {
             client: None,
             listen_port: None,
             remote_pex: None,
+            remote_metadata: None,
+            remote_metadata_size: None,
             opened: now,
             last_recv: now,
             last_sent: now,
@@ -306,6 +338,20 @@ impl Peer {
     /// The peer's listening port (`p`), from its extended handshake.
     pub fn listen_port(&self) -> Option<u16> {
         self.listen_port
+    }
+
+    /// The id the peer takes `ut_metadata` messages under, when it offered the extension.
+    pub fn remote_metadata_id(&self) -> Option<u8> {
+        self.remote_metadata
+            .filter(|&id| id != 0 && self.offers_metadata())
+    }
+    /// The `metadata_size` the peer advertised (it has the metadata to serve).
+    pub fn remote_metadata_size(&self) -> Option<u64> {
+        self.remote_metadata_size
+    }
+    /// The piece count, once known.
+    pub fn piece_count(&self) -> Option<u32> {
+        self.config.piece_count
     }
 
     /// True when both sides offered `ut_pex`: [`Peer::send_pex`] reaches the peer.
@@ -474,7 +520,12 @@ impl Peer {
     /// Sends our piece set right after the handshake: have all / have none with the fast
     /// extension when they fit, else a bitfield (nothing when we have nothing and no fast ext).
     pub fn send_piece_set(&mut self, now: Time, have: &Bitfield) {
-        if self.fast && have.is_full() {
+        if have.is_empty() {
+            // No torrent yet (a magnet link's metadata is missing): we have nothing.
+            if self.fast {
+                self.push(now, &Message::HaveNone);
+            }
+        } else if self.fast && have.is_full() {
             self.push(now, &Message::HaveAll);
         } else if self.fast && have.count() == 0 {
             self.push(now, &Message::HaveNone);
@@ -627,6 +678,58 @@ impl Peer {
         }
     }
 
+    /// Sends a `ut_metadata` message (its payload); nothing when the peer does not take them.
+    pub fn send_metadata(&mut self, now: Time, payload: &[u8]) {
+        if let Some(id) = self.remote_metadata_id() {
+            self.push(now, &Message::Extended { id, payload });
+        }
+    }
+
+    /// The metadata arrived: the torrent has `count` pieces and we serve an info dictionary of
+    /// `metadata_size` bytes (`None`: we do not serve it). What the peer said about its pieces
+    /// is checked against `count` now (a bitfield of the wrong length or a `have` out of range
+    /// closes the connection) and reported as one [`PeerEvent::Bitfield`]. Does nothing when the
+    /// count was already known.
+    pub fn set_piece_count(&mut self, count: u32, metadata_size: Option<u64>) {
+        let Some(raw) = self.raw.take() else {
+            return;
+        };
+        self.config.piece_count = Some(count);
+        self.config.metadata_size = metadata_size;
+        self.has = Bitfield::new(count);
+        if self.state == PeerState::Closed {
+            return;
+        }
+        let said = raw.all || raw.bitfield.is_some() || raw.haves.iter().any(|&b| b != 0);
+        if raw.all {
+            self.has = Bitfield::full(count);
+        } else if let Some(bytes) = &raw.bitfield {
+            match Bitfield::from_bytes(bytes, count) {
+                Ok(b) => self.has = b,
+                Err(e) => {
+                    self.close(e.to_string());
+                    return;
+                }
+            }
+        }
+        for (byte_index, &byte) in raw.haves.iter().enumerate() {
+            for bit in 0..8u32 {
+                if byte & (0x80 >> bit) == 0 {
+                    continue;
+                }
+                let i = byte_index as u32 * 8 + bit;
+                if i >= count {
+                    self.close(format!("have for piece {i}, torrent has {count}"));
+                    return;
+                }
+                self.has.set(i);
+            }
+        }
+        if said {
+            self.events.push_back(PeerEvent::Bitfield);
+        }
+    }
+
     /// When [`Peer::handle_timeout`] has something to do next.
     pub fn poll_timeout(&self) -> Option<Time> {
         match self.state {
@@ -648,6 +751,44 @@ impl Peer {
 
     // ---- internals ----
 
+    /// We offer `ut_metadata` when we serve the metadata or still need it.
+    fn offers_metadata(&self) -> bool {
+        self.config.metadata_size.is_some() || self.config.piece_count.is_none()
+    }
+
+    /// A bitfield before the piece count is known: the first is kept whole, a late one (aria2)
+    /// counts as `have`s, like [`Peer::late_haves`].
+    fn raw_bitfield(&mut self, first: bool, bytes: &[u8]) {
+        let Some(raw) = self.raw.as_mut() else { return };
+        if first {
+            raw.bitfield = Some(bytes.to_vec());
+            return;
+        }
+        if raw.haves.len() < bytes.len() {
+            raw.haves.resize(bytes.len(), 0);
+        }
+        for (h, b) in raw.haves.iter_mut().zip(bytes) {
+            *h |= b;
+        }
+    }
+
+    /// A `have` before the piece count is known, kept as a bit (bounded by the largest metadata
+    /// we accept).
+    fn raw_have(&mut self, i: u32) {
+        if i >= MAX_PIECES_WITHOUT_METADATA {
+            self.close(format!(
+                "have for piece {i}, more than any torrent we accept"
+            ));
+            return;
+        }
+        let Some(raw) = self.raw.as_mut() else { return };
+        let byte = (i / 8) as usize;
+        if raw.haves.len() <= byte {
+            raw.haves.resize(byte + 1, 0);
+        }
+        raw.haves[byte] |= 0x80 >> (i % 8);
+    }
+
     /// The pipeline emptied for a reason other than a timeout: we are no longer waiting.
     fn stop_waiting_if_idle(&mut self) {
         if self.requests.is_empty() {
@@ -657,7 +798,11 @@ impl Peer {
 
     fn max_message_len(&self) -> usize {
         // A block message is 13 bytes of header plus the block; a bitfield one byte per 8 pieces.
-        let bitfield = (self.config.piece_count as usize).div_ceil(8) + 1;
+        let pieces = self
+            .config
+            .piece_count
+            .unwrap_or(MAX_PIECES_WITHOUT_METADATA);
+        let bitfield = (pieces as usize).div_ceil(8) + 1;
         MAX_OTHER_MESSAGE
             .max(bitfield)
             .max(wire::BLOCK_SIZE as usize + 13)
@@ -705,8 +850,12 @@ impl Peer {
             if self.config.pex {
                 m.insert(crate::pex::EXTENSION_NAME.to_owned(), OUR_PEX_ID);
             }
+            if self.offers_metadata() {
+                m.insert(crate::metadata::EXTENSION_NAME.to_owned(), OUR_METADATA_ID);
+            }
             let ext = ExtendedHandshake {
                 m,
+                metadata_size: self.config.metadata_size,
                 v: Some(CLIENT_VERSION.to_string()),
                 reqq: Some(u32::try_from(self.config.max_serve_queue).unwrap_or(u32::MAX)),
                 p: (self.config.listen_port != 0).then_some(self.config.listen_port),
@@ -725,12 +874,14 @@ impl Peer {
             .push_back(PeerEvent::Handshaked { peer_id: h.peer_id });
     }
 
+    /// True when `index` names a piece; closes the connection when it is out of range. Before the
+    /// piece count is known nothing can be checked and nothing is true.
     fn check_index(&mut self, what: &str, index: u32) -> bool {
-        if index >= self.config.piece_count {
-            self.close(format!(
-                "{what} for piece {index}, torrent has {}",
-                self.config.piece_count
-            ));
+        let Some(count) = self.config.piece_count else {
+            return false;
+        };
+        if index >= count {
+            self.close(format!("{what} for piece {index}, torrent has {count}"));
             return false;
         }
         true
@@ -775,15 +926,21 @@ impl Peer {
                         self.listen_port = ext.p;
                         // A later handshake may turn the extension off (id 0) or move it.
                         self.remote_pex = ext.m.get(crate::pex::EXTENSION_NAME).copied();
+                        self.remote_metadata = ext.m.get(crate::metadata::EXTENSION_NAME).copied();
+                        self.remote_metadata_size = ext.metadata_size;
                         self.events.push_back(PeerEvent::ExtendedHandshake);
                     }
                 } else if id == OUR_PEX_ID && self.config.pex {
                     self.events.push_back(PeerEvent::Pex(payload.to_vec()));
+                } else if id == OUR_METADATA_ID && self.offers_metadata() {
+                    self.events.push_back(PeerEvent::Metadata(payload.to_vec()));
                 }
                 // Extension messages under ids we did not give out are ignored.
             }
+            Message::Bitfield(bytes) if self.raw.is_some() => self.raw_bitfield(first, bytes),
             Message::Bitfield(bytes) => {
-                match Bitfield::from_bytes(bytes, self.config.piece_count) {
+                let count = self.config.piece_count.unwrap_or(0);
+                match Bitfield::from_bytes(bytes, count) {
                     Ok(b) if first => {
                         self.has = b;
                         self.events.push_back(PeerEvent::Bitfield);
@@ -799,20 +956,24 @@ impl Peer {
                 let name = if all { "have all" } else { "have none" };
                 if !self.fast {
                     self.close(format!("{name} without the fast extension"));
-                } else if !first && all {
-                    // aria2 sends `have all` mid-connection once it completes, like a late bitfield.
-                    self.late_haves(0..self.config.piece_count);
-                } else if !first {
+                } else if !first && !all {
                     self.close(format!("{name} after other messages"));
+                } else if let Some(raw) = self.raw.as_mut() {
+                    raw.all |= all;
+                } else if !first {
+                    // aria2 sends `have all` mid-connection once it completes, like a late bitfield.
+                    self.late_haves(0..self.config.piece_count.unwrap_or(0));
                 } else {
+                    let count = self.config.piece_count.unwrap_or(0);
                     self.has = if all {
-                        Bitfield::full(self.config.piece_count)
+                        Bitfield::full(count)
                     } else {
-                        Bitfield::new(self.config.piece_count)
+                        Bitfield::new(count)
                     };
                     self.events.push_back(PeerEvent::Bitfield);
                 }
             }
+            Message::Have(i) if self.raw.is_some() => self.raw_have(i),
             Message::Have(i) => {
                 if self.check_index("have", i) && !self.has.get(i) {
                     self.has.set(i);
@@ -863,6 +1024,9 @@ impl Peer {
             Message::Request(r) => {
                 if r.length > wire::BLOCK_SIZE || r.length == 0 {
                     self.close(format!("request of {} bytes", r.length));
+                } else if self.config.piece_count.is_none() {
+                    // We have no piece before the metadata, and said so (or said nothing).
+                    self.reject(now, r);
                 } else if self.check_index("request", r.index) {
                     self.events.push_back(PeerEvent::Request(r));
                 }
@@ -913,7 +1077,7 @@ impl Peer {
             Message::AllowedFast(i) => {
                 if !self.fast {
                     self.close("allowed fast without the fast extension".into());
-                } else if i < self.config.piece_count
+                } else if self.config.piece_count.is_some_and(|n| i < n)
                     && self.allowed_fast.len() < MAX_ALLOWED_FAST
                     && !self.allowed_fast.contains(&i)
                 {
@@ -926,7 +1090,7 @@ impl Peer {
             Message::Suggest(i) => {
                 if !self.fast {
                     self.close("suggest without the fast extension".into());
-                } else if i < self.config.piece_count {
+                } else if self.config.piece_count.is_some_and(|n| i < n) {
                     self.events.push_back(PeerEvent::Suggest(i));
                 }
             }

@@ -233,6 +233,7 @@ mod tests {
         // Two files of 3 and 5 bytes, pieces of 4: file 0 is in piece 0, file 1 in pieces 0 and 1.
         Torrent {
             private: false,
+            metadata: Vec::new(),
             info_hash: InfoHash([7; 20]),
             piece_length: 4,
             total_length: 8,

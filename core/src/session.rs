@@ -27,6 +27,7 @@ mod choke;
 mod connect;
 mod exchange;
 mod io;
+mod magnet;
 mod requests;
 mod torrent;
 mod verify;
@@ -38,7 +39,8 @@ pub use torrent::{FileSpan, SessionConfig, Torrent};
 
 use crate::bitfield::Bitfield;
 use crate::choker::{Choker, ChokerConfig};
-use crate::id::{PeerHandle, PeerId};
+use crate::id::{InfoHash, PeerHandle, PeerId};
+use crate::metadata::{FetcherConfig, MetadataFetcher};
 use crate::peer::{Peer, PeerConfig, PeerEvent};
 use crate::picker::{Block, Picker, PickerConfig, Received};
 use crate::time::Time;
@@ -122,6 +124,11 @@ pub struct Session {
     pick_buf: Vec<Block>,
     /// Addresses the peer list took from peer exchange (bounded).
     pex_candidates: usize,
+    /// While a magnet link's metadata is missing: its fetch (complete once it arrived, until
+    /// [`Session::set_torrent`]).
+    magnet: Option<Box<MetadataFetcher>>,
+    /// The picker's seed, kept for the picker a magnet link's session builds later.
+    picker_seed: u64,
 }
 
 impl fmt::Debug for Session {
@@ -197,11 +204,25 @@ impl Session {
             wasted: 0,
             pick_buf: Vec::new(),
             pex_candidates: 0,
+            magnet: None,
+            picker_seed,
         };
         s.recount_needed();
         s.actions.push_back(Action::Announce {
             event: AnnounceEvent::Started,
         });
+        s
+    }
+
+    /// A session for a magnet link: only the info-hash is known. It connects to peers and fetches
+    /// the metadata from them (BEP 9), reports [`Event::MetadataReceived`], and downloads once
+    /// [`Session::set_torrent`] gives it the torrent. Queues the `started` announce.
+    pub fn new_magnet(config: SessionConfig, info_hash: InfoHash, now: Time) -> Session {
+        let mut s = Session::new(config, Torrent::unknown(info_hash), Bitfield::new(0), now);
+        s.magnet = Some(Box::new(MetadataFetcher::new(
+            info_hash,
+            FetcherConfig::default(),
+        )));
         s
     }
 
@@ -219,9 +240,9 @@ impl Session {
     pub fn have(&self) -> &Bitfield {
         &self.have
     }
-    /// True when every wanted piece is verified.
+    /// True when every wanted piece is verified (never while the metadata is missing).
     pub fn is_complete(&self) -> bool {
-        self.needed == 0
+        self.needed == 0 && self.magnet.is_none()
     }
     /// Verified bytes of wanted pieces, and the wanted total.
     pub fn progress(&self) -> (u64, u64) {
@@ -236,8 +257,12 @@ impl Session {
         }
         (done, total)
     }
-    /// Bytes still to fetch (for trackers' `left`).
+    /// Bytes still to fetch (for trackers' `left`). Without metadata the size is unknown; like
+    /// libtorrent we then say 16 KiB, so trackers count us as a leecher.
     pub fn left(&self) -> u64 {
+        if self.magnet.is_some() {
+            return 16 * 1024;
+        }
         let (done, total) = self.progress();
         total - done
     }
@@ -338,6 +363,9 @@ impl Session {
             t = t.min(c);
         }
         if let Some(x) = self.pex_timeout() {
+            t = t.min(x);
+        }
+        if let Some(x) = self.metadata_deadline() {
             t = t.min(x);
         }
         Some(t.max(self.now))
@@ -599,7 +627,8 @@ impl Session {
         PeerConfig {
             info_hash: self.torrent.info_hash,
             our_id: self.our_id,
-            piece_count: self.torrent.piece_count(),
+            piece_count: self.magnet.is_none().then(|| self.torrent.piece_count()),
+            metadata_size: self.served_metadata_size(),
             listen_port: self.config.listen_port,
             max_serve_queue: self.config.max_serve_queue,
             pex: self.pex_allowed(),
@@ -649,6 +678,7 @@ impl Session {
         self.choke_round(now, false);
         self.maybe_connect(now);
         self.pex_round(now, None);
+        self.metadata_timeout(now);
     }
 
     // ---- internals: peer events ----
@@ -732,8 +762,12 @@ impl Session {
                 }
             }
             PeerEvent::Request(r) => self.on_request(now, h, r),
-            PeerEvent::ExtendedHandshake => self.pex_start(now, h),
+            PeerEvent::ExtendedHandshake => {
+                self.pex_start(now, h);
+                self.metadata_peer(now, h);
+            }
             PeerEvent::Pex(payload) => self.pex_received(now, h, &payload),
+            PeerEvent::Metadata(payload) => self.metadata_received(now, h, &payload),
             PeerEvent::Cancel(_) | PeerEvent::Suggest(_) => {}
             PeerEvent::Snubbed(_) => {}
             PeerEvent::Block {

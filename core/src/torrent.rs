@@ -29,6 +29,7 @@ use std::collections::VecDeque;
 
 use crate::bitfield::Bitfield;
 use crate::id::{PeerHandle, PeerId};
+use crate::metainfo::Metainfo;
 use crate::resume::{self, FileStamp, ResumeData, ResumeError};
 use crate::session::{Action, AnnounceEvent, Event, Input, Session, SessionConfig, Torrent};
 use crate::time::Time;
@@ -61,6 +62,11 @@ pub enum StartState {
     Verified(Bitfield),
     /// Wait for [`TorrentInput::Start`] and check what is on disk.
     Check,
+    /// A magnet link: only the torrent's info-hash is known (pass [`Torrent::unknown`]). The
+    /// swarm starts at once and fetches the metadata from peers; then
+    /// [`TorrentEvent::MetadataReceived`] asks the driver for [`TorrentInput::Start`] and the
+    /// check follows, the connections staying open.
+    Magnet,
 }
 
 /// Inputs from the sockets of a torrent's trackers (see [`TrackerAction`] for what asks for them).
@@ -151,6 +157,15 @@ pub enum TorrentEvent {
     Session(Event),
     /// Something happened with a tracker (peers it returned go straight to the swarm instead).
     Tracker(TrackerEvent),
+    /// A magnet link's metadata arrived and describes a valid torrent, now [`TorrentTask::torrent`]:
+    /// prepare its files and send [`TorrentInput::Start`].
+    MetadataReceived {
+        /// The bencoded info dictionary (its SHA-1 is the info-hash), to save as a `.torrent`.
+        info: Vec<u8>,
+    },
+    /// A magnet link's metadata matched the info-hash but is not a torrent we can use; the task
+    /// shuts down.
+    BadMetadata(String),
 }
 
 impl fmt::Display for TorrentEvent {
@@ -161,6 +176,10 @@ impl fmt::Display for TorrentEvent {
                 write!(f, "checked: {verified} of {pieces} pieces good")
             }
             TorrentEvent::Session(e) => e.fmt(f),
+            TorrentEvent::MetadataReceived { info } => {
+                write!(f, "metadata received ({} bytes)", info.len())
+            }
+            TorrentEvent::BadMetadata(e) => write!(f, "the metadata peers sent is unusable: {e}"),
             TorrentEvent::Tracker(e) => match e {
                 TrackerEvent::Peers { tracker, addrs } => {
                     write!(f, "tracker {}: {} peers", tracker.0, addrs.len())
@@ -209,19 +228,44 @@ struct Check {
     /// Inputs that wait for the session: discovered peers and a file selection.
     peers: Vec<SocketAddr>,
     wanted: Option<Vec<bool>>,
+    /// A magnet link's swarm, running since before the metadata arrived.
+    swarm: Option<Swarm>,
+}
+
+/// The swarm and its trackers.
+#[derive(Debug)]
+struct Swarm {
+    session: Box<Session>,
+    trackers: Box<TrackerManager>,
 }
 
 #[derive(Debug)]
 enum Phase {
     Checking(Box<Check>),
-    Running {
-        session: Box<Session>,
-        trackers: Box<TrackerManager>,
-    },
+    /// The swarm runs (for a magnet link, first without its metadata).
+    Running(Swarm),
     /// Shut down before the check was over.
     Abandoned(Box<Check>),
     /// Only while moving from one phase to the next.
     Moving,
+}
+
+impl Phase {
+    fn swarm(&self) -> Option<&Swarm> {
+        match self {
+            Phase::Running(s) => Some(s),
+            Phase::Checking(c) | Phase::Abandoned(c) => c.swarm.as_ref(),
+            Phase::Moving => None,
+        }
+    }
+
+    fn swarm_mut(&mut self) -> Option<&mut Swarm> {
+        match self {
+            Phase::Running(s) => Some(s),
+            Phase::Checking(c) | Phase::Abandoned(c) => c.swarm.as_mut(),
+            Phase::Moving => None,
+        }
+    }
 }
 
 /// One torrent's whole protocol engine. See the module documentation for the call contract.
@@ -255,6 +299,7 @@ impl TorrentTask {
                 started: false,
                 peers: Vec::new(),
                 wanted: None,
+                swarm: None,
             })),
             now,
             actions: VecDeque::new(),
@@ -264,13 +309,36 @@ impl TorrentTask {
             trackers_stopped: false,
             shutting_down: false,
         };
-        if let StartState::Verified(have) = start {
-            if let Phase::Checking(c) = &mut task.phase {
-                c.have = have;
+        match start {
+            StartState::Verified(have) => {
+                if let Phase::Checking(c) = &mut task.phase {
+                    c.have = have;
+                }
+                task.start_running(now);
             }
-            task.start_running(now);
+            StartState::Magnet => {
+                let info_hash = task.torrent().info_hash;
+                let session = Session::new_magnet(task.config.session.clone(), info_hash, now);
+                let trackers = task.new_trackers(&session);
+                task.phase = Phase::Running(Swarm {
+                    session: Box::new(session),
+                    trackers: Box::new(trackers),
+                });
+            }
+            StartState::Check => {}
         }
         task
+    }
+
+    fn new_trackers(&self, session: &Session) -> TrackerManager {
+        TrackerManager::new(
+            self.config.trackers.clone(),
+            self.config.tiers.clone(),
+            session.torrent().info_hash,
+            session.peer_id(),
+            self.config.session.listen_port,
+            self.config.session.seed ^ TRACKER_SEED_SALT,
+        )
     }
 
     // ---- getters ----
@@ -279,7 +347,7 @@ impl TorrentTask {
     pub fn torrent(&self) -> &Torrent {
         match &self.phase {
             Phase::Checking(c) => &c.torrent,
-            Phase::Running { session, .. } => session.torrent(),
+            Phase::Running(s) => s.session.torrent(),
             Phase::Abandoned(c) => &c.torrent,
             Phase::Moving => unreachable!("a task is never left between phases"),
         }
@@ -290,20 +358,19 @@ impl TorrentTask {
         &self.config
     }
 
-    /// The swarm, once the start-up check is over.
+    /// The swarm, once the start-up check is over (for a magnet link, from the start).
     pub fn session(&self) -> Option<&Session> {
-        match &self.phase {
-            Phase::Running { session, .. } => Some(session),
-            _ => None,
-        }
+        self.phase.swarm().map(|s| &*s.session)
     }
 
-    /// The trackers, once the start-up check is over.
+    /// The trackers, once the start-up check is over (for a magnet link, from the start).
     pub fn trackers(&self) -> Option<&TrackerManager> {
-        match &self.phase {
-            Phase::Running { trackers, .. } => Some(trackers),
-            _ => None,
-        }
+        self.phase.swarm().map(|s| &*s.trackers)
+    }
+
+    /// True while a magnet link's metadata is being fetched from peers.
+    pub fn fetching_metadata(&self) -> bool {
+        matches!(&self.phase, Phase::Running(s) if s.session.needs_metadata())
     }
 
     /// While checking: pieces hashed so far and pieces to hash in all.
@@ -320,15 +387,16 @@ impl TorrentTask {
     /// The pieces that count now (during the check: those found good so far).
     pub fn have(&self) -> &Bitfield {
         match &self.phase {
-            Phase::Running { session, .. } => session.have(),
+            Phase::Running(s) => s.session.have(),
             Phase::Checking(c) | Phase::Abandoned(c) => &c.have,
             Phase::Moving => unreachable!("a task is never left between phases"),
         }
     }
 
-    /// True once connections can be handed over ([`Input::Incoming`]): the check is over.
+    /// True once connections can be handed over ([`Input::Incoming`]): the swarm runs (the check
+    /// is over, or this is a magnet link).
     pub fn accepts_peers(&self) -> bool {
-        matches!(self.phase, Phase::Running { .. }) && !self.shutting_down
+        self.phase.swarm().is_some() && !self.shutting_down
     }
 
     /// The handle the next accepted connection will get, while [`TorrentTask::accepts_peers`].
@@ -343,7 +411,7 @@ impl TorrentTask {
 
     /// True when every wanted piece is verified (false while checking).
     pub fn is_complete(&self) -> bool {
-        self.session().is_some_and(Session::is_complete)
+        matches!(self.phase, Phase::Running(_)) && self.session().is_some_and(Session::is_complete)
     }
 
     /// True once the `completed` announce reached a tracker, or there is no tracker to tell:
@@ -382,14 +450,10 @@ impl TorrentTask {
 
     /// When to feed `TorrentInput::Session(Input::Timeout)` next.
     pub fn poll_timeout(&self) -> Option<Time> {
-        match &self.phase {
-            Phase::Running { session, trackers } => {
-                match (session.poll_timeout(), trackers.poll_timeout()) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            }
-            _ => None,
+        let s = self.phase.swarm()?;
+        match (s.session.poll_timeout(), s.trackers.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -403,7 +467,7 @@ impl TorrentTask {
             TorrentInput::Start { files, resume } => self.on_start(now, files, resume),
             TorrentInput::Session(input) => self.on_session_input(now, input),
             TorrentInput::Tracker(input) => {
-                if let Phase::Running { session, trackers } = &mut self.phase {
+                if let Some(Swarm { session, trackers }) = self.phase.swarm_mut() {
                     stats(session, trackers);
                     match input {
                         TrackerInput::TcpConnected { conn } => {
@@ -433,14 +497,7 @@ impl TorrentTask {
 
     fn on_session_input(&mut self, now: Time, input: Input<'_>) {
         match &mut self.phase {
-            Phase::Running { session, trackers } => {
-                let timeout = matches!(input, Input::Timeout);
-                session.handle_input(now, input);
-                if timeout && trackers.poll_timeout().is_some_and(|t| t <= now) {
-                    stats(session, trackers);
-                    trackers.handle_timeout(now);
-                }
-            }
+            Phase::Running(swarm) => swarm.feed(now, input),
             Phase::Checking(c) => match input {
                 Input::PieceHashed { piece, digest } => {
                     if let Some(pos) = c.in_flight.iter().position(|&p| p == piece) {
@@ -457,23 +514,38 @@ impl TorrentTask {
                         self.continue_check(now);
                     }
                 }
-                Input::PeersDiscovered { addrs } => {
-                    c.peers.extend_from_slice(addrs);
-                    c.peers.truncate(MAX_WAITING_PEERS);
-                }
                 Input::SelectFiles { wanted } => c.wanted = Some(wanted.to_vec()),
                 Input::Shutdown => {
                     self.shutting_down = true;
                     c.todo.clear();
+                    if let Some(swarm) = c.swarm.as_mut() {
+                        swarm.feed(now, Input::Shutdown);
+                    }
                     if let Phase::Checking(c) = std::mem::replace(&mut self.phase, Phase::Moving) {
                         self.phase = Phase::Abandoned(c);
                     }
+                }
+                // A magnet link's swarm runs on while its data is checked.
+                other if c.swarm.is_some() => {
+                    if let Some(swarm) = c.swarm.as_mut() {
+                        swarm.feed(now, other);
+                    }
+                }
+                Input::PeersDiscovered { addrs } => {
+                    c.peers.extend_from_slice(addrs);
+                    c.peers.truncate(MAX_WAITING_PEERS);
                 }
                 // Nothing else can happen before the session exists; an accepted connection is
                 // not possible (`accepts_peers` is false) and a timeout has nothing to fire.
                 _ => {}
             },
-            Phase::Abandoned(_) | Phase::Moving => {}
+            Phase::Abandoned(c) => {
+                // Connections of a magnet link's swarm still close after shutdown.
+                if let Some(swarm) = c.swarm.as_mut() {
+                    swarm.feed(now, input);
+                }
+            }
+            Phase::Moving => {}
         }
     }
 
@@ -534,35 +606,69 @@ impl TorrentTask {
             have,
             peers,
             wanted,
+            swarm,
             ..
         } = *c;
-        let info_hash = torrent.info_hash;
-        let mut session = Session::new(self.config.session.clone(), torrent, have, now);
-        let trackers = TrackerManager::new(
-            self.config.trackers.clone(),
-            self.config.tiers.clone(),
-            info_hash,
-            session.peer_id(),
-            self.config.session.listen_port,
-            self.config.session.seed ^ TRACKER_SEED_SALT,
-        );
+        let (mut session, trackers) = match swarm {
+            Some(Swarm {
+                mut session,
+                trackers,
+            }) => {
+                session.set_torrent(now, torrent, have);
+                (session, trackers)
+            }
+            None => {
+                let session = Session::new(self.config.session.clone(), torrent, have, now);
+                let trackers = self.new_trackers(&session);
+                (Box::new(session), Box::new(trackers))
+            }
+        };
         if let Some(wanted) = wanted {
             session.handle_input(now, Input::SelectFiles { wanted: &wanted });
         }
         if !peers.is_empty() {
             session.handle_input(now, Input::PeersDiscovered { addrs: &peers });
         }
-        self.phase = Phase::Running {
-            session: Box::new(session),
-            trackers: Box::new(trackers),
+        self.phase = Phase::Running(Swarm { session, trackers });
+    }
+
+    /// A magnet link's metadata arrived: check it describes a torrent, then check the data.
+    fn on_metadata(&mut self, now: Time, info: Vec<u8>) {
+        let torrent = match metainfo_of(&info) {
+            Ok(t) => t,
+            Err(e) => {
+                self.events.push_back(TorrentEvent::BadMetadata(e));
+                if let Some(swarm) = self.phase.swarm_mut() {
+                    swarm.feed(now, Input::Shutdown);
+                }
+                return;
+            }
         };
+        let Phase::Running(swarm) = std::mem::replace(&mut self.phase, Phase::Moving) else {
+            unreachable!("metadata arrives only while running");
+        };
+        let pieces = torrent.piece_count();
+        self.phase = Phase::Checking(Box::new(Check {
+            torrent,
+            have: Bitfield::new(pieces),
+            todo: Vec::new(),
+            in_flight: Vec::new(),
+            total: 0,
+            started: false,
+            peers: Vec::new(),
+            wanted: None,
+            swarm: Some(swarm),
+        }));
+        self.events
+            .push_back(TorrentEvent::MetadataReceived { info });
     }
 
     /// Moves the parts' outputs into the task's queues, joining them where they meet.
     fn drain(&mut self, now: Time) {
-        let Phase::Running { session, trackers } = &mut self.phase else {
+        let Some(Swarm { session, trackers }) = self.phase.swarm_mut() else {
             return;
         };
+        let mut metadata = None;
         loop {
             let mut more = false;
             while let Some(a) = session.poll_action() {
@@ -588,6 +694,9 @@ impl TorrentTask {
                 }
             }
             while let Some(e) = session.poll_event() {
+                if let Event::MetadataReceived { info } = &e {
+                    metadata = Some(info.clone());
+                }
                 self.events.push_back(TorrentEvent::Session(e));
             }
             while let Some(a) = trackers.poll_action() {
@@ -611,10 +720,37 @@ impl TorrentTask {
                 }
             }
             if !more {
-                return;
+                break;
             }
         }
+        if let Some(info) = metadata {
+            self.on_metadata(now, info);
+            self.drain(now);
+        }
     }
+}
+
+impl Swarm {
+    /// One input for the session; a timeout fires the trackers' timers too.
+    fn feed(&mut self, now: Time, input: Input<'_>) {
+        let timeout = matches!(input, Input::Timeout);
+        self.session.handle_input(now, input);
+        if timeout && self.trackers.poll_timeout().is_some_and(|t| t <= now) {
+            stats(&self.session, &mut self.trackers);
+            self.trackers.handle_timeout(now);
+        }
+    }
+}
+
+/// The session's view of a fetched info dictionary, or why it is not a usable torrent.
+fn metainfo_of(info: &[u8]) -> Result<Torrent, String> {
+    let mut file = Vec::with_capacity(info.len() + 8);
+    file.extend_from_slice(b"d4:info");
+    file.extend_from_slice(info);
+    file.push(b'e');
+    Metainfo::from_bytes(&file)
+        .map(|m| Torrent::from_metainfo(&m))
+        .map_err(|e| e.to_string())
 }
 
 /// Addresses kept while checking, at most (the session bounds its own list later).

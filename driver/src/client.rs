@@ -802,6 +802,10 @@ impl Client {
                 log::warn!("ignoring resume file {}: {e}", path.display());
                 return;
             }
+            TorrentEvent::MetadataReceived { .. } | TorrentEvent::BadMetadata(_) => {
+                log::info!("{}: {event}", run.name);
+                return;
+            }
             TorrentEvent::Checked { verified, pieces } => {
                 log::info!("{}: checked, {verified} of {pieces} pieces good", run.name);
                 if matches!(run.opts.location, Location::Seed(_)) && verified < pieces {

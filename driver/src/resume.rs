@@ -186,6 +186,7 @@ pub(crate) fn test_torrent(
     use kp_torrent_core::session::{FileSpan, Torrent};
     Torrent {
         private: false,
+        metadata: Vec::new(),
         info_hash: *info_hash,
         piece_length: layout.piece_length(),
         total_length: layout.total_length(),

@@ -36,7 +36,8 @@ pub fn peer(data: &[u8]) {
     let config = PeerConfig {
         info_hash: INFO_HASH,
         our_id: OUR_ID,
-        piece_count,
+        piece_count: Some(piece_count),
+        metadata_size: None,
         listen_port: b.u16(),
         max_serve_queue: usize::from(b.u8() % 8),
         pex: b.bool(),
@@ -179,6 +180,9 @@ impl Harness {
                 PeerEvent::Bitfield => assert_eq!(self.peer.has().len(), pc),
                 PeerEvent::Pex(_) => {
                     assert!(self.pex, "ut_pex message although we never offered it")
+                }
+                PeerEvent::Metadata(_) => {
+                    panic!("ut_metadata message although we neither serve nor need metadata")
                 }
                 PeerEvent::Request(r) => {
                     assert!(

@@ -282,6 +282,7 @@ impl Sim {
             total_length: total,
             piece_hashes,
             files,
+            metadata: Vec::new(),
         };
         let count = torrent.piece_count();
         let roles = std::iter::repeat_n(Role::Seeder, config.seeders)

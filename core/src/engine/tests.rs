@@ -9,6 +9,7 @@ use crate::wire::Handshake;
 fn torrent(tag: u8) -> Torrent {
     Torrent {
         private: false,
+        metadata: Vec::new(),
         info_hash: InfoHash([tag; 20]),
         piece_length: 16384,
         total_length: 16384 * 4,

@@ -15,7 +15,8 @@ fn config() -> PeerConfig {
     PeerConfig {
         info_hash: INFO,
         our_id: US,
-        piece_count: PIECES,
+        piece_count: Some(PIECES),
+        metadata_size: None,
         listen_port: 6881,
         max_serve_queue: 4,
         pex: false,
@@ -389,7 +390,7 @@ fn allowed_fast_lets_us_request_while_choked() {
 #[test]
 fn an_allowed_fast_flood_is_capped() {
     let big = PeerConfig {
-        piece_count: 1_000_000,
+        piece_count: Some(1_000_000),
         ..config()
     };
     let mut p = Peer::new(big, true, t(0));

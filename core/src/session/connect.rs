@@ -125,6 +125,7 @@ impl Session {
             });
         }
         self.retry_owner.retain(|_, o| *o != h);
+        self.metadata_peer_gone(now, h);
         let was_unchoked = self.choker.is_unchoked(h);
         self.choker.peer_gone(h);
         let mut was_established = false;

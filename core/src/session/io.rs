@@ -209,6 +209,12 @@ pub enum Event {
         /// One line.
         message: String,
     },
+    /// The info dictionary of a magnet link arrived from peers and its SHA-1 is the info-hash.
+    /// The session waits for [`Session::set_torrent`](super::Session::set_torrent).
+    MetadataReceived {
+        /// The bencoded info dictionary.
+        info: Vec<u8>,
+    },
 }
 
 impl fmt::Display for Event {
@@ -223,6 +229,9 @@ impl fmt::Display for Event {
             Event::Complete => f.write_str("download complete"),
             Event::PeerBanned { addr, .. } => write!(f, "banned {addr} for sending corrupt data"),
             Event::Error { message } => f.write_str(message),
+            Event::MetadataReceived { info } => {
+                write!(f, "metadata received ({} bytes)", info.len())
+            }
         }
     }
 }

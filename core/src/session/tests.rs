@@ -35,6 +35,7 @@ fn torrent() -> Torrent {
     let data = content();
     Torrent {
         private: false,
+        metadata: Vec::new(),
         info_hash: INFO,
         piece_length: PIECE,
         total_length: TOTAL,

@@ -72,6 +72,9 @@ pub struct Torrent {
     pub files: Vec<FileSpan>,
     /// BEP 27: peers come only from the torrent's trackers (no peer exchange, no DHT).
     pub private: bool,
+    /// The bencoded info dictionary, served to peers that fetch metadata (BEP 9); empty when
+    /// there is none to serve.
+    pub metadata: Vec<u8>,
 }
 
 impl Torrent {
@@ -97,6 +100,21 @@ impl Torrent {
                 })
                 .collect(),
             private: info.private,
+            metadata: info.raw.clone(),
+        }
+    }
+
+    /// A torrent known only by its info-hash (a magnet link before its metadata arrived): no
+    /// pieces, no files.
+    pub fn unknown(info_hash: InfoHash) -> Torrent {
+        Torrent {
+            info_hash,
+            piece_length: 0,
+            total_length: 0,
+            piece_hashes: Vec::new(),
+            files: Vec::new(),
+            private: false,
+            metadata: Vec::new(),
         }
     }
 

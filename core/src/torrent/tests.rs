@@ -16,6 +16,7 @@ fn torrent() -> (Torrent, Vec<u8>) {
     let content: Vec<u8> = (0..4 * PIECE as usize).map(|i| (i % 253) as u8).collect();
     let t = Torrent {
         private: false,
+        metadata: Vec::new(),
         info_hash: InfoHash([5; 20]),
         piece_length: PIECE,
         total_length: content.len() as u64,

@@ -19,7 +19,7 @@ use crate::tracker::udp::UdpConfig;
 use super::{ActionPrint, EventPrint, ReplayError, TraceHeader, payload_hash};
 
 pub(super) const MAGIC: &[u8; 4] = b"KPTR";
-pub(super) const VERSION: u16 = 2;
+pub(super) const VERSION: u16 = 3;
 pub(super) const FLAG_EVENTS: u8 = 1;
 
 /// Virtual times past this (about 146 years) are refused, so that no timer arithmetic in the
@@ -69,6 +69,7 @@ pub(super) const EV_COMPLETE: u8 = 0x44;
 pub(super) const EV_BANNED: u8 = 0x45;
 pub(super) const EV_ERROR: u8 = 0x46;
 pub(super) const EV_OTHER: u8 = 0x47;
+pub(super) const EV_METADATA: u8 = 0x48;
 pub(super) const END: u8 = 0xff;
 
 // ---- writing ----
@@ -242,6 +243,7 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
         piece_hashes,
         files,
         private,
+        metadata,
     } = &h.torrent;
     out.extend_from_slice(&info_hash.0);
     put_varint(out, *piece_length);
@@ -257,6 +259,7 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
         out.push(u8::from(f.padding));
     }
     out.push(u8::from(*private));
+    put_bytes(out, metadata);
     match &h.start_state {
         StartState::Check => out.push(0),
         StartState::Verified(have) => {
@@ -264,6 +267,7 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
             put_varint(out, u64::from(have.len()));
             out.extend_from_slice(have.as_bytes());
         }
+        StartState::Magnet => out.push(2),
     }
     // The same zigzag form as every input's time, read back by `Cursor::time` from zero.
     put_varint(out, zigzag(h.start.as_nanos() as i64));
@@ -717,6 +721,10 @@ impl EventPrint {
                 out.push(EV_ERROR);
                 put_bytes(out, message.as_bytes());
             }
+            Event::MetadataReceived { info } => {
+                out.push(EV_METADATA);
+                put_bytes(out, info);
+            }
         }
     }
 }
@@ -969,18 +977,22 @@ impl<'a> Cursor<'a> {
             return Err(self.corrupt("files do not add up to the total length"));
         }
         let private = self.flag()?;
-        let start_state = if self.flag()? {
-            let bits = self.u32v()?;
-            if bits as usize != count {
-                return Err(self.corrupt("have-bitfield length is not the piece count"));
+        let metadata = self.payload()?.to_vec();
+        let start_state = match self.u8()? {
+            0 => StartState::Check,
+            1 => {
+                let bits = self.u32v()?;
+                if bits as usize != count {
+                    return Err(self.corrupt("have-bitfield length is not the piece count"));
+                }
+                let raw = self.bytes(count.div_ceil(8))?;
+                StartState::Verified(
+                    Bitfield::from_bytes(raw, bits)
+                        .map_err(|_| self.corrupt("have-bitfield is invalid"))?,
+                )
             }
-            let raw = self.bytes(count.div_ceil(8))?;
-            StartState::Verified(
-                Bitfield::from_bytes(raw, bits)
-                    .map_err(|_| self.corrupt("have-bitfield is invalid"))?,
-            )
-        } else {
-            StartState::Check
+            2 => StartState::Magnet,
+            _ => return Err(self.corrupt("unknown start state")),
         };
         let start = self.time(Time::ZERO)?;
         Ok(TraceHeader {
@@ -993,6 +1005,7 @@ impl<'a> Cursor<'a> {
                 total_length,
                 piece_hashes,
                 files,
+                metadata,
             },
             start_state,
             start,
@@ -1294,6 +1307,9 @@ impl<'a> Cursor<'a> {
             },
             EV_ERROR => Event::Error {
                 message: self.string()?,
+            },
+            EV_METADATA => Event::MetadataReceived {
+                info: self.payload()?.to_vec(),
             },
             _ => return Err(self.corrupt("unknown event record")),
         }))

@@ -33,6 +33,7 @@ fn record_pair(piece_length: u64, total: usize) -> Vec<u8> {
     let content: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
     let torrent = Torrent {
         private: false,
+        metadata: Vec::new(),
         info_hash: InfoHash([9; 20]),
         piece_length,
         total_length: total as u64,
@@ -297,6 +298,7 @@ impl io::Write for FailingWriter {
 fn one_block_torrent(tag: u8) -> Torrent {
     Torrent {
         private: false,
+        metadata: Vec::new(),
         info_hash: InfoHash([tag; 20]),
         piece_length: 16384,
         total_length: 16384,
