@@ -35,7 +35,9 @@ use indicatif::MultiProgress;
 use kp_torrent_core::engine::{
     Engine, EngineAction, EngineConfig, EngineEvent, EngineInput, TorrentId,
 };
-use kp_torrent_core::metainfo::Metainfo;
+use kp_torrent_core::id::InfoHash;
+use kp_torrent_core::magnet::Magnet;
+use kp_torrent_core::metainfo::{Metainfo, torrent_file_from_info};
 use kp_torrent_core::session::{Action, Event, Input, Session, SessionConfig, Torrent};
 use kp_torrent_core::time::Time;
 use kp_torrent_core::torrent::{
@@ -78,11 +80,21 @@ const TRACKER_TOKENS: tracker_io::Tokens = tracker_io::Tokens {
 };
 const PEER_BASE: usize = 16 + tracker_io::MAX_CONNS;
 
+/// Where a torrent's description comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A `.torrent` file.
+    Torrent(Box<Metainfo>),
+    /// A magnet link (downloads only): the metadata is fetched from peers (BEP 9), then saved as
+    /// `DIR/.kp-torrent/<info-hash>.torrent`, which later runs use instead.
+    Magnet(Magnet),
+}
+
 /// One torrent to run and how.
 #[derive(Debug, Clone)]
 pub struct TorrentOptions {
     /// The torrent.
-    pub metainfo: Metainfo,
+    pub source: Source,
     /// Download into a folder, or seed existing data.
     pub location: Location,
     /// Peers to connect to directly (`--peer`), besides the trackers'.
@@ -115,10 +127,20 @@ impl TorrentOptions {
         }
     }
 
+    /// Download the torrent of a magnet link into `dir` with default settings. The magnet's
+    /// `x.pe` peers are not resolved here: put them in [`TorrentOptions::peers`].
+    pub fn magnet(magnet: Magnet, dir: PathBuf) -> TorrentOptions {
+        TorrentOptions::with_source(Source::Magnet(magnet), Location::Download(dir))
+    }
+
     /// `metainfo` at `location` with default settings.
     pub fn new(metainfo: Metainfo, location: Location) -> TorrentOptions {
+        TorrentOptions::with_source(Source::Torrent(Box::new(metainfo)), location)
+    }
+
+    fn with_source(source: Source, location: Location) -> TorrentOptions {
         TorrentOptions {
-            metainfo,
+            source,
             location,
             peers: Vec::new(),
             files: None,
@@ -129,6 +151,44 @@ impl TorrentOptions {
             record: None,
         }
     }
+
+    /// The torrent's info-hash.
+    pub fn info_hash(&self) -> InfoHash {
+        match &self.source {
+            Source::Torrent(m) => m.info_hash,
+            Source::Magnet(m) => m.info_hash,
+        }
+    }
+
+    /// The name to show: the torrent's, or a magnet's `dn`, or its info-hash.
+    pub fn name(&self) -> String {
+        match &self.source {
+            Source::Torrent(m) => m.info.name.clone(),
+            Source::Magnet(m) => m
+                .display_name
+                .clone()
+                .unwrap_or_else(|| m.info_hash.to_hex()),
+        }
+    }
+
+    /// The parsed `.torrent`, when there is one (not for a magnet link).
+    pub fn metainfo(&self) -> Option<&Metainfo> {
+        match &self.source {
+            Source::Torrent(m) => Some(m),
+            Source::Magnet(_) => None,
+        }
+    }
+}
+
+/// Where the `.torrent` of a magnet link downloaded into `dir` is saved once its metadata arrived.
+pub fn saved_torrent_path(dir: &Path, info_hash: &InfoHash) -> PathBuf {
+    dir.join(".kp-torrent")
+        .join(format!("{}.torrent", info_hash.to_hex()))
+}
+
+/// A magnet link's trackers as tiers: one tier each, tried in order (BEP 12).
+fn magnet_tiers(magnet: &Magnet) -> Vec<Vec<String>> {
+    magnet.trackers.iter().map(|t| vec![t.clone()]).collect()
 }
 
 /// What to run and how: the torrents and the process-wide settings.
@@ -252,6 +312,15 @@ pub enum ClientError {
     },
     /// The same torrent was given twice.
     Duplicate,
+    /// A magnet link's metadata matched its info-hash but is not a usable torrent.
+    BadMetadata(String),
+    /// `--files` names a file the torrent (known only once a magnet's metadata arrived) lacks.
+    NoSuchFile {
+        /// The index asked for.
+        index: usize,
+        /// Files in the torrent.
+        count: usize,
+    },
     /// `--timeout` passed before the download finished.
     TimedOut {
         /// The limit.
@@ -283,6 +352,13 @@ impl fmt::Display for ClientError {
                 "disk full ({what}); verified pieces are kept: free space and run again to resume"
             ),
             ClientError::Duplicate => f.write_str("this torrent is already being run"),
+            ClientError::BadMetadata(e) => {
+                write!(f, "the metadata peers sent is unusable: {e}")
+            }
+            ClientError::NoSuchFile { index, count } => write!(
+                f,
+                "--files: no file {index}: the torrent has {count} (numbered from 0)"
+            ),
             ClientError::SeedDataIncomplete { have, total } => write!(
                 f,
                 "the data to seed is incomplete or damaged: {have} of {total} bytes verified"
@@ -309,11 +385,18 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// A torrent's description and data, once known (for a magnet link, after its metadata).
+struct Files {
+    metainfo: Metainfo,
+    storage: Arc<Storage>,
+    store: StoreId,
+}
+
 /// One torrent's run, the driver's side of it.
 struct Run {
     opts: TorrentOptions,
-    storage: Arc<Storage>,
-    store: StoreId,
+    /// `None` while a magnet link's metadata is missing.
+    files: Option<Files>,
     name: String,
     resume_path: Option<PathBuf>,
     last_resume: Instant,
@@ -382,11 +465,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
             .map_err(ClientError::Io)?;
     }
     if !opts.quiet {
-        let names: Vec<&str> = opts
-            .torrents
-            .iter()
-            .map(|t| t.metainfo.info.name.as_str())
-            .collect();
+        let names: Vec<String> = opts.torrents.iter().map(TorrentOptions::name).collect();
         let who = if names.is_empty() {
             "kp-torrent".to_owned()
         } else {
@@ -495,7 +574,7 @@ impl Client {
     /// Starts a torrent: its storage, what is on disk, its task in the engine. A failure ends
     /// only this torrent (its outcome says why).
     fn add(&mut self, topts: TorrentOptions) {
-        let name = topts.metainfo.info.name.clone();
+        let name = topts.name();
         if let Err(error) = self.try_add(topts) {
             self.outcomes.push(Outcome {
                 name,
@@ -504,27 +583,31 @@ impl Client {
         }
     }
 
-    fn try_add(&mut self, topts: TorrentOptions) -> Result<(), ClientError> {
-        let info_hash = topts.metainfo.info_hash;
+    fn try_add(&mut self, mut topts: TorrentOptions) -> Result<(), ClientError> {
+        let info_hash = topts.info_hash();
         if self.engine.find(&info_hash).is_some() {
             return Err(ClientError::Duplicate);
         }
-        let layout = Layout::from_info(&topts.metainfo.info);
-        let storage = Storage::new(
-            layout,
-            topts.location.clone(),
-            crate::storage::DEFAULT_OPEN_FILES,
-        )
-        .map_err(ClientError::Storage)?;
-        // What is on disk first (it must see the files before they are created), then allocate.
-        let resume_path = match &topts.location {
-            Location::Download(dir) => Some(resume::resume_path(dir, &info_hash)),
-            Location::Seed(_) => None,
-        };
-        let on_disk = resume::read_start(resume_path.as_deref(), &storage);
-        if storage.writable() {
-            storage.allocate().map_err(ClientError::Storage)?;
+        // A magnet link fetched before: its saved `.torrent` (with the magnet's trackers) is used.
+        if let (Source::Magnet(_), Location::Download(dir)) = (&topts.source, &topts.location) {
+            let path = saved_torrent_path(dir, &info_hash);
+            if let Ok(bytes) = std::fs::read(&path) {
+                match Metainfo::from_bytes(&bytes) {
+                    Ok(m) if m.info_hash == info_hash => {
+                        topts.source = Source::Torrent(Box::new(m))
+                    }
+                    Ok(_) => log::warn!("{}: another torrent; ignoring it", path.display()),
+                    Err(e) => log::warn!("{}: {e}; fetching the metadata again", path.display()),
+                }
+            }
         }
+        let (files, on_disk) = match &topts.source {
+            Source::Torrent(m) => {
+                let (files, on_disk) = self.open_files((**m).clone(), &topts.location)?;
+                (Some(files), Some(on_disk))
+            }
+            Source::Magnet(_) => (None, None),
+        };
         let record = match &topts.record {
             None => None,
             Some(path) => {
@@ -548,6 +631,18 @@ impl Client {
             .rng_seed
             .wrapping_add(self.added.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         self.added += 1;
+        let (tiers, torrent, start) = match &topts.source {
+            Source::Torrent(m) => (
+                m.trackers.clone(),
+                Torrent::from_info(info_hash, &m.info),
+                StartState::Check,
+            ),
+            Source::Magnet(m) => (
+                magnet_tiers(m),
+                Torrent::unknown(info_hash),
+                StartState::Magnet,
+            ),
+        };
         let config = TorrentConfig {
             session: SessionConfig {
                 seed,
@@ -561,36 +656,32 @@ impl Client {
                 own_ips,
                 ..ManagerConfig::default()
             },
-            tiers: topts.metainfo.trackers.clone(),
+            tiers,
         };
-        let torrent = Torrent::from_info(info_hash, &topts.metainfo.info);
         let now = self.now();
-        let storage = Arc::new(storage);
-        let store = self.disk.add_store(storage.clone());
-        let Some(id) = self
-            .engine
-            .add_torrent(now, config, torrent, StartState::Check, record)
-        else {
-            self.disk.remove_store(store);
+        let Some(id) = self.engine.add_torrent(now, config, torrent, start, record) else {
+            if let Some(f) = &files {
+                self.disk.remove_store(f.store);
+            }
             return Err(ClientError::Duplicate);
         };
-        self.stores.insert(store, id);
-        let name = topts.metainfo.info.name.clone();
+        let name = topts.name();
         let progress = Progress::new(
             &name,
             self.opts.quiet,
             self.opts.status_every,
             self.group.as_ref(),
         );
-        let files = topts.files.clone();
         let peers = topts.peers.clone();
-        let file_count = topts.metainfo.info.files.len();
+        let resume_path = match &topts.location {
+            Location::Download(dir) => Some(resume::resume_path(dir, &info_hash)),
+            Location::Seed(_) => None,
+        };
         self.runs.insert(
             id,
             Run {
                 opts: topts,
-                storage,
-                store,
+                files: None,
                 name,
                 resume_path,
                 last_resume: Instant::now(),
@@ -605,7 +696,67 @@ impl Client {
             },
         );
         self.pump(now);
-        self.feed(
+        if let (Some(files), Some(on_disk)) = (files, on_disk) {
+            self.start_files(now, id, files, &on_disk);
+        }
+        if !peers.is_empty() {
+            self.input(now, id, Input::PeersDiscovered { addrs: &peers });
+        }
+        self.input(now, id, Input::Timeout);
+        Ok(())
+    }
+
+    /// Opens (creates, for a download) a torrent's files and reads what is on disk.
+    fn open_files(
+        &mut self,
+        metainfo: Metainfo,
+        location: &Location,
+    ) -> Result<(Files, resume::OnDisk), ClientError> {
+        let layout = Layout::from_info(&metainfo.info);
+        let storage = Storage::new(layout, location.clone(), crate::storage::DEFAULT_OPEN_FILES)
+            .map_err(ClientError::Storage)?;
+        // What is on disk first (it must see the files before they are created), then allocate.
+        let resume_path = match location {
+            Location::Download(dir) => Some(resume::resume_path(dir, &metainfo.info_hash)),
+            Location::Seed(_) => None,
+        };
+        let on_disk = resume::read_start(resume_path.as_deref(), &storage);
+        if storage.writable() {
+            storage.allocate().map_err(ClientError::Storage)?;
+        }
+        let storage = Arc::new(storage);
+        let store = self.disk.add_store(storage.clone());
+        Ok((
+            Files {
+                metainfo,
+                storage,
+                store,
+            },
+            on_disk,
+        ))
+    }
+
+    /// The torrent's files are open: the task checks what is on disk, and the file selection
+    /// applies.
+    fn start_files(&mut self, now: Time, id: TorrentId, files: Files, on_disk: &resume::OnDisk) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            self.disk.remove_store(files.store);
+            return;
+        };
+        self.stores.insert(files.store, id);
+        let count = files.metainfo.info.files.len();
+        let wanted = match &run.opts.files {
+            None => None,
+            Some(sel) => match sel.iter().find(|&&i| i >= count) {
+                Some(&index) => {
+                    run.fatal = Some(ClientError::NoSuchFile { index, count });
+                    None
+                }
+                None => Some((0..count).map(|i| sel.contains(&i)).collect::<Vec<bool>>()),
+            },
+        };
+        run.files = Some(files);
+        self.engine.handle_input(
             now,
             EngineInput::Torrent {
                 torrent: id,
@@ -615,15 +766,53 @@ impl Client {
                 },
             },
         );
-        if let Some(files) = files {
-            let wanted: Vec<bool> = (0..file_count).map(|i| files.contains(&i)).collect();
-            self.input(now, id, Input::SelectFiles { wanted: &wanted });
+        if let Some(wanted) = wanted {
+            self.engine.handle_input(
+                now,
+                EngineInput::Torrent {
+                    torrent: id,
+                    input: TorrentInput::Session(Input::SelectFiles { wanted: &wanted }),
+                },
+            );
         }
-        if !peers.is_empty() {
-            self.input(now, id, Input::PeersDiscovered { addrs: &peers });
+        self.pump(now);
+    }
+
+    /// A magnet link's metadata arrived (checked by the task): save it as a `.torrent`, open the
+    /// files, start the check.
+    fn metadata_arrived(&mut self, now: Time, id: TorrentId, info: &[u8]) {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return;
+        };
+        let (Source::Magnet(magnet), Location::Download(dir)) =
+            (&run.opts.source, &run.opts.location)
+        else {
+            return;
+        };
+        let file = torrent_file_from_info(info, &magnet_tiers(magnet));
+        let metainfo = match Metainfo::from_bytes(&file) {
+            Ok(m) => m,
+            Err(e) => {
+                run.fatal = Some(ClientError::BadMetadata(e.to_string()));
+                return;
+            }
+        };
+        let path = saved_torrent_path(dir, &metainfo.info_hash);
+        if let Err(e) = resume::write_atomically(&path, &file) {
+            // Not fatal: a later run fetches the metadata again.
+            log::warn!("cannot save {}: {e}", path.display());
         }
-        self.input(now, id, Input::Timeout);
-        Ok(())
+        run.name.clone_from(&metainfo.info.name);
+        run.progress.rename(&metainfo.info.name);
+        let location = run.opts.location.clone();
+        match self.open_files(metainfo, &location) {
+            Ok((files, on_disk)) => self.start_files(now, id, files, &on_disk),
+            Err(e) => {
+                if let Some(run) = self.runs.get_mut(&id) {
+                    run.fatal = Some(e);
+                }
+            }
+        }
     }
 
     /// Drains the engine's outputs until it is quiet.
@@ -667,7 +856,14 @@ impl Client {
             }
             while let Some(EngineEvent::Torrent { torrent, event }) = self.engine.poll_event() {
                 worked = true;
+                let fetched = match &event {
+                    TorrentEvent::MetadataReceived { info } => Some(info.clone()),
+                    _ => None,
+                };
                 self.show(torrent, event);
+                if let Some(info) = fetched {
+                    self.metadata_arrived(now, torrent, &info);
+                }
             }
             if !worked {
                 return;
@@ -676,9 +872,11 @@ impl Client {
     }
 
     fn act(&mut self, now: Time, torrent: TorrentId, action: Action) {
-        let Some(store) = self.runs.get(&torrent).map(|r| r.store) else {
+        let Some(run) = self.runs.get(&torrent) else {
             return;
         };
+        // Disk actions come only once the files are open (a magnet link's after its metadata).
+        let store = run.files.as_ref().map(|f| f.store);
         match action {
             Action::Connect { peer, addr } => {
                 let key = self.socks.vacant_key();
@@ -729,7 +927,9 @@ impl Client {
                 }
             }
             Action::WriteBlock { piece, begin, data } => {
-                self.disk.submit(store, Job::Write { piece, begin, data });
+                if let Some(store) = store {
+                    self.disk.submit(store, Job::Write { piece, begin, data });
+                }
             }
             Action::ReadBlock {
                 peer,
@@ -737,7 +937,7 @@ impl Client {
                 begin,
                 length,
             } => {
-                let Some(&key) = self.by_peer.get(&(torrent, peer)) else {
+                let (Some(&key), Some(store)) = (self.by_peer.get(&(torrent, peer)), store) else {
                     return;
                 };
                 let p = &mut self.socks[key];
@@ -756,7 +956,11 @@ impl Client {
                     );
                 }
             }
-            Action::HashPiece { piece } => self.disk.submit(store, Job::Hash { piece }),
+            Action::HashPiece { piece } => {
+                if let Some(store) = store {
+                    self.disk.submit(store, Job::Hash { piece });
+                }
+            }
             // The task handles announces itself; none reaches the driver.
             Action::Announce { .. } => {}
         }
@@ -802,14 +1006,20 @@ impl Client {
                 log::warn!("ignoring resume file {}: {e}", path.display());
                 return;
             }
-            TorrentEvent::MetadataReceived { .. } | TorrentEvent::BadMetadata(_) => {
+            TorrentEvent::MetadataReceived { .. } => {
                 log::info!("{}: {event}", run.name);
+                return;
+            }
+            TorrentEvent::BadMetadata(e) => {
+                run.fatal.get_or_insert(ClientError::BadMetadata(e));
                 return;
             }
             TorrentEvent::Checked { verified, pieces } => {
                 log::info!("{}: checked, {verified} of {pieces} pieces good", run.name);
-                if matches!(run.opts.location, Location::Seed(_)) && verified < pieces {
-                    let info = &run.opts.metainfo.info;
+                if let (Location::Seed(_), Some(files)) = (&run.opts.location, &run.files)
+                    && verified < pieces
+                {
+                    let info = &files.metainfo.info;
                     let missing: u64 = (0..pieces)
                         .filter(|&p| {
                             self.engine
@@ -938,14 +1148,16 @@ impl Client {
         let Some(task) = self.engine.torrent(torrent) else {
             return;
         };
-        // Nothing to save while the check is still learning what is there.
-        if let (Some(path), Some(_)) = (&run.resume_path, task.session()) {
+        // Nothing to save while the check is still learning what is there (or before a magnet
+        // link's metadata).
+        let checked = task.session().is_some() && task.check_progress().is_none();
+        if let (Some(path), Some(files), true) = (&run.resume_path, &run.files, checked) {
             self.disk.submit(
-                run.store,
+                files.store,
                 Job::SaveResume {
                     path: path.clone(),
                     snapshot: ResumeSnapshot {
-                        info_hash: run.opts.metainfo.info_hash,
+                        info_hash: files.metainfo.info_hash,
                         have: task.have().clone(),
                     },
                 },
@@ -957,7 +1169,15 @@ impl Client {
         let Some(task) = self.engine.torrent(torrent) else {
             return Snapshot::default();
         };
-        let Some(swarm) = task.session() else {
+        if task.fetching_metadata() {
+            return Snapshot {
+                phase: Some(Phase::Metadata),
+                peers: task.session().map_or(0, |s| s.established_count().0),
+                ..Snapshot::default()
+            };
+        }
+        let swarm = task.session().filter(|_| task.check_progress().is_none());
+        let Some(swarm) = swarm else {
             let total_bytes = task.torrent().total_length;
             let (checked, to_check) = task.check_progress().unwrap_or((0, 0));
             let done = u128::from(checked) * u128::from(total_bytes) / u128::from(to_check.max(1));
@@ -1016,7 +1236,7 @@ impl Client {
         let swarm = task.session();
         if complete && seeding {
             let uploaded = swarm.map_or(0, Session::uploaded);
-            let total = run.opts.metainfo.info.total_length.max(1);
+            let total = task.torrent().total_length.max(1);
             if let Some(ratio) = run.opts.seed_ratio
                 && uploaded as f64 / total as f64 >= ratio
             {
@@ -1032,8 +1252,9 @@ impl Client {
             && let Some(limit) = timeout
             && run.started.elapsed() >= limit
         {
-            let info = &run.opts.metainfo.info;
-            let (have, total) = swarm.map_or((0, info.total_length), Session::progress);
+            let (have, total) = swarm
+                .filter(|_| task.check_progress().is_none())
+                .map_or((0, task.torrent().total_length), Session::progress);
             run.fatal = Some(ClientError::TimedOut {
                 after: limit,
                 have,
@@ -1051,11 +1272,14 @@ impl Client {
             return;
         };
         let summary = self.engine.torrent(torrent).map(|task| {
-            let swarm = task.session();
+            // Before the check is over (or a magnet link's metadata), nothing counts.
+            let swarm = task
+                .session()
+                .filter(|_| task.check_progress().is_none() && !task.fetching_metadata());
             let total_default = task.torrent().total_length;
-            let (done, total) = swarm.map_or((0, total_default), Session::progress);
+            let (_, total) = swarm.map_or((0, total_default), Session::progress);
             Summary {
-                complete: swarm.is_some() && done == total,
+                complete: task.is_complete(),
                 total_bytes: total,
                 downloaded: swarm.map_or(0, Session::downloaded),
                 uploaded: swarm.map_or(0, Session::uploaded),
@@ -1069,8 +1293,9 @@ impl Client {
         if summary
             .as_ref()
             .is_some_and(|s| s.complete && !s.interrupted)
-            && run.storage.writable()
-            && let Err(e) = run.storage.check_files()
+            && let Some(files) = &run.files
+            && files.storage.writable()
+            && let Err(e) = files.storage.check_files()
         {
             run.fatal.get_or_insert(ClientError::Storage(e));
         }
@@ -1079,8 +1304,10 @@ impl Client {
             run.fatal
                 .get_or_insert(ClientError::Trace { path, error: e });
         }
-        self.disk.remove_store(run.store);
-        self.stores.remove(&run.store);
+        if let Some(files) = &run.files {
+            self.disk.remove_store(files.store);
+            self.stores.remove(&files.store);
+        }
         let result = match (run.fatal.take(), summary) {
             (Some(e), _) => Err(e),
             (None, Some(s)) => Ok(s),
@@ -1125,7 +1352,7 @@ impl Client {
         };
         for t in added {
             if !self.opts.quiet {
-                eprintln!("{}: added", t.metainfo.info.name);
+                eprintln!("{}: added", t.name());
             }
             self.add(t);
         }
@@ -1212,7 +1439,10 @@ impl Client {
                 };
                 if let Some(since) = run.stopping {
                     stopping_any = true;
-                    let disk_idle = self.disk.in_flight_for(run.store) == 0;
+                    let disk_idle = run
+                        .files
+                        .as_ref()
+                        .is_none_or(|f| self.disk.in_flight_for(f.store) == 0);
                     let trackers_done = self.engine.torrent(id).is_none_or(|t| t.is_stopped());
                     if trackers_done && disk_idle {
                         self.finish_run(id);

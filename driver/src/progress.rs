@@ -11,6 +11,8 @@ use crate::units::{format_bytes, format_duration, format_rate};
 /// What a torrent is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// A magnet link's metadata is being fetched from peers.
+    Metadata,
     /// Hashing data already on disk.
     Checking,
     /// Fetching pieces.
@@ -22,6 +24,7 @@ pub enum Phase {
 impl Phase {
     fn label(self) -> &'static str {
         match self {
+            Phase::Metadata => "fetching metadata",
             Phase::Checking => "checking",
             Phase::Downloading => "downloading",
             Phase::Seeding => "seeding",
@@ -52,6 +55,9 @@ pub struct Snapshot {
 
 /// The one-line status, as printed when stderr is not a terminal.
 pub fn status_line(name: &str, s: &Snapshot) -> String {
+    if s.phase == Some(Phase::Metadata) {
+        return format!("{name}: fetching metadata, peers {}", s.peers);
+    }
     let phase = s.phase.map_or("starting", Phase::label);
     let pct = percent(s.done_bytes, s.total_bytes);
     let mut line = format!(
@@ -174,6 +180,12 @@ impl Progress {
                 }
             }
         }
+    }
+
+    /// Shows the torrent under another name from now on (a magnet link's, once its metadata
+    /// arrived).
+    pub fn rename(&mut self, name: &str) {
+        name.clone_into(&mut self.name);
     }
 
     /// Clears the bar, printing nothing.

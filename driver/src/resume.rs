@@ -119,7 +119,9 @@ pub fn save(path: &Path, snapshot: &Snapshot, storage: &Storage) -> Result<(), R
     write_atomically(path, &out)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ResumeError> {
+/// Writes `bytes` to `path` (in the `.kp-torrent` folder, made if missing) through a temporary
+/// file and a rename, so a reader sees the old file or the new one, never half of one.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ResumeError> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |error| ResumeError::Io { path, error }

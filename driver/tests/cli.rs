@@ -574,10 +574,28 @@ fn padding_files_are_counted_not_listed_and_marked_in_json() {
 }
 
 #[test]
-fn a_magnet_download_says_it_is_not_supported_in_one_line() {
+fn magnet_links_that_cannot_run_fail_in_one_line() {
     let dir = TempDir::new("cli-magnet");
+    let d = dir.path().to_str().unwrap();
     let magnet = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567";
-    let out = run(&["download", magnet, "-d", dir.path().to_str().unwrap()]);
-    let err = assert_fails(&out, 1, "kp-torrent: magnet link: ");
-    assert!(err.contains("not supported yet"), "{err}");
+    let err = assert_fails(
+        &run(&["seed", magnet, "-s", d]),
+        1,
+        "kp-torrent: magnet link: ",
+    );
+    assert!(err.contains("seeding needs the .torrent file"), "{err}");
+    let err = assert_fails(
+        &run(&["download", "magnet:?xt=urn:btih:12345", "-d", d]),
+        1,
+        "kp-torrent: magnet link: ",
+    );
+    assert!(err.contains("neither 40 hex digits nor 32 base32"), "{err}");
+    let v2 =
+        "magnet:?xt=urn:btmh:1220caf1e1c30e81cb361b9ee167c4aa64228a7fa4fa9f6105232b28ad099f3a302e";
+    let err = assert_fails(
+        &run(&["download", v2, "-d", d]),
+        1,
+        "kp-torrent: magnet link: ",
+    );
+    assert!(err.contains("v2-only"), "{err}");
 }

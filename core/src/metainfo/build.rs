@@ -135,3 +135,29 @@ pub fn hash_pieces(data: &[u8], piece_length: u64) -> Vec<[u8; 20]> {
         .map(|c| sha1::Sha1::digest(c).into())
         .collect()
 }
+
+/// A `.torrent` file around an info dictionary fetched from peers (BEP 9), kept byte for byte so
+/// its SHA-1 stays the info-hash, with `tiers` as `announce` and `announce-list` (the magnet
+/// link's trackers).
+pub fn torrent_file_from_info(info: &[u8], tiers: &[Vec<String>]) -> Vec<u8> {
+    let mut root: Vec<(&str, Owned)> = Vec::new();
+    let urls: Vec<&String> = tiers.iter().flatten().collect();
+    if let Some(first) = urls.first() {
+        root.push(("announce", Owned::bytes(first)));
+    }
+    if urls.len() > 1 {
+        let list = tiers
+            .iter()
+            .filter(|t| !t.is_empty())
+            .map(|t| Owned::List(t.iter().map(Owned::bytes).collect()))
+            .collect();
+        root.push(("announce-list", Owned::List(list)));
+    }
+    let mut out = root.into_iter().collect::<Owned>().encode();
+    // `info` sorts after both `announce` keys: it goes last, before the dictionary's end.
+    out.pop();
+    out.extend_from_slice(b"4:info");
+    out.extend_from_slice(info);
+    out.push(b'e');
+    out
+}

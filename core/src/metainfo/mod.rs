@@ -25,7 +25,7 @@ use std::ops::Range;
 use crate::bencode::{self, DecodeError, Dict, Value};
 use crate::id::InfoHash;
 
-pub use build::{TorrentSpec, auto_piece_length, hash_pieces};
+pub use build::{TorrentSpec, auto_piece_length, hash_pieces, torrent_file_from_info};
 
 /// Most pieces a torrent may have (80 MiB of hashes); more is refused as a likely attack.
 pub const MAX_PIECES: u32 = 4 * 1024 * 1024;

@@ -868,3 +868,32 @@ fn auto_piece_length_aims_at_one_to_two_thousand_pieces() {
         assert!((1000..=2000).contains(&n), "{total}: {p} gives {n} pieces");
     }
 }
+
+#[test]
+fn a_torrent_file_around_fetched_metadata_keeps_the_info_hash_and_trackers() {
+    let spec = TorrentSpec {
+        name: "x.bin".into(),
+        piece_length: 16384,
+        files: vec![(Vec::new(), 20000)],
+        piece_hashes: vec![[7; 20]; 2],
+        trackers: Vec::new(),
+        private: false,
+        comment: None,
+        created_by: None,
+        creation_date: None,
+        url_list: Vec::new(),
+    };
+    let info = spec.info_bytes();
+    let tiers = vec![
+        vec!["http://a.example/announce".to_owned()],
+        vec!["udp://b.example:6969".to_owned()],
+    ];
+    let file = torrent_file_from_info(&info, &tiers);
+    let m = Metainfo::from_bytes(&file).expect("parses");
+    assert_eq!(m.info_hash, InfoHash::of(&info));
+    assert_eq!(m.info.raw, info);
+    assert_eq!(m.trackers, tiers);
+    let bare = Metainfo::from_bytes(&torrent_file_from_info(&info, &[])).expect("parses");
+    assert_eq!(bare.info_hash, m.info_hash);
+    assert!(bare.trackers.is_empty());
+}

@@ -71,8 +71,10 @@ impl Session {
         for k in keys {
             if let Some(p) = self.peers.get_mut(k).and_then(|s| s.peer.as_mut()) {
                 p.set_piece_count(count, served);
-                if p.is_established() {
-                    p.send_piece_set(now, &self.have);
+                // The peer heard at the handshake that we had nothing; a piece set cannot be
+                // sent twice, so pieces found on disk go out as `have`s.
+                for i in self.have.iter_ones() {
+                    p.send_have(now, i);
                 }
             }
             self.drive_peer(PeerHandle(k));

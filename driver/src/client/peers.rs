@@ -95,7 +95,12 @@ impl Client {
         let Owner::Peer(t, peer) = p.owner else {
             return;
         };
-        let Some(store) = self.runs.get(&t).map(|r| r.store) else {
+        let Some(store) = self
+            .runs
+            .get(&t)
+            .and_then(|r| r.files.as_ref())
+            .map(|f| f.store)
+        else {
             return;
         };
         let queued = self.disk.queued_read_bytes(store, peer);

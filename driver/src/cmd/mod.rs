@@ -43,7 +43,7 @@ pub enum Command {
     Info(info::Args),
     /// Make a .torrent file from a file or a folder.
     Create(create::Args),
-    /// Download a torrent into a folder (shortcut: `kp-torrent FILE.torrent -d DIR`).
+    /// Download torrents or magnet links into a folder (shortcut: `kp-torrent FILE.torrent -d DIR`).
     Download(transfer::DownloadArgs),
     /// Seed existing data (shortcut: `kp-torrent FILE.torrent -s PATH`).
     Seed(transfer::SeedArgs),

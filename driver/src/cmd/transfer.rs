@@ -11,6 +11,7 @@ use super::info::load;
 use crate::client::{self, ClientError, Options, Outcome, TorrentOptions};
 use crate::storage::Location;
 use crate::units::{format_bytes, parse_size};
+use kp_torrent_core::magnet::Magnet;
 
 /// Options shared by `download` and `seed`.
 #[derive(Debug, clap::Args)]
@@ -73,8 +74,10 @@ pub struct Common {
 /// Options of `kp-torrent download`.
 #[derive(Debug, clap::Args)]
 pub struct DownloadArgs {
-    /// The .torrent files (all downloaded at once, into DIR).
-    #[arg(value_name = "FILE.torrent", required = true)]
+    /// The .torrent files or magnet links (all downloaded at once, into DIR). A magnet link's
+    /// metadata comes from its peers (`x.pe`, --peer, its trackers `tr`, peer exchange) and is
+    /// saved as DIR/.kp-torrent/INFOHASH.torrent for later runs.
+    #[arg(value_name = "FILE.torrent|MAGNET", required = true)]
     pub torrents: Vec<PathBuf>,
 
     /// Folder to download into (created if missing).
@@ -132,12 +135,26 @@ fn torrent_options(
     location: Location,
     common: &Common,
 ) -> Result<TorrentOptions, CliError> {
-    if torrent.to_str().is_some_and(|t| t.starts_with("magnet:")) {
-        // `info` reads magnets; fetching the info dictionary from peers (BEP 9) is not wired in.
-        return Err(CliError::new(
-            "magnet link",
-            "downloading from a magnet link is not supported yet: give the .torrent file",
-        ));
+    if let Some(uri) = torrent.to_str().filter(|t| t.starts_with("magnet:")) {
+        let magnet = Magnet::parse(uri).map_err(|e| CliError::new("magnet link", e.to_string()))?;
+        let Location::Download(dir) = location else {
+            return Err(CliError::new(
+                "magnet link",
+                "seeding needs the .torrent file: a magnet link does not describe the data",
+            ));
+        };
+        let mut peers = common.peers.clone();
+        for pe in &magnet.peers {
+            match resolve_peer(pe) {
+                Some(addr) if !peers.contains(&addr) => peers.push(addr),
+                Some(_) => {}
+                None => log::warn!("magnet link: ignoring peer `{}`", pe.escape_debug()),
+            }
+        }
+        return Ok(TorrentOptions {
+            peers,
+            ..TorrentOptions::magnet(magnet, dir)
+        });
     }
     Ok(TorrentOptions {
         peers: common.peers.clone(),
@@ -145,6 +162,16 @@ fn torrent_options(
         seed_time: common.seed_time.map(Duration::from_secs),
         ..TorrentOptions::new(load(torrent)?, location)
     })
+}
+
+/// A magnet link's `x.pe` peer (`IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`) as an address.
+fn resolve_peer(text: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .ok()
+        .and_then(|mut it| it.next())
 }
 
 /// The process-wide options, and each torrent's from `make`.
@@ -207,7 +234,9 @@ pub fn download(args: &DownloadArgs) -> Result<ExitCode, CliError> {
     let mut opts = options(&args.torrents, &args.common, |t| {
         let mut o = torrent_options(t, Location::Download(args.dir.clone()), &args.common)?;
         if let Some(files) = &args.files {
-            let count = o.metainfo.info.files.len();
+            // A magnet link's file count is known only once its metadata arrived; the run
+            // checks the selection then.
+            let count = o.metainfo().map_or(usize::MAX, |m| m.info.files.len());
             if let Some(bad) = files.iter().find(|&&i| i >= count) {
                 return Err(CliError::new(
                     "--files",
@@ -248,7 +277,7 @@ fn finish(
     let subject = |name: &str| -> String {
         // Name a failure by the .torrent file given for it when there is only one.
         match torrents {
-            [one] => one.display().to_string(),
+            [one] if !one.to_string_lossy().starts_with("magnet:") => one.display().to_string(),
             _ => name.to_owned(),
         }
     };
