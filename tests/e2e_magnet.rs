@@ -113,3 +113,40 @@ fn a_magnet_and_two_torrents_in_one_process() {
         "second.bin"
     );
 }
+
+/// A magnet download recorded with `--record` replays without divergence: the trace covers the
+/// metadata exchange, the check that follows and the download.
+#[test]
+fn a_recorded_magnet_download_replays() {
+    let dir = TempDir::new("e2e-magnet-replay");
+    let data = Dataset::single(dir.path(), "rec.bin", 900_000, 32 * 1024, 5);
+    let torrent = data.torrent.path.to_str().unwrap();
+    let source = data.source.to_str().unwrap();
+    let seeder = KpTorrent::start("seeder", &["seed", torrent, "-s", source], dir.path());
+    let dest = dir.path().join("dest");
+    let trace = dir.path().join("magnet.trace");
+    let uri = magnet(&data.torrent.info_hash, "");
+    let peer = seeder.addr();
+    let args = [
+        "download",
+        &uri,
+        "-d",
+        dest.to_str().unwrap(),
+        "--peer",
+        &peer,
+        "--record",
+        trace.to_str().unwrap(),
+    ];
+    let mut leecher = KpTorrent::start("leecher", &args, dir.path());
+    leecher.wait_success(DONE);
+    data.assert_same(&dest);
+    let out = std::process::Command::new(kp_torrent_tests::kp_torrent_bin())
+        .arg("replay")
+        .arg(&trace)
+        .output()
+        .expect("run replay");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("no divergence"), "{text}");
+}

@@ -932,11 +932,18 @@ impl<'a> Cursor<'a> {
         let info_hash = InfoHash(self.array::<20>()?);
         let piece_length = self.varint()?;
         let total_length = self.varint()?;
-        if piece_length == 0 || piece_length > MAX_PIECE_LENGTH {
+        // A magnet link's torrent before its metadata is all zeros (`Torrent::unknown`).
+        let unknown = piece_length == 0 && total_length == 0;
+        if !unknown && (piece_length == 0 || piece_length > MAX_PIECE_LENGTH) {
             return Err(self.corrupt("piece length out of range"));
         }
         let count = self.usizev()?;
-        if count > MAX_PIECES as usize || count as u64 != total_length.div_ceil(piece_length) {
+        let expected = if unknown {
+            0
+        } else {
+            total_length.div_ceil(piece_length)
+        };
+        if count > MAX_PIECES as usize || count as u64 != expected {
             return Err(self.corrupt("piece count does not match the lengths"));
         }
         if count.saturating_mul(20) > self.remaining() {
@@ -994,6 +1001,9 @@ impl<'a> Cursor<'a> {
             2 => StartState::Magnet,
             _ => return Err(self.corrupt("unknown start state")),
         };
+        if unknown != (start_state == StartState::Magnet) {
+            return Err(self.corrupt("only a magnet link starts without its torrent"));
+        }
         let start = self.time(Time::ZERO)?;
         Ok(TraceHeader {
             events: flags & FLAG_EVENTS != 0,
