@@ -149,6 +149,11 @@ impl Choker {
         self.optimistic
     }
 
+    /// Unchoke at most `slots` peers (besides the optimistic one) from the next round on.
+    pub fn set_upload_slots(&mut self, slots: usize) {
+        self.config.upload_slots = slots;
+    }
+
     /// A peer disconnected: forget it (its handle may be reused), without a decision.
     pub fn peer_gone(&mut self, peer: PeerHandle) {
         self.unchoked.remove(&peer);

@@ -88,6 +88,9 @@ pub struct EngineConfig {
     pub max_pending_per_ip: usize,
     /// Time an accepted connection has to show its handshake.
     pub handshake_timeout: Duration,
+    /// Peers unchoked in all torrents at most (besides each torrent's optimistic unchoke),
+    /// shared among the torrents that have peers interested in them ([`upload_shares`]).
+    pub upload_slots: usize,
 }
 
 impl Default for EngineConfig {
@@ -98,6 +101,7 @@ impl Default for EngineConfig {
             max_pending: 64,
             max_pending_per_ip: 16,
             handshake_timeout: Duration::from_secs(10),
+            upload_slots: 8,
         }
     }
 }
@@ -729,7 +733,73 @@ impl Engine {
         for id in due {
             self.feed(id, TorrentInput::Session(Input::Timeout));
         }
+        self.share_upload_slots();
     }
+
+    /// Gives each torrent its share of the process-wide upload slots, as an input it records,
+    /// when the share changed.
+    fn share_upload_slots(&mut self) {
+        let running: Vec<(TorrentId, usize, usize)> = self
+            .torrents()
+            .filter_map(|(id, t)| {
+                t.session()
+                    .map(|s| (id, s.interested_count(), s.upload_slots()))
+            })
+            .collect();
+        let demand: Vec<usize> = running.iter().map(|&(_, wants, _)| wants).collect();
+        let shares = upload_shares(self.config.upload_slots, &demand);
+        for (&(id, _, current), share) in running.iter().zip(shares) {
+            if share != current {
+                self.feed(
+                    id,
+                    TorrentInput::Session(Input::UploadSlots { slots: share }),
+                );
+            }
+        }
+    }
+}
+
+/// Splits `total` upload slots among torrents with `interested[i]` interested peers each: the
+/// torrents with interested peers share `total` evenly (the first ones in order get the
+/// remainder, and each at least 1), no torrent gets more than it has interested peers unless
+/// nobody else needs them, and a torrent nobody is interested in keeps 1 (so a newcomer is
+/// unchoked at once).
+pub fn upload_shares(total: usize, interested: &[usize]) -> Vec<usize> {
+    let total = total.max(1);
+    let mut shares = vec![1usize; interested.len()];
+    let active: Vec<usize> = (0..interested.len())
+        .filter(|&i| interested[i] > 0)
+        .collect();
+    if active.is_empty() {
+        return vec![total; interested.len()];
+    }
+    // Hand out slots one at a time, round robin, to the torrents that can still use one;
+    // the rest go round robin to all active torrents.
+    let mut given: Vec<usize> = vec![0; interested.len()];
+    let mut left = total.max(active.len());
+    while left > 0 {
+        let mut progressed = false;
+        for &i in &active {
+            if left == 0 {
+                break;
+            }
+            if given[i] < interested[i] {
+                given[i] += 1;
+                left -= 1;
+                progressed = true;
+            }
+        }
+        if !progressed {
+            for &i in active.iter().cycle().take(left) {
+                given[i] += 1;
+            }
+            left = 0;
+        }
+    }
+    for &i in &active {
+        shares[i] = given[i].max(1);
+    }
+    shares
 }
 
 /// A dual-stack socket reports IPv4 senders as IPv4-mapped IPv6 addresses.

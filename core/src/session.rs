@@ -278,6 +278,21 @@ impl Session {
     pub fn wasted(&self) -> u64 {
         self.wasted
     }
+    /// The peers we may unchoke now (besides the optimistic one).
+    pub fn upload_slots(&self) -> usize {
+        self.config.upload_slots
+    }
+    /// Established peers interested in our pieces: those the upload slots are for.
+    pub fn interested_count(&self) -> usize {
+        self.peers
+            .iter()
+            .filter(|(_, s)| {
+                s.peer
+                    .as_ref()
+                    .is_some_and(|p| p.is_established() && p.peer_interested())
+            })
+            .count()
+    }
     /// Connections open or opening.
     pub fn peer_count(&self) -> usize {
         self.peers.len()
@@ -474,6 +489,14 @@ impl Session {
                     self.events.push_back(Event::Complete);
                 }
                 self.fill_all(now);
+            }
+            Input::UploadSlots { slots } => {
+                let slots = slots.max(1);
+                if slots != self.config.upload_slots {
+                    self.config.upload_slots = slots;
+                    self.choker.set_upload_slots(slots);
+                    self.choke_round(now, true);
+                }
             }
             Input::Shutdown => {
                 let handles: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();

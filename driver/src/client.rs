@@ -202,6 +202,9 @@ pub struct Options {
     pub listen: SocketAddr,
     /// Most peer connections per torrent.
     pub max_peers: usize,
+    /// Peers unchoked at once in all torrents (each torrent also has one optimistic unchoke);
+    /// shared among the torrents that have peers to serve.
+    pub upload_slots: usize,
     /// Exchange peers with peers (BEP 11; never for private torrents).
     pub pex: bool,
     /// Download limit for the whole process, bytes per second.
@@ -234,6 +237,7 @@ impl Options {
             add: None,
             listen,
             max_peers: 50,
+            upload_slots: EngineConfig::default().upload_slots,
             pex: true,
             download_limit: None,
             upload_limit: None,
@@ -484,13 +488,20 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         .then(MultiProgress::new);
     let epoch = Instant::now();
     let torrents = std::mem::take(&mut opts.torrents);
+    let upload_slots = opts.upload_slots.max(1);
     let mut client = Client {
         down: Bucket::new(opts.download_limit, epoch),
         up: Bucket::new(opts.upload_limit, epoch),
         opts,
         poll,
         epoch,
-        engine: Engine::new(EngineConfig::default(), Time::ZERO),
+        engine: Engine::new(
+            EngineConfig {
+                upload_slots,
+                ..EngineConfig::default()
+            },
+            Time::ZERO,
+        ),
         tracker_io,
         listeners,
         listen_addr,

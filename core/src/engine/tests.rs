@@ -410,3 +410,86 @@ fn the_process_connection_limit_refuses_newcomers_once_reached() {
         }]
     );
 }
+
+#[test]
+fn upload_shares_split_the_slots_among_torrents_that_need_them() {
+    assert_eq!(upload_shares(8, &[3, 0, 10]), vec![3, 1, 5]);
+    assert_eq!(upload_shares(8, &[10, 10]), vec![4, 4]);
+    assert_eq!(upload_shares(7, &[10, 10]), vec![4, 3]);
+    // More torrents than slots: each active torrent still gets one.
+    assert_eq!(upload_shares(2, &[1, 1, 1]), vec![1, 1, 1]);
+    // Slots nobody else needs go to those that have interested peers.
+    assert_eq!(upload_shares(8, &[1, 0]), vec![8, 1]);
+    // Nobody interested: nothing to divide.
+    assert_eq!(upload_shares(8, &[0, 0]), vec![8, 8]);
+    for total in 1..12 {
+        for a in 0..6 {
+            for b in 0..6 {
+                let s = upload_shares(total, &[a, b]);
+                let active = usize::from(a > 0) + usize::from(b > 0);
+                if active > 0 {
+                    let used: usize = [(a, s[0]), (b, s[1])]
+                        .iter()
+                        .filter(|(i, _)| *i > 0)
+                        .map(|(_, s)| s)
+                        .sum();
+                    assert_eq!(used, total.max(active), "{total} {a} {b}: {s:?}");
+                }
+                assert!(s.iter().all(|&x| x >= 1));
+            }
+        }
+    }
+}
+
+#[test]
+fn two_busy_torrents_share_the_process_wide_upload_slots() {
+    let mut e = Engine::new(
+        EngineConfig {
+            upload_slots: 4,
+            ..EngineConfig::default()
+        },
+        Time::ZERO,
+    );
+    let a = add(&mut e, 1);
+    let b = add(&mut e, 2);
+    actions(&mut e);
+    let mut interested = Vec::new();
+    crate::wire::Message::Interested.encode(&mut interested);
+    let mut port = 6000;
+    for tag in [1u8, 2] {
+        for _ in 0..6 {
+            port += 1;
+            let conn = accept(&mut e, Time::ZERO, port);
+            let mut bytes = handshake(tag);
+            // Each peer needs its own id: the session refuses a second connection from one.
+            bytes[48..50].copy_from_slice(&port.to_be_bytes());
+            bytes.extend_from_slice(&interested);
+            e.handle_input(
+                Time::ZERO,
+                EngineInput::IncomingData {
+                    conn,
+                    bytes: &bytes,
+                },
+            );
+        }
+    }
+    actions(&mut e);
+    for s in [1, 11, 21, 31] {
+        e.handle_input(Time::from_secs(s), EngineInput::Timeout);
+        actions(&mut e);
+    }
+    let unchoked = |id: TorrentId| {
+        let s = e.torrent(id).unwrap().session().unwrap();
+        (0..20)
+            .filter_map(|k| s.peer(PeerHandle(k)))
+            .filter(|p| p.is_established() && !p.am_choking())
+            .count()
+    };
+    let sa = e.torrent(a).unwrap().session().unwrap();
+    let sb = e.torrent(b).unwrap().session().unwrap();
+    assert_eq!((sa.interested_count(), sb.interested_count()), (6, 6));
+    assert_eq!((sa.upload_slots(), sb.upload_slots()), (2, 2));
+    // Each torrent: its two regular slots and at most one optimistic unchoke.
+    assert!((2..=3).contains(&unchoked(a)), "{}", unchoked(a));
+    assert!((2..=3).contains(&unchoked(b)), "{}", unchoked(b));
+}

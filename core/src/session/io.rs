@@ -104,6 +104,12 @@ pub enum Input<'a> {
     },
     /// Close every connection and announce `stopped`.
     Shutdown,
+    /// How many peers this torrent may unchoke now: its share of the process-wide upload slots
+    /// (the engine divides them among the torrents with peers to serve).
+    UploadSlots {
+        /// Regular (not optimistic) unchoke slots, at least 1.
+        slots: usize,
+    },
 }
 
 /// What the driver must do. Drain with [`Session::poll_action`](super::Session::poll_action) after every input.

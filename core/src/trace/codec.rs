@@ -50,6 +50,7 @@ pub(super) const IN_TCP_CLOSED: u8 = 0x13;
 pub(super) const IN_TCP_FAILED: u8 = 0x14;
 pub(super) const IN_RESOLVED: u8 = 0x15;
 pub(super) const IN_DATAGRAM: u8 = 0x16;
+pub(super) const IN_UPLOAD_SLOTS: u8 = 0x17;
 pub(super) const ACT_CONNECT: u8 = 0x20;
 pub(super) const ACT_SEND: u8 = 0x21;
 pub(super) const ACT_CLOSE: u8 = 0x22;
@@ -316,6 +317,7 @@ pub(super) fn encode_input<'a>(
             Input::PeersDiscovered { .. } => IN_PEERS,
             Input::SelectFiles { .. } => IN_SELECT_FILES,
             Input::Shutdown => IN_SHUTDOWN,
+            Input::UploadSlots { .. } => IN_UPLOAD_SLOTS,
         },
     };
     out.push(tag);
@@ -438,6 +440,10 @@ pub(super) fn encode_input<'a>(
         }
         Input::PeersDiscovered { addrs } => {
             put_addrs(out, addrs);
+            None
+        }
+        Input::UploadSlots { slots } => {
+            put_varint(out, *slots as u64);
             None
         }
         Input::SelectFiles { wanted } => {
@@ -1226,6 +1232,9 @@ impl<'a> Cursor<'a> {
                 return Ok((now, InputRecord::SelectFiles(wanted)));
             }
             IN_SHUTDOWN => Input::Shutdown,
+            IN_UPLOAD_SLOTS => Input::UploadSlots {
+                slots: self.usizev()?,
+            },
             _ => return Err(self.corrupt("unknown input record")),
         }));
         Ok((now, input))

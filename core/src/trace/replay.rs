@@ -548,6 +548,7 @@ impl fmt::Display for InputRecord<'_> {
                 wanted.len()
             ),
             Input::Shutdown => f.write_str("shutdown"),
+            Input::UploadSlots { slots } => write!(f, "{slots} upload slots"),
         }
     }
 }

@@ -32,6 +32,11 @@ pub struct Common {
     #[arg(long, default_value_t = 50)]
     pub max_peers: usize,
 
+    /// Peers we upload to at once, in all torrents together (shared among the torrents that
+    /// have peers to serve; each torrent also unchokes one peer optimistically).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub upload_slots: u64,
+
     /// Download limit in bytes per second (k, M and G suffixes: 500k, 2M).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub download_limit: Option<u64>,
@@ -203,6 +208,7 @@ fn options(
     let ip = common.bind.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     Ok(Options {
         max_peers: common.max_peers.max(1),
+        upload_slots: common.upload_slots as usize,
         pex: !common.no_pex,
         download_limit: common.download_limit,
         upload_limit: common.upload_limit,
