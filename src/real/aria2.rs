@@ -28,7 +28,7 @@ impl Aria2 {
         // with no --seed-time seeds forever.
         Aria2::start(
             "aria2-seeder",
-            torrent,
+            &file_arg(torrent),
             data_dir,
             tracker,
             &["--check-integrity=true", "--seed-ratio=0.0"],
@@ -41,12 +41,35 @@ impl Aria2 {
     /// aria2 uses UDP trackers only when DHT is on, so give it an HTTP tracker.
     pub fn download(torrent: &Torrent, dest: &Path, tracker: Option<&str>) -> Option<Aria2> {
         // --seed-time=0: exit once complete (after its one-second timer, so a few seconds late).
-        Aria2::start("aria2-leecher", torrent, dest, tracker, &["--seed-time=0"])
+        Aria2::start(
+            "aria2-leecher",
+            &file_arg(torrent),
+            dest,
+            tracker,
+            &["--seed-time=0"],
+        )
     }
 
+    /// Downloads the torrent of magnet link `uri`: first its metadata from peers (BEP 9), then its
+    /// data into `dest` (`dest/<name>`), and exits when complete (see [`Aria2::wait_done`]). With
+    /// DHT off it finds peers only through the URI's `tr=` trackers (HTTP ones: see
+    /// [`Aria2::download`]). It keeps the metadata in memory and writes no `.torrent`. `None`
+    /// (skip) when aria2c is missing outside CI.
+    pub fn download_magnet(uri: &str, dest: &Path) -> Option<Aria2> {
+        // --bt-metadata-only stays false (its default): the data is what the test wants.
+        Aria2::start(
+            "aria2-magnet",
+            uri,
+            dest,
+            None,
+            &["--seed-time=0", "--bt-save-metadata=false"],
+        )
+    }
+
+    /// Starts `aria2c` on `source`: a `.torrent` path or a magnet URI.
     fn start(
         name: &str,
-        torrent: &Torrent,
+        source: &str,
         dir_for_data: &Path,
         tracker: Option<&str>,
         extra: &[&str],
@@ -86,12 +109,7 @@ impl Aria2 {
             args.push(format!("--bt-tracker={url}"));
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        args.push(
-            std::path::absolute(&torrent.path)
-                .expect("absolute torrent path")
-                .to_string_lossy()
-                .into_owned(),
-        );
+        args.push(source.to_string());
         let mut process = RealProcess::spawn(name, &program, &args, dir.path());
         let listening = format!("listening on TCP port {port}");
         let ok = wait_for(START_TIMEOUT, || {
@@ -145,4 +163,12 @@ impl Aria2 {
                 .fail(&format!("did not finish the download within {timeout:?}")),
         }
     }
+}
+
+/// The absolute path of `torrent`'s file, as aria2's last argument.
+fn file_arg(torrent: &Torrent) -> String {
+    std::path::absolute(&torrent.path)
+        .expect("absolute torrent path")
+        .to_string_lossy()
+        .into_owned()
 }

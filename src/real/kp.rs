@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+use kp_torrent_core::id::InfoHash;
 use kp_torrent_core::metainfo::{TorrentSpec, hash_pieces};
 
 use super::{RealProcess, Torrent, content, free_port, wait_for};
@@ -36,6 +37,34 @@ impl KpTorrent {
     ) -> KpTorrent {
         let (torrent, dest) = (path_arg(torrent), path_arg(dest));
         let args = [&["download", &torrent, "-d", &dest][..], extra].concat();
+        KpTorrent::start(name, &args, log_dir)
+    }
+
+    /// Runs `kp-torrent download 'MAGNET' -d DEST` plus `extra`, listening on 127.0.0.1, and
+    /// waits until it listens: the metadata comes from peers (BEP 9), found through the URI's
+    /// `tr=` and `x.pe=` or `--peer` in `extra`. Once fetched, the torrent is kept as
+    /// [`saved_torrent_path`]. The log is `log_dir/<name>.log`.
+    pub fn download_magnet(
+        name: &str,
+        uri: &str,
+        dest: &Path,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> KpTorrent {
+        KpTorrent::download_all(name, &[uri], dest, extra, log_dir)
+    }
+
+    /// Runs `kp-torrent download SOURCE... -d DEST` plus `extra` (each source a `.torrent` path or
+    /// a magnet URI, all in one process), listening on 127.0.0.1, and waits until it listens.
+    pub fn download_all(
+        name: &str,
+        sources: &[&str],
+        dest: &Path,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> KpTorrent {
+        let dest = path_arg(dest);
+        let args = [&["download"][..], sources, &["-d", &dest][..], extra].concat();
         KpTorrent::start(name, &args, log_dir)
     }
 
@@ -222,6 +251,13 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     Some((number * scale as f64).round() as u64)
+}
+
+/// Where a download into `dest` keeps the torrent it fetched for a magnet link:
+/// `dest/.kp-torrent/<info-hash, 40 lowercase hex>.torrent`, beside the resume file.
+pub fn saved_torrent_path(dest: &Path, info_hash: &InfoHash) -> PathBuf {
+    dest.join(".kp-torrent")
+        .join(format!("{}.torrent", info_hash.to_hex()))
 }
 
 /// The built binary.

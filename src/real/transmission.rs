@@ -1,4 +1,5 @@
-//! Transmission 3.00 (`transmission-cli`) seeding or downloading one torrent on 127.0.0.1.
+//! Transmission 3.00 (`transmission-cli`, or `transmission-daemon` for a magnet link) seeding or
+//! downloading one torrent on 127.0.0.1.
 //!
 //! Transmission never dials a peer whose address is 127.x ("martian"), but accepts incoming
 //! connections: whatever it exchanges data with here must dial it, typically after reading its
@@ -6,13 +7,16 @@
 //! (`Opentracker::wait_for_swarm`) before starting the peer that dials it.
 //!
 //! `transmission-cli` was chosen over `transmission-daemon` + `transmission-remote`: it needs no RPC
-//! port, its status lines and a `-f` completion script are enough, and it was reliable here.
+//! port, its status lines and a `-f` completion script are enough, and it was reliable here. Not
+//! for magnet links, though (see [`Transmission::download_magnet`]).
 //!
 //! Its timers set the pace, not the link: it decides which peers it is interested in (as leecher)
 //! and which it unchokes (as seeder) every 10 s, so a transfer with it starts up to ~10 s after
 //! the connection. Budget ~15 s for a few MiB.
 
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::{RealProcess, Torrent, free_port, wait_for, work_dir};
@@ -34,7 +38,12 @@ impl Transmission {
     /// every piece. It announces to the torrent's own trackers ([`Torrent::with_announce`]).
     /// `None` (skip) when transmission-cli is missing outside CI.
     pub fn seed(torrent: &Torrent, data_dir: &Path) -> Option<Transmission> {
-        let mut t = Transmission::start("transmission-seeder", torrent, data_dir)?;
+        let torrent_path = std::path::absolute(&torrent.path).expect("absolute torrent path");
+        let mut t = Transmission::start(
+            "transmission-seeder",
+            &torrent_path.to_string_lossy(),
+            data_dir,
+        )?;
         // The -f script also runs when verification finds a complete torrent. (Its "Seeding"
         // status line is no use: stdout to a file is block-buffered and shows up ~10 s late.)
         t.wait_flag(START_TIMEOUT, "did not verify its data and start seeding");
@@ -44,14 +53,119 @@ impl Transmission {
     /// Downloads `torrent` into `dest` (and keeps seeding until killed); see
     /// [`Transmission::wait_done`]. `None` (skip) when transmission-cli is missing outside CI.
     pub fn download(torrent: &Torrent, dest: &Path) -> Option<Transmission> {
-        Transmission::start("transmission-leecher", torrent, dest)
+        let torrent_path = std::path::absolute(&torrent.path).expect("absolute torrent path");
+        Transmission::start(
+            "transmission-leecher",
+            &torrent_path.to_string_lossy(),
+            dest,
+        )
     }
 
-    fn start(name: &str, torrent: &Torrent, data_dir: &Path) -> Option<Transmission> {
+    /// Downloads the torrent of magnet link `uri` into `dest` (and keeps seeding until killed);
+    /// see [`Transmission::wait_done`]. The metadata comes from peers that offer `ut_metadata`;
+    /// with DHT and PEX off it finds them only through the URI's `tr=` trackers, and since it
+    /// never dials 127.x, they must dial it after reading its address from the tracker. `None`
+    /// (skip) when transmission-daemon or transmission-remote is missing outside CI.
+    ///
+    /// This runs `transmission-daemon` and adds the link with `transmission-remote`:
+    /// `transmission-cli` pauses a magnet torrent for a moment when its metadata arrives and
+    /// its main loop exits on seeing it stopped, so it never downloads the data.
+    pub fn download_magnet(uri: &str, dest: &Path) -> Option<Transmission> {
+        let daemon = require_tool("transmission-daemon")?;
+        let remote = require_tool("transmission-remote")?;
+        let name = "transmission-magnet";
+        let data_dir = std::path::absolute(dest).expect("absolute data dir");
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
+        for _attempt in 0..3 {
+            let dir = work_dir(name);
+            let config = dir.path().join("config");
+            std::fs::create_dir_all(&config).expect("create config dir");
+            let port = free_port();
+            let rpc_port = std::iter::repeat_with(free_port)
+                .take(10)
+                .find(|&p| p != port)
+                .expect("two different free ports");
+            let done_flag = dir.path().join("done");
+            let script = completion_script(dir.path(), &done_flag);
+            // The daemon's own -f: a script run when a torrent completes, and RPC on 127.0.0.1
+            // only, without authentication, for transmission-remote.
+            let daemon_only = format!(
+                r#"
+    "rpc-enabled": true,
+    "rpc-bind-address": "127.0.0.1",
+    "rpc-port": {rpc_port},
+    "rpc-authentication-required": false,
+    "rpc-whitelist-enabled": true,
+    "rpc-whitelist": "127.0.0.1",
+    "rpc-host-whitelist-enabled": false,
+    "download-dir": "{}",
+    "incomplete-dir-enabled": false,
+    "script-torrent-done-enabled": true,
+    "script-torrent-done-filename": "{}","#,
+                data_dir.display(),
+                script.display()
+            );
+            std::fs::write(
+                config.join("settings.json"),
+                settings(port).replace(r#""rpc-enabled": false,"#, daemon_only.trim_start()),
+            )
+            .expect("write settings");
+            let args: Vec<String> = vec![
+                // Foreground, logging to stderr (the log file).
+                "-f".into(),
+                "--log-info".into(),
+                "-g".into(),
+                config.to_string_lossy().into_owned(),
+                "-M".into(),
+                "-et".into(),
+            ];
+            let mut process = RealProcess::spawn(name, &daemon, &args, dir.path());
+            // The daemon logs its bind only at debug level: knock on the port instead.
+            let peer_addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let up = wait_for(START_TIMEOUT, || {
+                if process.log().contains("Couldn't bind") || process.exit_status().is_some() {
+                    Some(false)
+                } else {
+                    TcpStream::connect_timeout(&peer_addr, Duration::from_secs(1))
+                        .is_ok()
+                        .then_some(true)
+                }
+            });
+            match up {
+                Some(true) => {}
+                Some(false) => continue,
+                None => process.fail(&format!(
+                    "not listening on {peer_addr} within {START_TIMEOUT:?}"
+                )),
+            }
+            // The RPC server may come up a moment after the peer port.
+            let rpc = format!("127.0.0.1:{rpc_port}");
+            let mut last = String::new();
+            let added = wait_for(START_TIMEOUT, || {
+                let (ok, text) = run_bounded(&remote, &[&rpc, "-a", uri], dir.path());
+                last = text;
+                (ok && last.contains("success")).then_some(())
+            });
+            if added.is_none() {
+                process.fail(&format!(
+                    "transmission-remote {rpc} -a did not succeed within {START_TIMEOUT:?}: {last}"
+                ));
+            }
+            return Some(Transmission {
+                process,
+                port,
+                done_flag,
+                _dir: dir,
+            });
+        }
+        panic!("transmission-daemon could not bind a port in 3 tries");
+    }
+
+    /// Starts `transmission-cli` on `source`, a `.torrent` path.
+    fn start(name: &str, source: &str, data_dir: &Path) -> Option<Transmission> {
         let program = require_tool("transmission-cli")?;
         let data_dir = std::path::absolute(data_dir).expect("absolute data dir");
         std::fs::create_dir_all(&data_dir).expect("create data dir");
-        let torrent_path = std::path::absolute(&torrent.path).expect("absolute torrent path");
         for _attempt in 0..3 {
             let dir = work_dir(name);
             let config = dir.path().join("config");
@@ -59,14 +173,8 @@ impl Transmission {
             let port = free_port();
             std::fs::write(config.join("settings.json"), settings(port)).expect("write settings");
             let done_flag = dir.path().join("done");
-            let script = dir.path().join("on-done.sh");
             // -f runs this when the torrent completes (all pieces verified).
-            std::fs::write(
-                &script,
-                format!("#!/bin/sh\n: > '{}'\n", done_flag.display()),
-            )
-            .expect("write completion script");
-            set_executable(&script);
+            let script = completion_script(dir.path(), &done_flag);
             let args: Vec<String> = vec![
                 "-g".into(),
                 config.to_string_lossy().into_owned(),
@@ -79,7 +187,7 @@ impl Transmission {
                 "-et".into(),
                 "-f".into(),
                 script.to_string_lossy().into_owned(),
-                torrent_path.to_string_lossy().into_owned(),
+                source.to_string(),
             ];
             let mut process = RealProcess::spawn(name, &program, &args, dir.path());
             // It keeps running when the bind fails, so look for the log line (message-level 3).
@@ -178,6 +286,38 @@ fn settings(port: u16) -> String {
 }}
 "#
     )
+}
+
+/// Runs `program args` in `dir` for at most 10 s (killed after that) and returns whether it
+/// exited 0, with its stdout and stderr.
+fn run_bounded(program: &Path, args: &[&str], dir: &Path) -> (bool, String) {
+    let out = dir.join("command.out");
+    let file = std::fs::File::create(&out).expect("create command output");
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("clone command output"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+    let status = wait_for(Duration::from_secs(10), || {
+        child.try_wait().expect("try_wait")
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = String::from_utf8_lossy(&std::fs::read(&out).unwrap_or_default()).into_owned();
+    (status.is_some_and(|s| s.success()), text)
+}
+
+/// `dir/on-done.sh`, which creates `flag`: Transmission runs it when a torrent completes.
+fn completion_script(dir: &Path, flag: &Path) -> PathBuf {
+    let script = dir.join("on-done.sh");
+    std::fs::write(&script, format!("#!/bin/sh\n: > '{}'\n", flag.display()))
+        .expect("write completion script");
+    set_executable(&script);
+    script
 }
 
 fn set_executable(path: &Path) {
