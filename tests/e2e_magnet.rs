@@ -150,3 +150,62 @@ fn a_recorded_magnet_download_replays() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("no divergence"), "{text}");
 }
+
+/// `--files` with a magnet link applies once the metadata tells the files: a valid selection
+/// downloads only those files; an index the torrent lacks ends the run with one line.
+#[test]
+fn files_of_a_magnet_are_selected_once_its_metadata_arrived() {
+    let dir = TempDir::new("e2e-magnet-files");
+    let files = [
+        ("one.bin".to_string(), 200_000),
+        ("two.bin".to_string(), 300_000),
+    ];
+    let data = Dataset::multi(dir.path(), "pair", &files, 16 * 1024, 21);
+    let torrent = data.torrent.path.to_str().unwrap();
+    let source = data.source.to_str().unwrap();
+    let seeder = KpTorrent::start("seeder", &["seed", torrent, "-s", source], dir.path());
+    let uri = magnet(&data.torrent.info_hash, "");
+    let peer = seeder.addr();
+
+    let bad = dir.path().join("bad");
+    let args = [
+        "download",
+        &uri,
+        "-d",
+        bad.to_str().unwrap(),
+        "--peer",
+        &peer,
+        "--files",
+        "5",
+    ];
+    let mut run = KpTorrent::start("bad", &args, dir.path());
+    let status = run.wait_exit(DONE);
+    let log = run.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("--files: no file 5: the torrent has 2"),
+        "{log}"
+    );
+
+    let dest = dir.path().join("dest");
+    let args = [
+        "download",
+        &uri,
+        "-d",
+        dest.to_str().unwrap(),
+        "--peer",
+        &peer,
+        "--files",
+        "1",
+    ];
+    let mut run = KpTorrent::start("good", &args, dir.path());
+    run.wait_success(DONE);
+    let second = data.file_path(&dest, &["two.bin".to_string()]);
+    assert_eq!(std::fs::read(&second).unwrap(), data.files[1].1);
+    // The other file holds at most the pieces it shares with the selected one.
+    let (pieces, _) = data.verified_on_disk(&dest);
+    assert!(
+        pieces < data.spec.piece_hashes.len(),
+        "everything was fetched"
+    );
+}
