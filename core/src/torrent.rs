@@ -748,9 +748,13 @@ fn metainfo_of(info: &[u8]) -> Result<Torrent, String> {
     file.extend_from_slice(b"d4:info");
     file.extend_from_slice(info);
     file.push(b'e');
-    Metainfo::from_bytes(&file)
-        .map(|m| Torrent::from_metainfo(&m))
-        .map_err(|e| e.to_string())
+    let m = Metainfo::from_bytes(&file).map_err(|e| e.to_string())?;
+    // Bytes after the dictionary would be read as more keys of the file around it: the torrent
+    // would then be the dictionary alone, of another info-hash.
+    if m.info.raw != info {
+        return Err("bytes follow the info dictionary".into());
+    }
+    Ok(Torrent::from_metainfo(&m))
 }
 
 /// Addresses kept while checking, at most (the session bounds its own list later).

@@ -71,7 +71,14 @@ impl Session {
         for k in keys {
             if let Some(p) = self.peers.get_mut(k).and_then(|s| s.peer.as_mut()) {
                 p.set_piece_count(count, served);
-                if p.is_established() {
+                if p.is_established() && p.fast() {
+                    // It had our `have none` after the handshake; a second piece set would be
+                    // a protocol violation (and closes the connection), so haves follow.
+                    for piece in self.have.iter_ones() {
+                        p.send_have(now, piece);
+                    }
+                } else if p.is_established() {
+                    // Without the fast extension we sent nothing yet: a bitfield is still first.
                     p.send_piece_set(now, &self.have);
                 }
             }
