@@ -631,12 +631,20 @@ impl MetadataFetcher {
                 self.release(peer, piece);
             }
         }
-        if let Some(a) = &mut self.attempt
-            && a.source == Some(peer)
-        {
-            // Its pieces cannot be checked against anyone else's: start over.
-            a.source = None;
-            a.slots.fill(Slot::Missing);
+        if let Some(a) = &mut self.attempt {
+            if a.source == Some(peer) {
+                // Its pieces cannot be checked against anyone else's: start over.
+                a.source = None;
+                a.slots.fill(Slot::Missing);
+            } else {
+                // Its handle may come back as another connection, which must not answer for
+                // these bytes when they fail the hash.
+                for slot in &mut a.slots {
+                    if matches!(slot, Slot::Have(p, _) if *p == peer) {
+                        *slot = Slot::Missing;
+                    }
+                }
+            }
         }
     }
 
@@ -897,9 +905,17 @@ impl MetadataFetcher {
     }
 
     /// The size advertised by the most peers still in good standing; ties go to the smaller.
+    /// Peers backed off (they rejected or let requests time out) do not vote while others may
+    /// be asked, so silent peers agreeing on a wrong size cannot keep an honest one unasked.
     fn pick_size(&self) -> Option<u64> {
+        let now = self.now;
+        let any_ready = self.peers.values().any(|p| Self::is_ready(p, now));
         let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-        for p in self.peers.values().filter(|p| !p.banned) {
+        let voters = self
+            .peers
+            .values()
+            .filter(|p| !p.banned && (!any_ready || Self::is_ready(p, now)));
+        for p in voters {
             *votes.entry(p.size).or_default() += 1;
         }
         let best = votes.values().copied().max()?;

@@ -690,7 +690,7 @@ impl Peer {
     /// is checked against `count` now (a bitfield of the wrong length or a `have` out of range
     /// closes the connection) and reported as one [`PeerEvent::Bitfield`]. Does nothing when the
     /// count was already known.
-    pub fn set_piece_count(&mut self, count: u32, metadata_size: Option<u64>) {
+    pub fn set_piece_count(&mut self, now: Time, count: u32, metadata_size: Option<u64>) {
         let Some(raw) = self.raw.take() else {
             return;
         };
@@ -699,6 +699,9 @@ impl Peer {
         self.has = Bitfield::new(count);
         if self.state == PeerState::Closed {
             return;
+        }
+        if metadata_size.is_some() {
+            self.send_extended_handshake(now);
         }
         let said = raw.all || raw.bitfield.is_some() || raw.haves.iter().any(|&b| b != 0);
         if raw.all {
@@ -845,6 +848,14 @@ impl Peer {
         self.extended = h.supports_extended();
         self.remote_id = Some(h.peer_id);
         self.state = PeerState::Established;
+        self.send_extended_handshake(now);
+        self.events
+            .push_back(PeerEvent::Handshaked { peer_id: h.peer_id });
+    }
+
+    /// Our BEP 10 handshake: the extensions we offer and facts about us (again after a magnet
+    /// link's metadata arrived, so the peer learns we now serve it).
+    fn send_extended_handshake(&mut self, now: Time) {
         if self.extended {
             let mut m = std::collections::BTreeMap::new();
             if self.config.pex {
@@ -870,8 +881,6 @@ impl Peer {
                 },
             );
         }
-        self.events
-            .push_back(PeerEvent::Handshaked { peer_id: h.peer_id });
     }
 
     /// True when `index` names a piece; closes the connection when it is out of range. Before the

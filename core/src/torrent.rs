@@ -280,6 +280,8 @@ pub struct TorrentTask {
     completed_announced: bool,
     trackers_stopped: bool,
     shutting_down: bool,
+    /// A file selection given to a magnet link before its metadata: applied once it is known.
+    early_wanted: Option<Vec<bool>>,
 }
 
 impl TorrentTask {
@@ -308,6 +310,7 @@ impl TorrentTask {
             completed_announced: false,
             trackers_stopped: false,
             shutting_down: false,
+            early_wanted: None,
         };
         match start {
             StartState::Verified(have) => {
@@ -497,6 +500,11 @@ impl TorrentTask {
 
     fn on_session_input(&mut self, now: Time, input: Input<'_>) {
         match &mut self.phase {
+            // A magnet link has no files to select yet: keep the selection for later.
+            Phase::Running(swarm) if swarm.session.needs_metadata() => match input {
+                Input::SelectFiles { wanted } => self.early_wanted = Some(wanted.to_vec()),
+                other => swarm.feed(now, other),
+            },
             Phase::Running(swarm) => swarm.feed(now, input),
             Phase::Checking(c) => match input {
                 Input::PieceHashed { piece, digest } => {
@@ -656,7 +664,7 @@ impl TorrentTask {
             total: 0,
             started: false,
             peers: Vec::new(),
-            wanted: None,
+            wanted: self.early_wanted.take(),
             swarm: Some(swarm),
         }));
         self.events
@@ -748,9 +756,13 @@ fn metainfo_of(info: &[u8]) -> Result<Torrent, String> {
     file.extend_from_slice(b"d4:info");
     file.extend_from_slice(info);
     file.push(b'e');
-    Metainfo::from_bytes(&file)
-        .map(|m| Torrent::from_metainfo(&m))
-        .map_err(|e| e.to_string())
+    let m = Metainfo::from_bytes(&file).map_err(|e| e.to_string())?;
+    // Bytes after the dictionary would be read as more keys of the file around it: the torrent
+    // would then be the dictionary alone, of another info-hash.
+    if m.info.raw != info {
+        return Err("bytes follow the info dictionary".into());
+    }
+    Ok(Torrent::from_metainfo(&m))
 }
 
 /// Addresses kept while checking, at most (the session bounds its own list later).

@@ -660,3 +660,25 @@ fn a_convicted_peer_stays_convicted_whatever_it_advertises_next() {
     f.handle_peer(T0, p(1), 100).unwrap();
     assert_eq!(actions(&mut f), vec![(p(1), 0)]);
 }
+
+#[test]
+fn silent_peers_agreeing_on_a_size_cannot_keep_an_honest_peer_unasked() {
+    let info = info_of_len(20_000);
+    let mut f = fetcher(&info, FetcherConfig::default());
+    // Two peers that advertise another size and never answer, then the honest one.
+    f.handle_peer(T0, p(1), 50_000).unwrap();
+    f.handle_peer(T0, p(2), 50_000).unwrap();
+    f.handle_peer(T0, p(3), info.len() as u64).unwrap();
+    let first = actions(&mut f);
+    assert!(first.iter().all(|&(peer, _)| peer != p(3)), "{first:?}");
+    // Their requests time out: the honest peer is asked and the metadata completes.
+    let later = T0 + Duration::from_secs(21);
+    f.handle_timeout(later);
+    let asked = drive(&mut f, later, |f, peer, piece| {
+        if peer == p(3) {
+            answer(f, later, peer, &info, piece);
+        }
+    });
+    assert!(asked.iter().any(|&(peer, _)| peer == p(3)), "{asked:?}");
+    assert_eq!(completed(&events(&mut f)), Some(info.as_slice()));
+}

@@ -997,3 +997,306 @@ fn nothing_goes_out_before_the_handshake_or_after_close() {
     assert!(!p.send_block(t(1), 0, 0, &[0; 16384]));
     assert!(p.take_output().is_empty());
 }
+
+// ---- magnet links: no piece count before the metadata ----
+
+/// A peer of a magnet link's swarm (no piece count yet), handshakes done, output drained.
+fn magnet_peer(fast: bool) -> Peer {
+    let mut p = Peer::new(
+        PeerConfig {
+            piece_count: None,
+            ..config()
+        },
+        true,
+        t(0),
+    );
+    p.handle_bytes(t(0), &handshake(INFO, THEM, fast, true));
+    assert!(p.is_established());
+    events(&mut p);
+    p.take_output();
+    p
+}
+
+/// Our extended handshake, decoded from what a peer with `config` sends after the handshakes.
+fn our_extended_handshake(config: PeerConfig) -> ExtendedHandshake {
+    let mut p = Peer::new(config, false, t(0));
+    p.handle_bytes(t(0), &handshake(INFO, THEM, false, true));
+    let out = p.take_output();
+    let (m, _) = wire::decode(&out[Handshake::LEN..], 1 << 20)
+        .unwrap()
+        .unwrap();
+    let Message::Extended { id: 0, payload } = m else {
+        panic!("expected the extended handshake, got {m:?}");
+    };
+    ExtendedHandshake::decode(payload).unwrap()
+}
+
+/// The peer's extended handshake offering `ut_metadata` under `id` with `size`.
+fn metadata_offer(id: u8, size: Option<u64>) -> Vec<u8> {
+    let mut ext = ExtendedHandshake::default();
+    ext.m.insert(crate::metadata::EXTENSION_NAME.into(), id);
+    ext.metadata_size = size;
+    msg(Message::Extended {
+        id: 0,
+        payload: &ext.encode(),
+    })
+}
+
+#[test]
+fn pieces_said_before_the_metadata_are_kept_and_reported_once_the_count_is_known() {
+    // A bitfield, a have and a late bitfield (aria2): nothing can be checked yet, nothing is
+    // reported, the connection stays open.
+    let mut p = magnet_peer(true);
+    let bytes = [
+        msg(Message::Bitfield(&[0xa0, 0x40])),
+        msg(Message::Have(3)),
+        msg(Message::Bitfield(&[0x00, 0x80])),
+    ]
+    .concat();
+    p.handle_bytes(t(1), &bytes);
+    assert_eq!(events(&mut p), []);
+    assert!(p.is_established());
+    assert_eq!(p.piece_count(), None);
+    assert_eq!(p.has().count(), 0);
+    p.set_piece_count(t(1), PIECES, None);
+    assert_eq!(p.piece_count(), Some(PIECES));
+    assert_eq!(events(&mut p), [PeerEvent::Bitfield]);
+    // The first bitfield (0, 2, 9), the have (3) and the late bitfield (8) merged.
+    assert_eq!(p.has().iter_ones().collect::<Vec<_>>(), [0, 2, 3, 8, 9]);
+    // From now on pieces are reported as usual, and a second call does nothing.
+    p.handle_bytes(t(2), &msg(Message::Have(5)));
+    assert_eq!(events(&mut p), [PeerEvent::Have(5)]);
+    p.set_piece_count(t(1), PIECES + 5, None);
+    assert_eq!(events(&mut p), []);
+    assert_eq!(p.has().len(), PIECES);
+
+    // Haves alone.
+    let mut p = magnet_peer(false);
+    p.handle_bytes(
+        t(1),
+        &[msg(Message::Have(7)), msg(Message::Have(1))].concat(),
+    );
+    assert_eq!(events(&mut p), []);
+    p.set_piece_count(t(1), PIECES, None);
+    assert_eq!(events(&mut p), [PeerEvent::Bitfield]);
+    assert_eq!(p.has().iter_ones().collect::<Vec<_>>(), [1, 7]);
+
+    // Have all, then a have: a seed.
+    let mut p = magnet_peer(true);
+    p.handle_bytes(
+        t(1),
+        &[msg(Message::HaveAll), msg(Message::Have(4))].concat(),
+    );
+    assert_eq!(events(&mut p), []);
+    p.set_piece_count(t(1), PIECES, None);
+    assert_eq!(events(&mut p), [PeerEvent::Bitfield]);
+    assert!(p.has().is_full());
+
+    // Have none: nothing to report, nothing kept.
+    let mut p = magnet_peer(true);
+    p.handle_bytes(t(1), &msg(Message::HaveNone));
+    assert_eq!(events(&mut p), []);
+    p.set_piece_count(t(1), PIECES, None);
+    assert!(p.is_established());
+    assert_eq!(p.has().count(), 0);
+    assert_eq!(p.has().len(), PIECES);
+}
+
+#[test]
+fn pieces_that_do_not_fit_the_count_close_the_connection_once_it_is_known() {
+    // A bitfield of the wrong length is only wrong once the count is known.
+    let mut p = magnet_peer(false);
+    p.handle_bytes(t(1), &msg(Message::Bitfield(&[0xff])));
+    assert_eq!(events(&mut p), []);
+    assert!(p.is_established());
+    p.set_piece_count(t(1), PIECES, None);
+    assert_eq!(
+        closed_reason(&events(&mut p)).as_deref(),
+        Some("bitfield length 1, expected 2")
+    );
+    assert!(!p.is_established());
+
+    // So is a have past the last piece.
+    let mut p = magnet_peer(true);
+    p.handle_bytes(
+        t(1),
+        &[msg(Message::Have(2)), msg(Message::Have(12))].concat(),
+    );
+    assert_eq!(events(&mut p), []);
+    p.set_piece_count(t(1), PIECES, None);
+    assert_eq!(
+        closed_reason(&events(&mut p)).as_deref(),
+        Some("have for piece 12, torrent has 10")
+    );
+
+    // A late bitfield longer than the torrent counts as haves past the end.
+    let mut p = magnet_peer(false);
+    p.handle_bytes(
+        t(1),
+        &[msg(Message::Have(0)), msg(Message::Bitfield(&[0, 0, 0x80]))].concat(),
+    );
+    p.set_piece_count(t(1), PIECES, None);
+    assert_eq!(
+        closed_reason(&events(&mut p)).as_deref(),
+        Some("have for piece 16, torrent has 10")
+    );
+
+    // A have no torrent we accept could hold closes at once.
+    let mut p = magnet_peer(false);
+    p.handle_bytes(t(1), &msg(Message::Have(u32::MAX)));
+    let reason = closed_reason(&events(&mut p)).expect("closed");
+    assert!(reason.contains("more than any torrent"), "{reason}");
+}
+
+#[test]
+fn requests_before_the_metadata_are_rejected_and_not_reported() {
+    let r = req(0, 0);
+    // With the fast extension: an explicit reject.
+    let mut p = magnet_peer(true);
+    p.set_choking(t(0), false);
+    p.take_output();
+    p.handle_bytes(t(1), &msg(Message::Request(r)));
+    assert_eq!(events(&mut p), []);
+    assert_eq!(sent(&mut p), ["reject request"]);
+    assert!(p.serve_queue().is_empty());
+    assert!(p.is_established());
+    // Without: silence.
+    let mut p = magnet_peer(false);
+    p.handle_bytes(t(1), &msg(Message::Request(r)));
+    assert_eq!(events(&mut p), []);
+    assert!(sent(&mut p).is_empty());
+    assert!(p.is_established());
+    // Once the count is known the same request reaches the session.
+    p.set_piece_count(t(1), PIECES, None);
+    events(&mut p);
+    p.handle_bytes(t(2), &msg(Message::Request(r)));
+    assert_eq!(events(&mut p), [PeerEvent::Request(r)]);
+}
+
+#[test]
+fn our_extended_handshake_offers_ut_metadata_when_we_need_or_serve_it() {
+    let name = crate::metadata::EXTENSION_NAME;
+    // Fetching: offered, without a size.
+    let ext = our_extended_handshake(PeerConfig {
+        piece_count: None,
+        metadata_size: None,
+        ..config()
+    });
+    assert_eq!(ext.m.get(name), Some(&OUR_METADATA_ID));
+    assert_eq!(OUR_METADATA_ID, 2);
+    assert_eq!(ext.metadata_size, None);
+    // Serving: offered, with the size.
+    let ext = our_extended_handshake(PeerConfig {
+        metadata_size: Some(40_000),
+        ..config()
+    });
+    assert_eq!(ext.m.get(name), Some(&OUR_METADATA_ID));
+    assert_eq!(ext.metadata_size, Some(40_000));
+    // Neither (a private torrent, a torrent built without its info dictionary): not offered.
+    let ext = our_extended_handshake(config());
+    assert_eq!(ext.m.get(name), None);
+    assert_eq!(ext.metadata_size, None);
+}
+
+#[test]
+fn metadata_messages_are_reported_only_under_our_id_and_only_when_offered() {
+    let payload = b"d8:msg_typei0e5:piecei0ee";
+    let under = |id: u8| {
+        msg(Message::Extended {
+            id,
+            payload: payload.as_slice(),
+        })
+    };
+    // Offered (fetching): id 2 is ut_metadata; other ids are not.
+    let mut p = magnet_peer(false);
+    p.handle_bytes(t(1), &[under(1), under(3), under(2)].concat());
+    assert_eq!(events(&mut p), [PeerEvent::Metadata(payload.to_vec())]);
+    // Offered (serving).
+    let mut p = Peer::new(
+        PeerConfig {
+            metadata_size: Some(100),
+            ..config()
+        },
+        true,
+        t(0),
+    );
+    p.handle_bytes(t(0), &handshake(INFO, THEM, false, true));
+    events(&mut p);
+    p.handle_bytes(t(1), &under(2));
+    assert_eq!(events(&mut p), [PeerEvent::Metadata(payload.to_vec())]);
+    // Not offered: ignored.
+    let mut p = established(false, true);
+    p.handle_bytes(t(1), &under(2));
+    assert_eq!(events(&mut p), []);
+    assert!(p.is_established());
+    // Offered while fetching, withdrawn by a count that comes without anything to serve.
+    let mut p = magnet_peer(false);
+    p.set_piece_count(t(1), PIECES, None);
+    events(&mut p);
+    p.handle_bytes(t(1), &under(2));
+    assert_eq!(events(&mut p), []);
+}
+
+#[test]
+fn send_metadata_uses_the_id_the_peer_gave() {
+    let payload = b"d8:msg_typei2e5:piecei1ee";
+    let mut p = magnet_peer(false);
+    p.handle_bytes(t(1), &metadata_offer(7, Some(31_000)));
+    assert_eq!(events(&mut p), [PeerEvent::ExtendedHandshake]);
+    assert_eq!(p.remote_metadata_id(), Some(7));
+    assert_eq!(p.remote_metadata_size(), Some(31_000));
+    p.send_metadata(t(1), payload);
+    let out = p.take_output();
+    let (m, used) = wire::decode(&out, 1 << 20).unwrap().unwrap();
+    assert_eq!(used, out.len());
+    assert_eq!(
+        m,
+        Message::Extended {
+            id: 7,
+            payload: payload.as_slice()
+        }
+    );
+    // A later handshake moves it, or turns it off (id 0): then nothing goes out.
+    p.handle_bytes(t(2), &metadata_offer(9, None));
+    events(&mut p);
+    assert_eq!(p.remote_metadata_size(), None);
+    p.send_metadata(t(2), payload);
+    let out = p.take_output();
+    assert!(matches!(
+        wire::decode(&out, 1 << 20),
+        Ok(Some((Message::Extended { id: 9, .. }, _)))
+    ));
+    p.handle_bytes(t(3), &metadata_offer(0, None));
+    events(&mut p);
+    assert_eq!(p.remote_metadata_id(), None);
+    p.send_metadata(t(3), payload);
+    assert!(p.take_output().is_empty());
+    // A peer that never offered it gets nothing.
+    let mut p = magnet_peer(false);
+    p.send_metadata(t(1), payload);
+    assert!(p.take_output().is_empty());
+    // Nor does one that offered it when we neither need nor serve it.
+    let mut p = established(false, true);
+    p.handle_bytes(t(1), &metadata_offer(7, Some(31_000)));
+    assert_eq!(p.remote_metadata_id(), None);
+    p.send_metadata(t(1), payload);
+    assert!(p.take_output().is_empty());
+}
+
+#[test]
+fn once_the_metadata_arrived_the_peer_hears_we_serve_it() {
+    let mut p = magnet_peer(true);
+    p.set_piece_count(t(1), PIECES, Some(3000));
+    let out = p.take_output();
+    let (m, _) = wire::decode(&out, 1 << 20).unwrap().unwrap();
+    let Message::Extended { id: 0, payload } = m else {
+        panic!("expected a new extended handshake, got {m:?}");
+    };
+    let ext = ExtendedHandshake::decode(payload).unwrap();
+    assert_eq!(ext.metadata_size, Some(3000));
+    assert_eq!(ext.m.get("ut_metadata"), Some(&OUR_METADATA_ID));
+    // Without anything to serve (a private torrent) nothing is sent again.
+    let mut q = magnet_peer(true);
+    q.set_piece_count(t(1), PIECES, None);
+    assert!(q.take_output().is_empty());
+}

@@ -70,7 +70,7 @@ impl Session {
         let keys: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();
         for k in keys {
             if let Some(p) = self.peers.get_mut(k).and_then(|s| s.peer.as_mut()) {
-                p.set_piece_count(count, served);
+                p.set_piece_count(now, count, served);
                 // The peer heard at the handshake that we had nothing; a piece set cannot be
                 // sent twice, so pieces found on disk go out as `have`s.
                 for i in self.have.iter_ones() {

@@ -1254,3 +1254,7 @@ fn private_torrents_and_no_pex_never_exchange_peers() {
         assert!(!acts.iter().any(|x| matches!(x, Action::Connect { .. })));
     }
 }
+
+// Magnet links (BEP 9 metadata) have their own file; `path` because this file is not a `mod.rs`.
+#[path = "magnet_tests.rs"]
+mod magnet_tests;

@@ -70,7 +70,6 @@ pub(super) const EV_COMPLETE: u8 = 0x44;
 pub(super) const EV_BANNED: u8 = 0x45;
 pub(super) const EV_ERROR: u8 = 0x46;
 pub(super) const EV_OTHER: u8 = 0x47;
-pub(super) const EV_METADATA: u8 = 0x48;
 pub(super) const END: u8 = 0xff;
 
 // ---- writing ----
@@ -674,10 +673,17 @@ impl ActionPrint {
 }
 
 impl EventPrint {
-    /// The record of an event, as a trace stores it: swarm events whole (they carry no
-    /// payloads), the others as their text.
+    /// The record of an event, as a trace stores it: swarm events whole, except fetched metadata
+    /// (its size and SHA-1: the bytes are in the inputs that carried them), and the others as
+    /// their text.
     pub fn of(event: &TorrentEvent) -> EventPrint {
         match event {
+            TorrentEvent::Session(Event::MetadataReceived { info })
+            | TorrentEvent::MetadataReceived { info } => EventPrint::Other(format!(
+                "metadata received ({} bytes, SHA-1 {})",
+                info.len(),
+                crate::id::InfoHash::of(info).to_hex()
+            )),
             TorrentEvent::Session(e) => EventPrint::Session(e.clone()),
             other => EventPrint::Other(other.to_string()),
         }
@@ -727,9 +733,13 @@ impl EventPrint {
                 out.push(EV_ERROR);
                 put_bytes(out, message.as_bytes());
             }
+            // `EventPrint::of` never keeps these whole; written as text all the same.
             Event::MetadataReceived { info } => {
-                out.push(EV_METADATA);
-                put_bytes(out, info);
+                out.push(EV_OTHER);
+                put_bytes(
+                    out,
+                    format!("metadata received ({} bytes)", info.len()).as_bytes(),
+                );
             }
         }
     }
@@ -1007,7 +1017,7 @@ impl<'a> Cursor<'a> {
             2 => StartState::Magnet,
             _ => return Err(self.corrupt("unknown start state")),
         };
-        if unknown != (start_state == StartState::Magnet) {
+        if unknown && start_state != StartState::Magnet {
             return Err(self.corrupt("only a magnet link starts without its torrent"));
         }
         let start = self.time(Time::ZERO)?;
@@ -1326,9 +1336,6 @@ impl<'a> Cursor<'a> {
             },
             EV_ERROR => Event::Error {
                 message: self.string()?,
-            },
-            EV_METADATA => Event::MetadataReceived {
-                info: self.payload()?.to_vec(),
             },
             _ => return Err(self.corrupt("unknown event record")),
         }))

@@ -434,3 +434,190 @@ fn tracker_exchanges_replay_and_a_changed_reply_diverges() {
         .expect("a changed reply diverges");
     assert!(d.input_desc.contains("tracker connection"), "{d}");
 }
+
+/// Records a magnet task that fetches the metadata from one hand-driven peer (which has every
+/// piece), checks (nothing on disk) and starts downloading. Returns the trace and the metadata.
+///
+/// The task is given `Torrent::unknown` as its documentation asks when `unknown`; otherwise the
+/// same with a piece length, which the task never reads before the metadata arrives (see
+/// [`a_magnet_trace_as_the_driver_records_it_decodes`] for why both exist).
+fn record_magnet(unknown: bool) -> (Vec<u8>, Vec<u8>) {
+    use crate::metadata::{self, MetadataMessage};
+    use crate::wire::{ExtendedHandshake, Handshake, Message};
+    let content: Vec<u8> = (0..65536u32).map(|i| (i * 11 % 241) as u8).collect();
+    let spec = crate::metainfo::TorrentSpec {
+        name: "m.bin".into(),
+        piece_length: 16384,
+        files: vec![(Vec::new(), content.len() as u64)],
+        piece_hashes: hash_pieces(&content, 16384),
+        ..Default::default()
+    };
+    let info = spec.info_bytes();
+    let info_hash = InfoHash::of(&info);
+    let torrent = if unknown {
+        Torrent::unknown(info_hash)
+    } else {
+        Torrent {
+            piece_length: 16384,
+            ..Torrent::unknown(info_hash)
+        }
+    };
+    let mut r = Recorder::new(
+        Vec::new(),
+        task_config(11),
+        torrent,
+        StartState::Magnet,
+        Time::ZERO,
+    );
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 6881);
+    r.handle_input(
+        Time::from_millis(1),
+        S(Input::PeersDiscovered { addrs: &[addr] }),
+    );
+    let peer = std::iter::from_fn(|| r.poll_action())
+        .find_map(|a| match a {
+            TorrentAction::Session(Action::Connect { peer, .. }) => Some(peer),
+            _ => None,
+        })
+        .expect("the peer is dialled");
+    r.handle_input(Time::from_millis(2), S(Input::Connected { peer }));
+    let mut hello = Vec::new();
+    Handshake::new(info_hash, crate::id::PeerId([4; 20])).encode(&mut hello);
+    let ext = ExtendedHandshake {
+        m: [(metadata::EXTENSION_NAME.to_owned(), 3u8)].into(),
+        metadata_size: Some(info.len() as u64),
+        ..Default::default()
+    };
+    Message::Extended {
+        id: 0,
+        payload: &ext.encode(),
+    }
+    .encode(&mut hello);
+    Message::HaveAll.encode(&mut hello);
+    r.handle_input(
+        Time::from_millis(3),
+        S(Input::Received {
+            peer,
+            bytes: &hello,
+        }),
+    );
+    let mut now = Time::from_millis(3);
+    let mut fetched = false;
+    for _ in 0..20 {
+        let mut answers = Vec::new();
+        while let Some(a) = r.poll_action() {
+            let TorrentAction::Session(Action::Send { bytes, .. }) = a else {
+                continue;
+            };
+            let mut rest = &bytes[..];
+            if Handshake::decode(rest).is_ok_and(|h| h.is_some()) {
+                rest = &rest[Handshake::LEN..];
+            }
+            while let Ok(Some((m, used))) = crate::wire::decode(rest, 1 << 20) {
+                if let Message::Extended { id: 3, payload } = m
+                    && let Ok(MetadataMessage::Request { piece }) = MetadataMessage::decode(payload)
+                {
+                    let mut out = Vec::new();
+                    Message::Extended {
+                        id: crate::peer::OUR_METADATA_ID,
+                        payload: &metadata::serve(&info, piece).encode(),
+                    }
+                    .encode(&mut out);
+                    answers.push(out);
+                }
+                rest = &rest[used..];
+            }
+        }
+        while let Some(e) = r.poll_event() {
+            fetched |= matches!(e, TorrentEvent::MetadataReceived { .. });
+        }
+        if answers.is_empty() {
+            break;
+        }
+        for bytes in answers {
+            now += Duration::from_millis(1);
+            r.handle_input(
+                now,
+                S(Input::Received {
+                    peer,
+                    bytes: &bytes,
+                }),
+            );
+        }
+    }
+    assert!(fetched, "the metadata arrived");
+    assert!(!r.task().fetching_metadata());
+    r.handle_input(
+        now,
+        TorrentInput::Start {
+            files: &[None],
+            resume: None,
+        },
+    );
+    assert!(r.task().session().is_some_and(|s| !s.needs_metadata()));
+    // The peer unchokes us: the download starts on the connection of the fetch.
+    let mut unchoke = Vec::new();
+    Message::Unchoke.encode(&mut unchoke);
+    r.handle_input(
+        now + Duration::from_millis(1),
+        S(Input::Received {
+            peer,
+            bytes: &unchoke,
+        }),
+    );
+    let requested = std::iter::from_fn(|| r.poll_action())
+        .any(|a| matches!(a, TorrentAction::Session(Action::Send { .. })));
+    assert!(requested);
+    let (_, out) = r.finish();
+    (out.expect("writing to a Vec cannot fail"), info)
+}
+
+#[test]
+fn a_recorded_magnet_fetch_replays_and_a_changed_metadata_byte_diverges() {
+    let (trace, info) = record_magnet(false);
+    let header = TraceReader::new(&trace).unwrap().header().clone();
+    assert_eq!(header.start_state, StartState::Magnet);
+    assert!(header.torrent.metadata.is_empty() && header.torrent.piece_hashes.is_empty());
+    let report = replay(&trace).expect("trace decodes");
+    assert_eq!(report.divergence, None, "{report}");
+    assert!(report.finished && report.events > 0);
+
+    // The input that carried the metadata: the first place its bytes appear in the trace.
+    let window = &info[info.len() - 40..];
+    let at = trace
+        .windows(window.len())
+        .position(|w| w == window)
+        .expect("the metadata is in the trace");
+    let mut reader = TraceReader::new(&trace).unwrap();
+    let mut carrier = None;
+    while let Some(rec) = reader.next_record().unwrap() {
+        if let TraceRecord::Input { offset, index, .. } = rec {
+            if offset as usize > at {
+                break;
+            }
+            carrier = Some(index);
+        }
+    }
+    let carrier = carrier.expect("an input holds the metadata");
+    let mut bad = trace.clone();
+    bad[at + 7] ^= 1;
+    let report = replay(&bad).expect("a changed payload byte still decodes");
+    let d = report
+        .divergence
+        .expect("changed metadata must make the replay diverge");
+    assert_eq!(d.input, Some(carrier), "{d}");
+}
+
+/// `Torrent::unknown` has a piece length of 0, which the trace header decoder refuses ("piece
+/// length out of range"), so no magnet trace recorded as documented can be replayed. The fix
+/// belongs in `trace/codec.rs` (accept a torrent with no length and no pieces), outside this
+/// change; run with `--ignored` once it is in.
+#[test]
+fn a_magnet_trace_as_the_driver_records_it_decodes() {
+    let (trace, _) = record_magnet(true);
+    let reader = TraceReader::new(&trace).expect("the header decodes");
+    assert_eq!(reader.header().start_state, StartState::Magnet);
+    let report = replay(&trace).expect("trace decodes");
+    assert_eq!(report.divergence, None, "{report}");
+    assert!(report.finished);
+}
