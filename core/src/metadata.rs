@@ -405,6 +405,9 @@ struct PeerState {
     backoff_until: Option<Time>,
     /// Outstanding requests: piece and deadline.
     in_flight: Vec<(u32, Time)>,
+    /// Requests it rejected or let time out: peers with fewer are asked first, so a few slow
+    /// peers taking turns cannot keep a willing one from ever being asked.
+    strikes: u32,
 }
 
 /// Where one piece of the current attempt stands.
@@ -588,6 +591,7 @@ impl MetadataFetcher {
             });
             if p.in_flight.len() != before {
                 p.backoff_until = Some(now + backoff);
+                p.strikes = p.strikes.saturating_add(1);
             }
         }
         for (handle, piece) in freed {
@@ -697,6 +701,7 @@ impl MetadataFetcher {
         p.in_flight.retain(|&(q, _)| q != piece);
         if p.in_flight.len() != before {
             p.backoff_until = Some(backoff_until);
+            p.strikes = p.strikes.saturating_add(1);
             self.release(peer, piece);
         }
     }
@@ -882,10 +887,17 @@ impl MetadataFetcher {
         }
         let deadline = now + self.config.request_timeout;
         let max = self.config.max_in_flight_per_peer;
-        for (&handle, p) in &mut self.peers {
-            if p.size != a.size || !Self::is_ready(p, now) {
+        let mut order: Vec<(u32, PeerHandle)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.size == a.size && Self::is_ready(p, now))
+            .map(|(&h, p)| (p.strikes, h))
+            .collect();
+        order.sort_unstable();
+        for (_, handle) in order {
+            let Some(p) = self.peers.get_mut(&handle) else {
                 continue;
-            }
+            };
             if self.one_source && a.source != Some(handle) {
                 continue;
             }
@@ -933,6 +945,7 @@ impl PeerState {
             banned,
             backoff_until: None,
             in_flight: Vec::new(),
+            strikes: 0,
         }
     }
 }

@@ -682,3 +682,52 @@ fn silent_peers_agreeing_on_a_size_cannot_keep_an_honest_peer_unasked() {
     assert!(asked.iter().any(|&(peer, _)| peer == p(3)), "{asked:?}");
     assert_eq!(completed(&events(&mut f)), Some(info.as_slice()));
 }
+
+#[test]
+fn slow_peers_taking_turns_cannot_keep_a_willing_peer_unasked() {
+    // One piece; silent peers (0, 4, 5), a liar (1), a size changer (2), a rejecter (3), and the
+    // honest peer last in handle order (6).
+    let info = info_of_len(1);
+    let mut f = fetcher(&info, FetcherConfig::default());
+    for i in 0..7 {
+        f.handle_peer(T0, p(i), 1).unwrap();
+    }
+    let mut now = T0;
+    let mut done = false;
+    for _ in 0..60 {
+        for (peer, piece) in actions(&mut f) {
+            match peer.0 {
+                0 | 4 | 5 => {}
+                1 => {
+                    let mut d = info.clone();
+                    d[0] ^= 1;
+                    let lie = MetadataMessage::Data {
+                        piece,
+                        total_size: 1,
+                        data: &d,
+                    };
+                    f.handle_message(now, peer, &lie);
+                }
+                2 => {
+                    let other = MetadataMessage::Data {
+                        piece,
+                        total_size: 2,
+                        data: &info,
+                    };
+                    f.handle_message(now, peer, &other);
+                }
+                3 => f.handle_message(now, peer, &MetadataMessage::Reject { piece }),
+                _ => answer(&mut f, now, peer, &info, piece),
+            }
+        }
+        if completed(&events(&mut f)) == Some(info.as_slice()) {
+            done = true;
+            break;
+        }
+        now = now + Duration::from_secs(5);
+        if f.poll_timeout().is_some_and(|t| t <= now) {
+            f.handle_timeout(now);
+        }
+    }
+    assert!(done, "the honest peer was never asked within 5 minutes");
+}
