@@ -724,7 +724,7 @@ fn slow_peers_taking_turns_cannot_keep_a_willing_peer_unasked() {
             done = true;
             break;
         }
-        now = now + Duration::from_secs(5);
+        now += Duration::from_secs(5);
         if f.poll_timeout().is_some_and(|t| t <= now) {
             f.handle_timeout(now);
         }
