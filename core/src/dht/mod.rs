@@ -1,0 +1,13 @@
+//! The DHT (BEP 5, with BEP 32 for IPv6): pure, sans-IO building blocks of a DHT node.
+//!
+//! - [`krpc`]: the KRPC message codec (queries, responses, errors), bounded and tolerant.
+//! - [`node_id`]: 160-bit ids, the XOR metric, ranges of ids.
+//!
+//! Nothing here reads a clock or draws from a global RNG: time is an argument, randomness comes
+//! from seeds or RNGs the caller passes.
+
+pub mod krpc;
+pub mod node_id;
+
+#[cfg(test)]
+mod tests;
