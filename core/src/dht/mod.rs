@@ -2,12 +2,14 @@
 //!
 //! - [`krpc`]: the KRPC message codec (queries, responses, errors), bounded and tolerant.
 //! - [`node_id`]: 160-bit ids, the XOR metric, ranges of ids.
+//! - [`table`]: the routing table of k-buckets, with liveness, replacement caches and refresh.
 //!
 //! Nothing here reads a clock or draws from a global RNG: time is an argument, randomness comes
 //! from seeds or RNGs the caller passes.
 
 pub mod krpc;
 pub mod node_id;
+pub mod table;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use quickcheck::{Arbitrary, Gen};
 use super::node_id::NodeId;
 
 mod krpc;
+mod table;
 
 /// A quickcheck runner with a fixed seed and case count, so failures reproduce.
 fn qc(seed: u64, tests: u64) -> quickcheck::QuickCheck {
