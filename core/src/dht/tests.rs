@@ -7,6 +7,7 @@ use quickcheck::{Arbitrary, Gen};
 use super::node_id::NodeId;
 
 mod krpc;
+mod store;
 mod table;
 
 /// A quickcheck runner with a fixed seed and case count, so failures reproduce.
