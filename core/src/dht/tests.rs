@@ -7,6 +7,7 @@ use quickcheck::{Arbitrary, Gen};
 use super::node_id::NodeId;
 
 mod krpc;
+mod lookup;
 mod store;
 mod table;
 
