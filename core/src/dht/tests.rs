@@ -8,6 +8,7 @@ use super::node_id::NodeId;
 
 mod krpc;
 mod lookup;
+mod node;
 mod store;
 mod table;
 

@@ -319,7 +319,7 @@ fn dht_bounds_on_length_tid_and_nesting() {
 }
 
 #[derive(Clone, Debug)]
-struct AnyMessage(Message);
+pub(super) struct AnyMessage(pub(super) Message);
 
 fn arb_bytes(g: &mut Gen, max: usize) -> Vec<u8> {
     let len = usize::arbitrary(g) % (max + 1);
