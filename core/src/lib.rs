@@ -62,6 +62,7 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod choker;
+pub mod dht;
 pub mod engine;
 pub mod id;
 pub mod magnet;
