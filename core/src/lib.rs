@@ -40,6 +40,8 @@
 //! - [`bencode`]: strict decoder with exact byte spans, canonical encoder.
 //! - [`bitfield`]: the set of pieces a peer has.
 //! - [`choker`]: which peers we upload to (tit-for-tat with an optimistic unchoke).
+//! - [`dht`]: BEP 5/32 DHT: KRPC, routing table, tokens, peer store, lookups, the `Dht` node
+//!   (not yet wired into the driver).
 //! - [`engine`]: the router above many torrents (incoming handshakes, shared limits, UDP).
 //! - [`id`]: info-hashes and BEP 20 peer ids.
 //! - [`magnet`]: magnet URIs (`xt=urn:btih:` in hex or base32, `dn`, `tr`, `x.pe`).
