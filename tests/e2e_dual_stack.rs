@@ -32,7 +32,7 @@ fn one_port_serves_ipv4_and_ipv6_peers() {
     let seeder = Command::new(binary())
         .args(["seed", data.torrent.path.to_str().unwrap(), "-s"])
         .arg(&data.source)
-        .args(["--port", &port.to_string(), "--quiet"])
+        .args(["--port", &port.to_string(), "--quiet", "--no-dht"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -67,7 +67,7 @@ fn one_port_serves_ipv4_and_ipv6_peers() {
         ];
         let out = Command::new(binary())
             .args(args)
-            .args(["--bind", bind, "--port", "0", "--quiet"])
+            .args(["--bind", bind, "--port", "0", "--quiet", "--no-dht"])
             .stdin(Stdio::null())
             .output()
             .expect("run the leecher");

@@ -63,7 +63,7 @@ fn leech(
     for p in peers {
         args.extend(["--peer".to_string(), p.clone()]);
     }
-    args.extend(["--bind", "127.0.0.1", "--port", "0"].map(String::from));
+    args.extend(["--bind", "127.0.0.1", "--port", "0", "--no-dht"].map(String::from));
     args.extend(extra.iter().map(|a| a.to_string()));
     match ns {
         Some(ns) => ns.spawn(name, &binary(), &args, log_dir),

@@ -84,7 +84,7 @@ fn seeding_and_downloading_over_ipv6_loopback() {
         .arg(&data.torrent.path)
         .arg("-s")
         .arg(&data.source)
-        .args(["--bind", "::1", "--port", &port, "--quiet"])
+        .args(["--bind", "::1", "--port", &port, "--quiet", "--no-dht"])
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -114,6 +114,7 @@ fn seeding_and_downloading_over_ipv6_loopback() {
             "--timeout",
             "30",
             "--quiet",
+            "--no-dht",
         ])
         .output()
         .unwrap();

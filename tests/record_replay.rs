@@ -35,6 +35,7 @@ fn recorded_runs_replay_and_a_changed_byte_diverges() {
             "--port",
             &seed_port,
             "--quiet",
+            "--no-dht",
             "--record",
         ])
         .arg(dir.path().join("seed.trace"))
@@ -55,6 +56,7 @@ fn recorded_runs_replay_and_a_changed_byte_diverges() {
             "--port",
             &free_port().to_string(),
             "--quiet",
+            "--no-dht",
         ])
         .args([
             "--timeout",

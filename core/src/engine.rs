@@ -13,8 +13,16 @@
 //!   gets [`EngineConfig::handshake_timeout`] at most.
 //! - **Outgoing connection attempts** of every torrent share [`EngineConfig::max_half_open`]:
 //!   attempts beyond it wait in a queue (in order) until one finishes.
-//! - **Datagrams** on the shared UDP socket go to the torrent whose tracker request they answer,
-//!   matched by source address and BEP 15 transaction id.
+//! - **Datagrams** on the shared UDP socket are told apart by their first byte: a bencoded
+//!   dictionary (`d`) is KRPC and goes to the DHT node, anything else goes to the torrent whose
+//!   tracker request it answers, matched by source address and BEP 15 transaction id.
+//! - **The DHT** ([`EngineConfig::dht`]): one [`Dht`] node for the process. The engine
+//!   bootstraps it (again with backoff while it finds nobody), looks up and announces every
+//!   torrent that accepts peers and is not private (BEP 27) every
+//!   [`EngineConfig::dht_announce_interval`], sooner while lookups find no node, and hands the
+//!   peers found to the torrent as its `PeersDiscovered` input (so the torrent's trace has
+//!   them). Peers' BEP 5 `port` messages become pings, which put answering nodes in the table.
+//!   The DHT node's own inputs are not traced.
 //!
 //! Inputs go through [`Engine::handle_input`]; drain [`Engine::poll_action`] and
 //! [`Engine::poll_event`] until `None` after each, and feed [`EngineInput::Timeout`] at
@@ -30,8 +38,10 @@ use std::io::{self, Write};
 
 use slab::Slab;
 
+use crate::dht::state::SavedState;
+use crate::dht::{self, Dht, DhtConfig, DhtEvent, LookupId};
 use crate::id::{InfoHash, PeerHandle};
-use crate::session::{Action, Input, Torrent};
+use crate::session::{Action, Event, Input, Torrent};
 use crate::time::Time;
 use crate::torrent::{
     StartState, TorrentAction, TorrentConfig, TorrentEvent, TorrentInput, TorrentTask, TrackerInput,
@@ -49,6 +59,15 @@ const PROTOCOL: &[u8; 20] = b"\x13BitTorrent protocol";
 const MAX_UDP_ROUTES: usize = 4096;
 /// How long a UDP tracker request waits for its reply before its route is forgotten.
 const UDP_ROUTE_TTL: Duration = Duration::from_secs(120);
+/// A torrent's DHT lookup that reached no node is retried after this, doubling per failure...
+const DHT_RETRY_BASE: Duration = Duration::from_secs(5);
+/// ... up to this.
+const DHT_RETRY_MAX: Duration = Duration::from_secs(300);
+/// A bootstrap that reached no node is retried after this, doubling per failure up to
+/// [`DHT_RETRY_MAX`].
+const DHT_BOOTSTRAP_RETRY: Duration = Duration::from_secs(15);
+/// Node contacts from peers' `port` messages waiting to be pinged, at most.
+const MAX_DHT_CONTACTS: usize = 256;
 
 /// A torrent of the engine: its slot and the generation of that slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,6 +110,10 @@ pub struct EngineConfig {
     /// Peers unchoked in all torrents at most (besides each torrent's optimistic unchoke),
     /// shared among the torrents that have peers interested in them ([`upload_shares`]).
     pub upload_slots: usize,
+    /// Run a DHT node (BEP 5) with these settings on the shared UDP socket(s); `None`: no DHT.
+    pub dht: Option<DhtConfig>,
+    /// How often each public torrent is looked up and announced in the DHT. Default 15 min.
+    pub dht_announce_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -102,6 +125,8 @@ impl Default for EngineConfig {
             max_pending_per_ip: 16,
             handshake_timeout: Duration::from_secs(10),
             upload_slots: 8,
+            dht: None,
+            dht_announce_interval: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -141,6 +166,12 @@ pub enum EngineInput<'a> {
         /// Its bytes.
         bytes: &'a [u8],
     },
+    /// More DHT bootstrap contacts (names resolved after start): a bootstrap follows at once.
+    /// Ignored without a DHT.
+    DhtBootstrap {
+        /// The addresses.
+        addrs: &'a [SocketAddr],
+    },
     /// Timers may be due.
     Timeout,
 }
@@ -172,6 +203,13 @@ pub enum EngineAction {
         conn: IncomingId,
         /// Why, for logs.
         reason: RefuseReason,
+    },
+    /// Send a DHT datagram from the shared UDP socket of `to`'s family.
+    SendDatagram {
+        /// Where to.
+        to: SocketAddr,
+        /// The bytes.
+        data: Vec<u8>,
     },
 }
 
@@ -215,6 +253,17 @@ pub enum EngineEvent {
         torrent: TorrentId,
         /// The event.
         event: TorrentEvent,
+    },
+    /// A DHT lookup finished (for logs).
+    DhtLookup {
+        /// The torrent it was for; `None` for the node's bootstrap.
+        torrent: Option<TorrentId>,
+        /// Peers it found.
+        peers: usize,
+        /// Of the closest nodes, how many answered (or, for an announce, confirmed it).
+        nodes: usize,
+        /// It announced our peer (else it only looked peers up).
+        announced: bool,
     },
 }
 
@@ -289,6 +338,16 @@ pub struct Engine {
     half_open: BTreeSet<(TorrentId, PeerHandle)>,
     connect_queue: VecDeque<(TorrentId, PeerHandle, SocketAddr)>,
     udp_routes: BTreeMap<(SocketAddr, [u8; 4]), (TorrentId, Time)>,
+    dht: Option<Box<Dht>>,
+    /// Running torrent lookups: their torrent and the peers they found so far.
+    dht_lookups: BTreeMap<LookupId, (TorrentId, usize)>,
+    /// Each torrent's next lookup and how many lookups in a row reached no node.
+    dht_next: BTreeMap<TorrentId, (Time, u32)>,
+    /// The running bootstrap, when it is due again, and failures in a row.
+    dht_bootstrap: (Option<LookupId>, Option<Time>, u32),
+    next_lookup: u64,
+    /// Nodes heard of from peers, to ping.
+    dht_contacts: Vec<SocketAddr>,
     now: Time,
     shutting_down: bool,
     actions: VecDeque<EngineAction>,
@@ -298,7 +357,8 @@ pub struct Engine {
 impl Engine {
     /// An engine with no torrents.
     pub fn new(config: EngineConfig, now: Time) -> Engine {
-        Engine {
+        let dht = config.dht.clone().map(|c| Box::new(Dht::new(c, now)));
+        let mut engine = Engine {
             config,
             torrents: Slab::new(),
             freed: BTreeMap::new(),
@@ -310,11 +370,19 @@ impl Engine {
             half_open: BTreeSet::new(),
             connect_queue: VecDeque::new(),
             udp_routes: BTreeMap::new(),
+            dht,
+            dht_lookups: BTreeMap::new(),
+            dht_next: BTreeMap::new(),
+            dht_bootstrap: (None, Some(now), 0),
+            next_lookup: 1,
+            dht_contacts: Vec::new(),
             now,
             shutting_down: false,
             actions: VecDeque::new(),
             events: VecDeque::new(),
-        }
+        };
+        engine.dht_settle();
+        engine
     }
 
     // ---- getters ----
@@ -361,6 +429,21 @@ impl Engine {
             .sum()
     }
 
+    /// The DHT node, when there is one.
+    pub fn dht(&self) -> Option<&Dht> {
+        self.dht.as_deref()
+    }
+
+    /// Nodes in the DHT routing tables, when there is a DHT.
+    pub fn dht_nodes(&self) -> Option<usize> {
+        self.dht.as_ref().map(|d| d.node_count())
+    }
+
+    /// What the DHT node should save for the next start, when there is one.
+    pub fn dht_state(&self) -> Option<SavedState> {
+        self.dht.as_ref().map(|d| d.saved_state())
+    }
+
     /// True after [`Engine::shutdown`] once every torrent is stopped.
     pub fn is_stopped(&self) -> bool {
         self.shutting_down && self.torrents().all(|(_, t)| t.is_stopped())
@@ -396,6 +479,7 @@ impl Engine {
         self.by_hash.insert(info_hash, id);
         self.drain_torrent(id);
         self.dispatch_connects();
+        self.dht_settle();
         Some(id)
     }
 
@@ -417,6 +501,8 @@ impl Engine {
         self.half_open.retain(|(t, _)| *t != id);
         self.connect_queue.retain(|(t, _, _)| *t != id);
         self.udp_routes.retain(|_, (t, _)| *t != id);
+        self.dht_next.remove(&id);
+        self.dht_lookups.retain(|_, (t, _)| *t != id);
         self.dispatch_connects();
         Some((task, trace))
     }
@@ -455,7 +541,7 @@ impl Engine {
             .pending
             .iter()
             .map(|(_, p)| p.since + self.config.handshake_timeout);
-        torrents.chain(pending).min()
+        torrents.chain(pending).chain(self.dht_timeout()).min()
     }
 
     // ---- input ----
@@ -473,8 +559,17 @@ impl Engine {
                 }
             }
             EngineInput::Datagram { from, bytes } => self.on_datagram(from, bytes),
+            EngineInput::DhtBootstrap { addrs } => {
+                if let Some(dht) = self.dht.as_mut() {
+                    let addrs = addrs.iter().map(|a| unmap(*a)).collect();
+                    dht.handle_input(now, dht::Input::AddBootstrap { addrs });
+                    self.dht_bootstrap.1 = Some(now);
+                    self.dht_bootstrap.2 = 0;
+                }
+            }
             EngineInput::Timeout => self.on_timeout(now),
         }
+        self.dht_settle();
     }
 
     fn tick(&mut self, now: Time) -> Time {
@@ -567,6 +662,12 @@ impl Engine {
             }
         }
         while let Some(event) = task.poll_event() {
+            if let TorrentEvent::Session(Event::DhtNode { addr, .. }) = event {
+                if self.dht.is_some() && self.dht_contacts.len() < MAX_DHT_CONTACTS {
+                    self.dht_contacts.push(unmap(addr));
+                }
+                continue;
+            }
             self.events
                 .push_back(EngineEvent::Torrent { torrent: id, event });
         }
@@ -699,6 +800,14 @@ impl Engine {
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
         let from = unmap(from);
+        // KRPC is a bencoded dictionary; a UDP tracker's reply starts with its action, 0 to 3.
+        if bytes.first() == Some(&b'd') {
+            if let Some(dht) = self.dht.as_mut() {
+                let data = bytes.to_vec();
+                dht.handle_input(self.now, dht::Input::Datagram { from, data });
+            }
+            return;
+        }
         let Some(tid) = bytes.get(4..8).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
             return;
         };
@@ -734,6 +843,193 @@ impl Engine {
             self.feed(id, TorrentInput::Session(Input::Timeout));
         }
         self.share_upload_slots();
+        if let Some(dht) = self.dht.as_mut()
+            && dht.poll_timeout().is_some_and(|t| t <= now)
+        {
+            dht.handle_input(now, dht::Input::Timeout);
+        }
+    }
+
+    // ---- the DHT ----
+
+    /// True when `task` takes part in the DHT now.
+    fn dht_wanted(&self, task: &TorrentTask) -> bool {
+        self.dht.is_some() && !self.shutting_down && task.accepts_peers() && !task.torrent().private
+    }
+
+    /// The DHT's next deadline, the bootstrap's, and each waiting torrent's next lookup.
+    fn dht_timeout(&self) -> Option<Time> {
+        let dht = self.dht.as_ref()?;
+        let (running, bootstrap_due, _) = self.dht_bootstrap;
+        let lookups = if running.is_some() {
+            None
+        } else {
+            self.torrents()
+                .filter(|(id, t)| {
+                    self.dht_wanted(t) && !self.dht_lookups.values().any(|(x, _)| x == id)
+                })
+                .map(|(id, _)| self.dht_next.get(&id).map_or(self.now, |(due, _)| *due))
+                .min()
+        };
+        let bootstrap = if running.is_some() || self.shutting_down {
+            None
+        } else {
+            bootstrap_due
+        };
+        [dht.poll_timeout(), bootstrap, lookups]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn next_lookup_id(&mut self) -> LookupId {
+        let id = LookupId(self.next_lookup);
+        self.next_lookup += 1;
+        id
+    }
+
+    /// After every input: pings the nodes peers told us of, carries the DHT's output out, and
+    /// starts the bootstrap and torrent lookups that are due.
+    fn dht_settle(&mut self) {
+        if self.dht.is_none() {
+            return;
+        }
+        let now = self.now;
+        // Each round may feed torrents (peers found), which may name more contacts; bounded.
+        for _ in 0..8 {
+            let contacts = std::mem::take(&mut self.dht_contacts);
+            let Some(dht) = self.dht.as_mut() else {
+                return;
+            };
+            for addr in contacts {
+                dht.handle_input(now, dht::Input::Ping { addr });
+            }
+            self.dht_start_due(now);
+            let Some(dht) = self.dht.as_mut() else {
+                return;
+            };
+            while let Some(t) = dht.poll_transmit() {
+                self.actions.push_back(EngineAction::SendDatagram {
+                    to: t.to,
+                    data: t.data,
+                });
+            }
+            let events: Vec<DhtEvent> = std::iter::from_fn(|| dht.poll_event()).collect();
+            if events.is_empty() && self.dht_contacts.is_empty() {
+                return;
+            }
+            for e in events {
+                self.on_dht_event(now, e);
+            }
+        }
+    }
+
+    fn dht_start_due(&mut self, now: Time) {
+        if self.shutting_down {
+            return;
+        }
+        let (running, due, _) = self.dht_bootstrap;
+        if running.is_none() && due.is_some_and(|t| t <= now) {
+            let id = self.next_lookup_id();
+            self.dht_bootstrap.0 = Some(id);
+            self.dht_bootstrap.1 = None;
+            if let Some(dht) = self.dht.as_mut() {
+                dht.handle_input(now, dht::Input::Bootstrap { id });
+            }
+            return;
+        }
+        if running.is_some() {
+            // Lookups wait for the table the bootstrap is filling.
+            return;
+        }
+        let due: Vec<(TorrentId, InfoHash, u16)> = self
+            .torrents()
+            .filter(|(id, t)| {
+                self.dht_wanted(t)
+                    && !self.dht_lookups.values().any(|(x, _)| x == id)
+                    && self.dht_next.get(id).is_none_or(|(t, _)| *t <= now)
+            })
+            .map(|(id, t)| (id, t.torrent().info_hash, t.config().session.listen_port))
+            .collect();
+        for (torrent, info_hash, port) in due {
+            let id = self.next_lookup_id();
+            self.dht_lookups.insert(id, (torrent, 0));
+            let input = if port == 0 {
+                dht::Input::GetPeers { id, info_hash }
+            } else {
+                dht::Input::Announce {
+                    id,
+                    info_hash,
+                    port,
+                    implied_port: false,
+                }
+            };
+            if let Some(dht) = self.dht.as_mut() {
+                dht.handle_input(now, input);
+            }
+        }
+    }
+
+    fn on_dht_event(&mut self, now: Time, e: DhtEvent) {
+        let (id, nodes, announced) = match e {
+            DhtEvent::Peers { id, peers, .. } => {
+                if let Some((torrent, found)) = self.dht_lookups.get_mut(&id) {
+                    *found += peers.len();
+                    let torrent = *torrent;
+                    self.feed(
+                        torrent,
+                        TorrentInput::Session(Input::PeersDiscovered { addrs: &peers }),
+                    );
+                }
+                return;
+            }
+            DhtEvent::LookupDone { id, nodes } => (id, nodes, false),
+            DhtEvent::Announced { id, acked, .. } => (id, acked, true),
+        };
+        if self.dht_bootstrap.0 == Some(id) {
+            let failures = if nodes == 0 {
+                self.dht_bootstrap.2 + 1
+            } else {
+                0
+            };
+            self.dht_bootstrap = (
+                None,
+                (nodes == 0).then(|| now + backoff(DHT_BOOTSTRAP_RETRY, failures)),
+                failures,
+            );
+            if nodes > 0 {
+                // Lookups that failed for want of a table may go again at once.
+                for (due, streak) in self.dht_next.values_mut() {
+                    if *streak > 0 {
+                        *due = now;
+                    }
+                }
+            }
+            self.events.push_back(EngineEvent::DhtLookup {
+                torrent: None,
+                peers: 0,
+                nodes,
+                announced: false,
+            });
+            return;
+        }
+        let Some((torrent, peers)) = self.dht_lookups.remove(&id) else {
+            return;
+        };
+        let streak = self.dht_next.get(&torrent).map_or(0, |(_, s)| *s);
+        // Nobody reached, or nobody has the torrent yet: try again soon, backing off.
+        let next = if nodes == 0 || peers == 0 {
+            (now + backoff(DHT_RETRY_BASE, streak + 1), streak + 1)
+        } else {
+            (now + self.config.dht_announce_interval, 0)
+        };
+        self.dht_next.insert(torrent, next);
+        self.events.push_back(EngineEvent::DhtLookup {
+            torrent: Some(torrent),
+            peers,
+            nodes,
+            announced,
+        });
     }
 
     /// Gives each torrent its share of the process-wide upload slots, as an input it records,
@@ -800,6 +1096,12 @@ pub fn upload_shares(total: usize, interested: &[usize]) -> Vec<usize> {
         shares[i] = given[i].max(1);
     }
     shares
+}
+
+/// `base` doubled for each failure after the first, at most [`DHT_RETRY_MAX`].
+fn backoff(base: Duration, failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(16);
+    base.saturating_mul(1 << shift).min(DHT_RETRY_MAX)
 }
 
 /// A dual-stack socket reports IPv4 senders as IPv4-mapped IPv6 addresses.

@@ -78,6 +78,10 @@ pub struct PeerConfig {
     pub max_serve_queue: usize,
     /// Offer BEP 11 peer exchange (`ut_pex` in our extended handshake).
     pub pex: bool,
+    /// Our DHT node's UDP port (BEP 5): advertised by the handshake's DHT bit and sent in a
+    /// `port` message to peers that set it too; 0: no DHT (the peer's `port` messages are then
+    /// ignored).
+    pub dht_port: u16,
 }
 
 /// Where the connection is in its life.
@@ -139,6 +143,9 @@ pub enum PeerEvent {
     ExtendedHandshake,
     /// A `ut_pex` message (its bencoded payload, not yet checked) from a peer we offered it to.
     Pex(Vec<u8>),
+    /// The peer runs a DHT node on this UDP port of its address (BEP 5 `port`); reported only
+    /// when we run one too, and only when the port changed.
+    DhtPort(u16),
     /// A `ut_metadata` message (its payload, not yet checked) from a peer we offered it to.
     Metadata(Vec<u8>),
     /// These requests got no answer in time; give them back to the picker.
@@ -179,6 +186,12 @@ pub struct Peer {
     remote_id: Option<PeerId>,
     fast: bool,
     extended: bool,
+    /// The peer's handshake set the DHT bit.
+    remote_dht: bool,
+    /// We sent our `port` message.
+    port_sent: bool,
+    /// The DHT port the peer last told us.
+    remote_dht_port: Option<u16>,
     handshake_sent: bool,
     /// True until the first message after the handshake, not counting the ones that say nothing
     /// about pieces (keep-alive, port, extended, allowed fast, suggest, unknown ids), which some
@@ -232,6 +245,9 @@ impl Peer {
             events: VecDeque::new(),
             remote_id: None,
             fast: false,
+            remote_dht: false,
+            port_sent: false,
+            remote_dht_port: None,
             extended: false,
             handshake_sent: false,
             first_message: true,
@@ -532,6 +548,11 @@ impl Peer {
         } else if have.count() > 0 {
             self.push(now, &Message::Bitfield(have.as_bytes()));
         }
+        // BEP 5: after the piece set (which must come first), our DHT port.
+        if self.config.dht_port != 0 && self.remote_dht && !self.port_sent {
+            self.port_sent = true;
+            self.push(now, &Message::Port(self.config.dht_port));
+        }
     }
 
     /// Tells the peer we verified `piece`.
@@ -822,7 +843,10 @@ impl Peer {
     }
 
     fn send_handshake(&mut self, now: Time) {
-        let h = Handshake::new(self.config.info_hash, self.config.our_id);
+        let mut h = Handshake::new(self.config.info_hash, self.config.our_id);
+        if self.config.dht_port != 0 {
+            h = h.with_dht();
+        }
         h.encode(&mut self.out);
         self.last_sent = now;
         self.handshake_sent = true;
@@ -846,6 +870,7 @@ impl Peer {
         }
         self.fast = h.supports_fast();
         self.extended = h.supports_extended();
+        self.remote_dht = h.supports_dht();
         self.remote_id = Some(h.peer_id);
         self.state = PeerState::Established;
         self.send_extended_handshake(now);
@@ -922,7 +947,13 @@ impl Peer {
         }
         match msg {
             // Unknown message ids are ignored, as BEP 3 asks, so future extensions do not break us.
-            Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            Message::KeepAlive | Message::Unknown { .. } => {}
+            Message::Port(port) => {
+                if self.config.dht_port != 0 && port != 0 && self.remote_dht_port != Some(port) {
+                    self.remote_dht_port = Some(port);
+                    self.events.push_back(PeerEvent::DhtPort(port));
+                }
+            }
             Message::Extended { id, payload } => {
                 if !self.extended {
                     self.close("extended message without the extension bit".into());

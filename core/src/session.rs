@@ -655,6 +655,11 @@ impl Session {
             listen_port: self.config.listen_port,
             max_serve_queue: self.config.max_serve_queue,
             pex: self.pex_allowed(),
+            dht_port: if self.torrent.private {
+                0
+            } else {
+                self.config.dht_port
+            },
         }
     }
 
@@ -790,6 +795,14 @@ impl Session {
                 self.metadata_peer(now, h);
             }
             PeerEvent::Pex(payload) => self.pex_received(now, h, &payload),
+            PeerEvent::DhtPort(port) => {
+                if let Some(addr) = self.peer_addr(h) {
+                    self.events.push_back(Event::DhtNode {
+                        peer: h,
+                        addr: SocketAddr::new(addr.ip(), port),
+                    });
+                }
+            }
             PeerEvent::Metadata(payload) => self.metadata_received(now, h, &payload),
             PeerEvent::Cancel(_) | PeerEvent::Suggest(_) => {}
             PeerEvent::Snubbed(_) => {}

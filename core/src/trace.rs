@@ -10,7 +10,7 @@
 //! trace, expected and actual. Core never opens files: the driver hands the recorder a
 //! [`std::io::Write`] and the replayer a byte slice or a [`std::io::Read`].
 //!
-//! # Format, version 2
+//! # Format, version 4
 //!
 //! Integers are little-endian. A *varint* is an unsigned LEB128 number (7 bits per byte, lowest
 //! first, high bit set on every byte but the last, at most 10 bytes). *bytes* is a varint length
@@ -19,10 +19,11 @@
 //! scope id varint. A *duration* is a varint of nanoseconds.
 //!
 //! Header:
-//! - magic `KPTR`, version `u16` (= 2), flags `u8` (bit 0: events are recorded);
+//! - magic `KPTR`, version `u16` (= 4; version 3, which lacks the DHT port, is still read, with
+//!   DHT port 0), flags `u8` (bit 0: events are recorded);
 //! - the [`SessionConfig`](crate::session::SessionConfig): seed `u64`, peer id (optional, 20
 //!   bytes), listen port `u16`, then varints max peers, upload slots, max serve queue, ban after
-//!   failures, max connect failures, and sequential and pex `u8`s;
+//!   failures, max connect failures, sequential and pex `u8`s, and the DHT port `u16`;
 //! - the [`ManagerConfig`](crate::tracker::manager::ManagerConfig): HTTP timeout, connect
 //!   timeout, receive timeout, fallback delay, UDP
 //!   retransmission base, retransmissions (varint), connection-id lifetime, HTTP head, body and
@@ -32,9 +33,11 @@
 //! - the tiers: count, then per tier a count and its URLs as text;
 //! - the [`Torrent`]: info-hash (20 bytes), piece length, total length and piece count (varints),
 //!   the piece SHA-1s (20 bytes each), file count (varint), then per file offset and length
-//!   (varints) and padding `u8`, then private `u8`;
+//!   (varints) and padding `u8`, then private `u8`, then the info dictionary served to peers
+//!   (bytes; empty when none);
 //! - the start state: `0` (check what is on disk), or `1`, then the verified pieces' bit count
-//!   (varint) and bitfield bytes (BEP 3 order);
+//!   (varint) and bitfield bytes (BEP 3 order), or `2` (a magnet link: the torrent is all zeros
+//!   but its info-hash);
 //! - the start time: varint nanoseconds.
 //!
 //! Then records, each one tag byte and its fields, in the order they happened: the actions (and

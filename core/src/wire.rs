@@ -141,6 +141,17 @@ impl Handshake {
         self.reserved[7] & 0x04 != 0
     }
 
+    /// Whether the sender runs a DHT node (BEP 5) and may send [`Message::Port`].
+    pub fn supports_dht(&self) -> bool {
+        self.reserved[7] & 0x01 != 0
+    }
+
+    /// The same handshake advertising a DHT node (BEP 5's last reserved bit).
+    pub fn with_dht(mut self) -> Handshake {
+        self.reserved[7] |= 0x01;
+        self
+    }
+
     /// Appends the 68 bytes of the handshake to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.reserve(Self::LEN);

@@ -32,6 +32,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use indicatif::MultiProgress;
+use kp_torrent_core::dht::DhtConfig;
+use kp_torrent_core::dht::state::SavedState;
 use kp_torrent_core::engine::{
     Engine, EngineAction, EngineConfig, EngineEvent, EngineInput, TorrentId,
 };
@@ -79,6 +81,18 @@ const TRACKER_TOKENS: tracker_io::Tokens = tracker_io::Tokens {
     conn_base: 16,
 };
 const PEER_BASE: usize = 16 + tracker_io::MAX_CONNS;
+
+/// The public DHT routers a node with nothing saved bootstraps from.
+pub const DEFAULT_DHT_ROUTERS: &[&str] = &[
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "router.utorrent.com:6881",
+    "dht.libtorrent.org:25401",
+];
+/// How often the DHT's state is saved while running (and once more at exit).
+const DHT_SAVE_EVERY: Duration = Duration::from_secs(5 * 60);
+/// The DHT state file in the state folder.
+const DHT_STATE_FILE: &str = "dht.dat";
 
 /// Where a torrent's description comes from.
 #[derive(Debug, Clone)]
@@ -207,6 +221,15 @@ pub struct Options {
     pub upload_slots: usize,
     /// Exchange peers with peers (BEP 11; never for private torrents).
     pub pex: bool,
+    /// Run a DHT node (BEP 5) on the shared UDP socket, at the listening port where it is free,
+    /// and find peers of public torrents through it.
+    pub dht: bool,
+    /// DHT nodes to bootstrap from (`HOST:PORT`); empty: the saved routing table, else
+    /// [`DEFAULT_DHT_ROUTERS`].
+    pub dht_bootstrap: Vec<String>,
+    /// Folder for state kept across runs (the DHT's node id and routing table, `dht.dat`);
+    /// `None`: nothing is saved.
+    pub state_dir: Option<PathBuf>,
     /// Download limit for the whole process, bytes per second.
     pub download_limit: Option<u64>,
     /// Upload limit for the whole process, bytes per second.
@@ -239,6 +262,9 @@ impl Options {
             max_peers: 50,
             upload_slots: EngineConfig::default().upload_slots,
             pex: true,
+            dht: false,
+            dht_bootstrap: Vec::new(),
+            state_dir: None,
             download_limit: None,
             upload_limit: None,
             timeout: None,
@@ -443,6 +469,11 @@ struct Client {
     /// Turns of upload flushing, for the round-robin start.
     flush_turn: usize,
     interrupted: bool,
+    /// Our DHT node's UDP port, when it runs.
+    dht_port: Option<u16>,
+    /// Bootstrap names being resolved off the loop.
+    dht_resolving: Option<mpsc::Receiver<Vec<SocketAddr>>>,
+    last_dht_save: Instant,
 }
 
 /// Runs the torrents until each is done (downloaded, or seeding stopped), interrupted, or
@@ -482,8 +513,23 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     }
     let disk = DiskPool::new(waker.clone(), disk::DEFAULT_WORKERS).map_err(ClientError::Io)?;
     let bind_ip = (!listen_addr.ip().is_unspecified()).then(|| listen_addr.ip());
-    let tracker_io = TrackerIo::new(TRACKER_TOKENS, waker, bind_ip, opts.tracker_ca.clone())
-        .map_err(ClientError::Io)?;
+    let mut tracker_io = TrackerIo::new(
+        TRACKER_TOKENS,
+        waker.clone(),
+        bind_ip,
+        opts.tracker_ca.clone(),
+    )
+    .map_err(ClientError::Io)?;
+    let (dht_config, dht_port, dht_resolving) = if opts.dht {
+        let (v4, v6) = tracker_io.open_udp(poll.registry(), listen_addr.port());
+        let (config, resolving) = dht_config(&opts, v4.is_some(), v6.is_some(), waker);
+        (Some(config), v4.or(v6), resolving)
+    } else {
+        (None, None, None)
+    };
+    if let (Some(port), false) = (dht_port, opts.quiet) {
+        eprintln!("DHT node on UDP port {port}");
+    }
     let group = (!opts.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .then(MultiProgress::new);
     let epoch = Instant::now();
@@ -498,6 +544,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         engine: Engine::new(
             EngineConfig {
                 upload_slots,
+                dht: dht_config,
                 ..EngineConfig::default()
             },
             Time::ZERO,
@@ -519,12 +566,80 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         added: 0,
         flush_turn: 0,
         interrupted: false,
+        dht_port,
+        dht_resolving,
+        last_dht_save: Instant::now(),
     };
     for t in torrents {
         client.add(t);
     }
-    client.run_loop()?;
+    let result = client.run_loop();
+    client.save_dht();
+    result?;
     Ok(client.outcomes)
+}
+
+/// The DHT node's settings: the saved node id and nodes, the bootstrap contacts (literal
+/// addresses at once; names are resolved on a thread, whose answer the returned receiver
+/// brings, waking the loop).
+fn dht_config(
+    opts: &Options,
+    ipv4: bool,
+    ipv6: bool,
+    waker: Arc<Waker>,
+) -> (DhtConfig, Option<mpsc::Receiver<Vec<SocketAddr>>>) {
+    let saved = opts.state_dir.as_ref().and_then(|dir| {
+        let path = dir.join(DHT_STATE_FILE);
+        let bytes = std::fs::read(&path).ok()?;
+        match SavedState::decode(&bytes) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("{}: {e}; starting a new DHT node", path.display());
+                None
+            }
+        }
+    });
+    let mut names: Vec<String> = opts.dht_bootstrap.clone();
+    let mut bootstrap = Vec::new();
+    if names.is_empty() {
+        match &saved {
+            Some(s) if !s.nodes.is_empty() => bootstrap.extend(s.nodes.iter().copied()),
+            _ => names = DEFAULT_DHT_ROUTERS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+    names.retain(|n| match n.parse::<SocketAddr>() {
+        Ok(a) => {
+            bootstrap.push(a);
+            false
+        }
+        Err(_) => true,
+    });
+    let resolving = (!names.is_empty()).then(|| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::net::ToSocketAddrs;
+            let mut found = Vec::new();
+            for n in &names {
+                match n.to_socket_addrs() {
+                    Ok(addrs) => found.extend(addrs),
+                    Err(e) => log::debug!("DHT bootstrap {n}: {e}"),
+                }
+            }
+            if tx.send(found).is_ok() {
+                let _ = waker.wake();
+            }
+        });
+        rx
+    });
+    let config = DhtConfig {
+        node_id: saved.map(|s| s.node_id),
+        seed: opts.rng_seed ^ 0x6468_745f_7365_6564,
+        ipv4,
+        ipv6,
+        bootstrap,
+        ..DhtConfig::default()
+    };
+    (config, resolving)
 }
 
 /// Opens the peer listener(s) on `addr`. For the IPv4 wildcard (no `--bind`) it listens on IPv6
@@ -661,6 +776,7 @@ impl Client {
                 max_peers: self.opts.max_peers.max(1),
                 sequential: topts.sequential,
                 pex: self.opts.pex,
+                dht_port: self.dht_port.unwrap_or(0),
                 ..SessionConfig::default()
             },
             trackers: ManagerConfig {
@@ -863,10 +979,34 @@ impl Client {
                             self.drop_sock(key);
                         }
                     }
+                    EngineAction::SendDatagram { to, data } => {
+                        self.tracker_io
+                            .send_datagram(self.poll.registry(), to, &data);
+                    }
                 }
             }
-            while let Some(EngineEvent::Torrent { torrent, event }) = self.engine.poll_event() {
+            while let Some(event) = self.engine.poll_event() {
                 worked = true;
+                let (torrent, event) = match event {
+                    EngineEvent::Torrent { torrent, event } => (torrent, event),
+                    EngineEvent::DhtLookup {
+                        torrent,
+                        peers,
+                        nodes,
+                        announced,
+                    } => {
+                        let what = match torrent.and_then(|t| self.runs.get(&t)) {
+                            Some(run) if announced => format!("{}: announce", run.name),
+                            Some(run) => format!("{}: lookup", run.name),
+                            None => "bootstrap".to_owned(),
+                        };
+                        log::debug!(
+                            "DHT {what}: {peers} peers, {nodes} nodes answered; {} nodes known",
+                            self.engine.dht_nodes().unwrap_or(0)
+                        );
+                        continue;
+                    }
+                };
                 let fetched = match &event {
                     TorrentEvent::MetadataReceived { info } => Some(info.clone()),
                     _ => None,
@@ -1349,6 +1489,44 @@ impl Client {
 
     /// Takes torrents handed over through [`Options::add`]; false once that channel is closed
     /// (or there is none).
+    /// Writes the DHT's node id and nodes to the state folder (atomically), when both exist.
+    fn save_dht(&mut self) {
+        self.last_dht_save = Instant::now();
+        let (Some(dir), Some(state)) = (&self.opts.state_dir, self.engine.dht_state()) else {
+            return;
+        };
+        let path = dir.join(DHT_STATE_FILE);
+        let saved = std::fs::create_dir_all(dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                resume::write_atomically(&path, &state.encode()).map_err(|e| e.to_string())
+            });
+        match saved {
+            Ok(()) => log::debug!(
+                "saved {} DHT nodes to {}",
+                state.nodes.len(),
+                path.display()
+            ),
+            Err(e) => log::warn!("cannot save the DHT state to {}: {e}", path.display()),
+        }
+    }
+
+    /// Bootstrap names resolved on their thread reach the DHT.
+    fn take_dht_resolved(&mut self, now: Time) {
+        let Some(rx) = &self.dht_resolving else {
+            return;
+        };
+        match rx.try_recv() {
+            Ok(addrs) => {
+                self.dht_resolving = None;
+                log::debug!("DHT bootstrap: {} addresses resolved", addrs.len());
+                self.feed(now, EngineInput::DhtBootstrap { addrs: &addrs });
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+            Err(mpsc::TryRecvError::Disconnected) => self.dht_resolving = None,
+        }
+    }
+
     fn take_added(&mut self) -> bool {
         let Some(rx) = &self.opts.add else {
             return false;
@@ -1475,6 +1653,9 @@ impl Client {
             if self.runs.is_empty() && !adding {
                 return Ok(());
             }
+            if self.last_dht_save.elapsed() >= DHT_SAVE_EVERY {
+                self.save_dht();
+            }
 
             let mut wait = Duration::from_secs(1);
             if let Some(deadline) = self.engine.poll_timeout() {
@@ -1511,6 +1692,7 @@ impl Client {
                     LISTENER => self.accept(now, 0),
                     LISTENER6 => self.accept(now, 1),
                     WAKER => {
+                        self.take_dht_resolved(now);
                         self.disk_completions(now);
                         self.tracker_io.handle_wakeup(
                             self.poll.registry(),

@@ -568,6 +568,57 @@ impl TrackerIo {
         }
     }
 
+    /// Opens the shared UDP sockets now, on `port` where it is free (else on any port), for the
+    /// DHT: its node must be reachable at a fixed port from the start. Returns the IPv4 and
+    /// IPv6 sockets' ports (`None` for a family that could not be opened).
+    pub fn open_udp(&mut self, registry: &Registry, port: u16) -> (Option<u16>, Option<u16>) {
+        let mut ports = [None, None];
+        for (i, v6) in [false, true].into_iter().enumerate() {
+            if self.bind_ip.is_some_and(|ip| ip.is_ipv6() != v6) {
+                continue;
+            }
+            let ip = match self.bind_ip {
+                Some(ip) => ip,
+                None if v6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            };
+            let token = if v6 {
+                self.tokens.udp6
+            } else {
+                self.tokens.udp4
+            };
+            let sock = UdpSocket::bind(SocketAddr::new(ip, port))
+                .or_else(|_| UdpSocket::bind(SocketAddr::new(ip, 0)));
+            let Ok(mut sock) = sock else {
+                continue;
+            };
+            if registry
+                .register(&mut sock, token, Interest::READABLE)
+                .is_err()
+            {
+                continue;
+            }
+            ports[i] = sock.local_addr().ok().map(|a| a.port());
+            if v6 {
+                self.udp6 = Some(sock);
+            } else {
+                self.udp4 = Some(sock);
+            }
+        }
+        (ports[0], ports[1])
+    }
+
+    /// Sends a datagram (the DHT's) from the shared socket of `to`'s family. A datagram lost to
+    /// a full buffer is the sender's to retry, as UDP goes.
+    pub fn send_datagram(&mut self, registry: &Registry, to: SocketAddr, data: &[u8]) {
+        match self.udp_socket(registry, to) {
+            Ok(sock) => {
+                let _ = sock.send_to(data, to);
+            }
+            Err(e) => log::debug!("UDP socket for {to}: {e}"),
+        }
+    }
+
     fn udp_socket(&mut self, registry: &Registry, to: SocketAddr) -> io::Result<&UdpSocket> {
         let v6 = to.is_ipv6();
         let (slot, token) = if v6 {

@@ -11,12 +11,22 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_kp-torrent")
 }
 
+/// Runs the binary; a download or seed gets `--no-dht`, so no test reaches a public router.
 fn run(args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
+        .args(no_dht(args))
         .stdin(Stdio::null())
         .output()
         .expect("run kp-torrent")
+}
+
+fn no_dht(args: &[&str]) -> &'static [&'static str] {
+    if matches!(args.first(), Some(&"download" | &"seed")) {
+        &["--no-dht"]
+    } else {
+        &[]
+    }
 }
 
 fn text(b: &[u8]) -> String {
@@ -505,6 +515,7 @@ fn unreadable_folder_is_an_error_not_a_panic() {
         Command::new(setpriv)
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
             .args(args)
+            .args(no_dht(&args))
             .output()
             .unwrap()
     } else {

@@ -33,17 +33,21 @@ const MAX_STEPS: usize = 400;
 pub fn peer(data: &[u8]) {
     let mut b = Bytes::new(data);
     let piece_count = u32::from(b.u8()) + 1;
+    let listen_port = b.u16();
     let config = PeerConfig {
         info_hash: INFO_HASH,
         our_id: OUR_ID,
         piece_count: Some(piece_count),
         metadata_size: None,
-        listen_port: b.u16(),
+        listen_port,
         max_serve_queue: usize::from(b.u8() % 8),
         pex: b.bool(),
+        // Derived, not read, so the committed inputs keep their meaning; 0 half the time.
+        dht_port: if listen_port.is_multiple_of(2) { 0 } else { listen_port },
     };
     let max_serve_queue = config.max_serve_queue;
     let pex = config.pex;
+    let dht = config.dht_port != 0;
     let outgoing = b.bool();
     let mut h = Harness {
         peer: Peer::new(config, outgoing, Time::ZERO),
@@ -56,6 +60,7 @@ pub fn peer(data: &[u8]) {
         our_handshake_seen: false,
         asked: Vec::new(),
         pex,
+        dht,
     };
     h.after_step(&Snapshot::default());
 
@@ -111,6 +116,7 @@ struct Harness {
     asked: Vec<BlockRequest>,
     /// We offered `ut_pex`: only then may its messages come out as events.
     pex: bool,
+    dht: bool,
 }
 
 /// What the peer held before a step, to check the step's events against.
@@ -180,6 +186,10 @@ impl Harness {
                 PeerEvent::Bitfield => assert_eq!(self.peer.has().len(), pc),
                 PeerEvent::Pex(_) => {
                     assert!(self.pex, "ut_pex message although we never offered it")
+                }
+                PeerEvent::DhtPort(port) => {
+                    assert!(self.dht, "a DHT port reported although we run no DHT");
+                    assert_ne!(*port, 0, "DHT port 0 reported");
                 }
                 PeerEvent::Metadata(_) => {
                     panic!("ut_metadata message although we neither serve nor need metadata")

@@ -82,7 +82,8 @@ impl KpTorrent {
         KpTorrent::start(name, &args, log_dir)
     }
 
-    /// Runs `kp-torrent ARGS --bind 127.0.0.1 --port P` with a free `P` and waits for its
+    /// Runs `kp-torrent ARGS --bind 127.0.0.1 --port P` with a free `P` (and `--no-dht` for a
+    /// download or seed that names no `--dht-bootstrap`) and waits for its
     /// `listening on` line; a start that failed because the port was taken meanwhile is retried
     /// with another port.
     ///
@@ -95,6 +96,12 @@ impl KpTorrent {
             let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
             all.extend(["--bind", "127.0.0.1", "--port"].map(String::from));
             all.push(port.to_string());
+            // Tests reach no public DHT router: the DHT runs only where a test bootstraps it.
+            if matches!(args.first(), Some(&"download" | &"seed"))
+                && !args.contains(&"--dht-bootstrap")
+            {
+                all.push("--no-dht".to_string());
+            }
             let label = if attempt == 0 {
                 name.to_string()
             } else {

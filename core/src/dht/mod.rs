@@ -7,6 +7,7 @@
 //! - [`store`]: the peers other nodes announced to us, bounded and expiring.
 //! - [`lookup`]: one iterative lookup (find_node or get_peers) as its own state machine.
 //! - [`ratelimit`]: per-address token buckets for the queries we answer.
+//! - [`state`]: what a node saves across restarts (its id and its nodes' addresses).
 //! - [`Dht`] (here): one node tying them together.
 //!
 //! Nothing here reads a clock or draws from a global RNG: time is an argument, randomness comes
@@ -41,6 +42,7 @@ pub mod krpc;
 pub mod lookup;
 pub mod node_id;
 pub mod ratelimit;
+pub mod state;
 pub mod store;
 pub mod table;
 pub mod token;
@@ -167,7 +169,23 @@ pub enum Input {
         /// The lookup's handle, chosen by the caller.
         id: LookupId,
     },
+    /// A node heard of outside the DHT (a peer's BEP 5 `port` message): it is pinged and put in
+    /// the routing table if it answers. Ignored for a disabled family or while a ping to the
+    /// same address is in flight.
+    Ping {
+        /// The node's UDP address.
+        addr: SocketAddr,
+    },
+    /// More addresses to bootstrap from (names resolved after start, say), used by the next
+    /// [`Input::Bootstrap`]; at most [`MAX_BOOTSTRAP`] are kept in all.
+    AddBootstrap {
+        /// The addresses.
+        addrs: Vec<SocketAddr>,
+    },
 }
+
+/// Bootstrap addresses kept at most ([`DhtConfig::bootstrap`] and [`Input::AddBootstrap`]).
+pub const MAX_BOOTSTRAP: usize = 64;
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,6 +358,29 @@ impl Dht {
         self.tasks.len()
     }
 
+    /// Nodes in the routing tables (both families).
+    pub fn node_count(&self) -> usize {
+        self.tables.values().map(RoutingTable::len).sum()
+    }
+
+    /// What to save for the next start: our id and the addresses of the table's nodes that are
+    /// not bad, at most [`state::MAX_SAVED_NODES`].
+    pub fn saved_state(&self) -> state::SavedState {
+        let now = self.now;
+        let nodes = self
+            .tables
+            .values()
+            .flat_map(RoutingTable::entries)
+            .filter(|e| e.liveness(now) != table::Liveness::Bad)
+            .map(|e| e.info().addr)
+            .take(state::MAX_SAVED_NODES)
+            .collect();
+        state::SavedState {
+            node_id: self.own_id,
+            nodes,
+        }
+    }
+
     /// The announce token a `get_peers` reply to `ip` carries now.
     #[cfg(test)]
     pub(crate) fn token_for(&self, ip: core::net::IpAddr) -> [u8; token::TOKEN_LEN] {
@@ -366,6 +407,17 @@ impl Dht {
                 info_hash.into(),
             ),
             Input::Bootstrap { id } => self.start(id, TaskKind::Bootstrap, self.own_id),
+            Input::Ping { addr } => self.ping(now, addr),
+            Input::AddBootstrap { addrs } => {
+                for a in addrs {
+                    if self.config.bootstrap.len() >= MAX_BOOTSTRAP {
+                        break;
+                    }
+                    if !self.config.bootstrap.contains(&a) {
+                        self.config.bootstrap.push(a);
+                    }
+                }
+            }
         }
         self.pump(now);
     }
@@ -710,6 +762,17 @@ impl Dht {
                 announcing: None,
             },
         );
+    }
+
+    fn ping(&mut self, now: Time, addr: SocketAddr) {
+        let family_on = self.tables.contains_key(&Family::of(&addr));
+        let in_flight = self
+            .transactions
+            .values()
+            .any(|t| t.to == addr && t.purpose == Purpose::Ping);
+        if family_on && !in_flight && addr.port() != 0 {
+            self.send_query(now, addr, None, Method::Ping, Purpose::Ping);
+        }
     }
 
     /// After every input: the tables' requests, lookups' queries, finished lookups.

@@ -493,3 +493,404 @@ fn two_busy_torrents_share_the_process_wide_upload_slots() {
     assert!((2..=3).contains(&unchoked(a)), "{}", unchoked(a));
     assert!((2..=3).contains(&unchoked(b)), "{}", unchoked(b));
 }
+
+// ---- the DHT ----
+
+/// A small virtual network: the engine at `ENGINE_ADDR` and plain DHT nodes, each datagram
+/// delivered 10 ms after it was sent.
+struct DhtWorld {
+    engine: Engine,
+    nodes: Vec<(SocketAddr, Dht)>,
+    wire: VecDeque<(Time, SocketAddr, SocketAddr, Vec<u8>)>,
+    now: Time,
+    /// Engine actions other than datagrams, in order.
+    other: Vec<EngineAction>,
+    /// Every datagram the engine sent, decoded.
+    sent: Vec<(SocketAddr, dht::krpc::Message)>,
+    /// The plain nodes' events.
+    node_events: Vec<(usize, DhtEvent)>,
+}
+
+const ENGINE_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 1), 6881));
+
+fn dht_node(i: u8) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 9, 1, i), 6881))
+}
+
+impl DhtWorld {
+    /// `n` plain nodes that bootstrap from node 0 and, once they have, an engine bootstrapping
+    /// from node 0.
+    fn new(n: u8) -> DhtWorld {
+        let nodes: Vec<(SocketAddr, Dht)> = (0..n)
+            .map(|i| {
+                let config = DhtConfig {
+                    seed: 500 + u64::from(i),
+                    bootstrap: if i == 0 { vec![] } else { vec![dht_node(0)] },
+                    ..DhtConfig::default()
+                };
+                (dht_node(i), Dht::new(config, Time::ZERO))
+            })
+            .collect();
+        let mut w = DhtWorld {
+            engine: Engine::new(EngineConfig::default(), Time::ZERO),
+            nodes,
+            wire: VecDeque::new(),
+            now: Time::ZERO,
+            other: Vec::new(),
+            sent: Vec::new(),
+            node_events: Vec::new(),
+        };
+        for i in 1..usize::from(n) {
+            w.nodes[i]
+                .1
+                .handle_input(Time::ZERO, dht::Input::Bootstrap { id: LookupId(1) });
+            w.collect_node(i);
+        }
+        w.run(Duration::from_secs(20));
+        w.engine = Engine::new(
+            EngineConfig {
+                dht: Some(DhtConfig {
+                    seed: 77,
+                    bootstrap: vec![dht_node(0)],
+                    ..DhtConfig::default()
+                }),
+                ..EngineConfig::default()
+            },
+            w.now,
+        );
+        w.collect_engine();
+        w
+    }
+
+    fn collect_engine(&mut self) {
+        while let Some(a) = self.engine.poll_action() {
+            match a {
+                EngineAction::SendDatagram { to, data } => {
+                    if let Ok(m) = dht::krpc::Message::decode(&data) {
+                        self.sent.push((to, m));
+                    }
+                    self.wire.push_back((
+                        self.now + Duration::from_millis(10),
+                        ENGINE_ADDR,
+                        to,
+                        data,
+                    ));
+                }
+                other => self.other.push(other),
+            }
+        }
+    }
+
+    fn collect_node(&mut self, i: usize) {
+        let from = self.nodes[i].0;
+        while let Some(t) = self.nodes[i].1.poll_transmit() {
+            self.wire
+                .push_back((self.now + Duration::from_millis(10), from, t.to, t.data));
+        }
+        while let Some(e) = self.nodes[i].1.poll_event() {
+            self.node_events.push((i, e));
+        }
+    }
+
+    /// Runs the network and every timer for `span` of virtual time.
+    fn run(&mut self, span: Duration) {
+        let end = self.now + span;
+        for _ in 0..200_000 {
+            let next_wire = self.wire.iter().map(|w| w.0).min();
+            let timers = self
+                .nodes
+                .iter()
+                .filter_map(|(_, d)| d.poll_timeout())
+                .chain(self.engine.poll_timeout())
+                .min();
+            let Some(next) = [next_wire, timers].into_iter().flatten().min() else {
+                return;
+            };
+            if next > end {
+                self.now = end;
+                return;
+            }
+            self.now = self.now.max(next);
+            let due: Vec<_> = {
+                let (due, rest): (Vec<_>, Vec<_>) =
+                    self.wire.drain(..).partition(|w| w.0 <= self.now);
+                self.wire = rest.into();
+                due
+            };
+            for (_, from, to, data) in due {
+                if to == ENGINE_ADDR {
+                    self.engine
+                        .handle_input(self.now, EngineInput::Datagram { from, bytes: &data });
+                    self.collect_engine();
+                } else if let Some(i) = self.nodes.iter().position(|(a, _)| *a == to) {
+                    self.nodes[i]
+                        .1
+                        .handle_input(self.now, dht::Input::Datagram { from, data });
+                    self.collect_node(i);
+                }
+            }
+            for i in 0..self.nodes.len() {
+                if self.nodes[i]
+                    .1
+                    .poll_timeout()
+                    .is_some_and(|t| t <= self.now)
+                {
+                    self.nodes[i].1.handle_input(self.now, dht::Input::Timeout);
+                    self.collect_node(i);
+                }
+            }
+            if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.engine.handle_input(self.now, EngineInput::Timeout);
+                self.collect_engine();
+            }
+        }
+        panic!("the DHT world did not settle");
+    }
+
+    /// Info-hashes the engine asked the DHT about (get_peers or announce_peer).
+    fn asked_about(&self) -> BTreeSet<InfoHash> {
+        use dht::krpc::{Body, Method};
+        self.sent
+            .iter()
+            .filter_map(|(_, m)| match &m.body {
+                Body::Query(q) => match &q.method {
+                    Method::GetPeers { info_hash } => Some(*info_hash),
+                    Method::AnnouncePeer { info_hash, .. } => Some(*info_hash),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn add_public(e: &mut Engine, now: Time, tag: u8, private: bool, listen_port: u16) -> TorrentId {
+    let mut cfg = config(u64::from(tag), Vec::new());
+    cfg.session.listen_port = listen_port;
+    cfg.session.dht_port = 6881;
+    e.add_torrent(
+        now,
+        cfg,
+        Torrent {
+            private,
+            ..torrent(tag)
+        },
+        StartState::Verified(Bitfield::new(4)),
+        None,
+    )
+    .expect("new")
+}
+
+#[test]
+fn dht_finds_announced_peers_for_public_torrents_only_and_announces_ours() {
+    let mut w = DhtWorld::new(12);
+    w.run(Duration::from_secs(30));
+    assert!(
+        w.engine.dht_nodes().unwrap() >= 8,
+        "{:?}",
+        w.engine.dht_nodes()
+    );
+    // Node 5 announces a peer for torrent 3.
+    let ih = InfoHash([3; 20]);
+    w.nodes[5].1.handle_input(
+        w.now,
+        dht::Input::Announce {
+            id: LookupId(9),
+            info_hash: ih,
+            port: 7777,
+            implied_port: false,
+        },
+    );
+    w.collect_node(5);
+    w.run(Duration::from_secs(10));
+    let public = add_public(&mut w.engine, w.now, 3, false, 6000);
+    let private = add_public(&mut w.engine, w.now, 4, true, 6000);
+    w.collect_engine();
+    w.run(Duration::from_secs(10));
+    // The public torrent was looked up, found node 5's peer and dials it.
+    let peer = SocketAddr::new(dht_node(5).ip(), 7777);
+    assert!(
+        w.other.iter().any(|a| matches!(
+            a,
+            EngineAction::Torrent { torrent, action: TorrentAction::Session(Action::Connect { addr, .. }) }
+                if *torrent == public && *addr == peer
+        )),
+        "{:?}",
+        w.other
+    );
+    // The private one never reached the DHT.
+    assert_eq!(w.asked_about(), BTreeSet::from([ih]));
+    let _ = private;
+    // Our announce went to the closest nodes: a lookup of torrent 3 now finds our port too.
+    w.nodes[8].1.handle_input(
+        w.now,
+        dht::Input::GetPeers {
+            id: LookupId(10),
+            info_hash: ih,
+        },
+    );
+    w.collect_node(8);
+    w.run(Duration::from_secs(10));
+    let found: BTreeSet<SocketAddr> = w
+        .node_events
+        .iter()
+        .filter_map(|(i, e)| match e {
+            DhtEvent::Peers { id, peers, .. } if *i == 8 && *id == LookupId(10) => Some(peers),
+            _ => None,
+        })
+        .flatten()
+        .copied()
+        .collect();
+    assert!(
+        found.contains(&SocketAddr::new(ENGINE_ADDR.ip(), 6000)),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn dht_lookups_repeat_at_the_interval_and_retry_sooner_when_nobody_answers() {
+    // No DHT node answers: the bootstrap and the lookups back off, bounded.
+    let mut e = Engine::new(
+        EngineConfig {
+            dht: Some(DhtConfig {
+                seed: 1,
+                bootstrap: vec![dht_node(1)],
+                ..DhtConfig::default()
+            }),
+            ..EngineConfig::default()
+        },
+        Time::ZERO,
+    );
+    add_public(&mut e, Time::ZERO, 1, false, 0);
+    let mut now = Time::ZERO;
+    let mut datagrams = 0;
+    for _ in 0..10_000 {
+        datagrams += actions(&mut e)
+            .iter()
+            .filter(|a| matches!(a, EngineAction::SendDatagram { .. }))
+            .count();
+        let Some(next) = e.poll_timeout() else { break };
+        assert!(
+            next > now || next == now && datagrams > 0,
+            "no busy loop at {now:?}"
+        );
+        now = next.max(now + Duration::from_millis(1));
+        if now > Time::ZERO + Duration::from_secs(3600) {
+            break;
+        }
+        e.handle_input(now, EngineInput::Timeout);
+    }
+    // An hour of silence costs a bounded number of datagrams (retries back off to 5 min).
+    assert!(datagrams > 3, "it kept trying: {datagrams}");
+    assert!(
+        datagrams < 200,
+        "{datagrams} datagrams in an hour of silence"
+    );
+}
+
+#[test]
+fn krpc_datagrams_go_to_the_dht_and_port_messages_become_pings() {
+    // Without a DHT, a KRPC query is dropped.
+    let ping = {
+        use dht::krpc::*;
+        Message {
+            tid: TransactionId::new(b"aa").unwrap(),
+            body: Body::Query(Query {
+                id: dht::node_id::NodeId([1; 20]),
+                method: Method::Ping,
+                want: Want::default(),
+            }),
+            version: None,
+            ip: None,
+            read_only: false,
+        }
+        .encode()
+    };
+    let mut plain = Engine::new(EngineConfig::default(), Time::ZERO);
+    plain.handle_input(
+        Time::ZERO,
+        EngineInput::Datagram {
+            from: dht_node(1),
+            bytes: &ping,
+        },
+    );
+    assert!(actions(&mut plain).is_empty());
+    // With one, it is answered.
+    let mut e = Engine::new(
+        EngineConfig {
+            dht: Some(DhtConfig::default()),
+            ..EngineConfig::default()
+        },
+        Time::ZERO,
+    );
+    let t = add_public(&mut e, Time::ZERO, 2, false, 6000);
+    actions(&mut e);
+    e.handle_input(
+        Time::ZERO,
+        EngineInput::Datagram {
+            from: dht_node(1),
+            bytes: &ping,
+        },
+    );
+    let acts = actions(&mut e);
+    let reply = acts.iter().find_map(|a| match a {
+        EngineAction::SendDatagram { to, data } if *to == dht_node(1) => {
+            dht::krpc::Message::decode(data).ok()
+        }
+        _ => None,
+    });
+    assert!(
+        matches!(
+            reply,
+            Some(dht::krpc::Message {
+                body: dht::krpc::Body::Response(_),
+                ..
+            })
+        ),
+        "{acts:?}"
+    );
+    // A peer of the torrent with the DHT bit sends `port 7001`: the engine pings it there.
+    let conn = accept(&mut e, Time::ZERO, 5000);
+    let mut hs = Vec::new();
+    Handshake::new(InfoHash([2; 20]), PeerId([0x42; 20]))
+        .with_dht()
+        .encode(&mut hs);
+    crate::wire::Message::Port(7001).encode(&mut hs);
+    e.handle_input(Time::ZERO, EngineInput::IncomingData { conn, bytes: &hs });
+    let acts = actions(&mut e);
+    let pinged: Vec<SocketAddr> = acts
+        .iter()
+        .filter_map(|a| match a {
+            EngineAction::SendDatagram { to, data } => {
+                let m = dht::krpc::Message::decode(data).unwrap();
+                matches!(
+                    m.body,
+                    dht::krpc::Body::Query(dht::krpc::Query {
+                        method: dht::krpc::Method::Ping,
+                        ..
+                    })
+                )
+                .then_some(*to)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pinged, vec![addr(7001)]);
+    // Our handshake set the DHT bit and our `port` followed the piece set.
+    let sent: Vec<u8> = acts
+        .iter()
+        .filter_map(|a| match a {
+            EngineAction::Torrent {
+                torrent,
+                action: TorrentAction::Session(Action::Send { bytes, .. }),
+            } if *torrent == t => Some(bytes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(Handshake::decode(&sent).unwrap().unwrap().supports_dht());
+    assert!(
+        sent.windows(7).any(|w| w == [0, 0, 0, 3, 9, 0x1a, 0xe1]),
+        "port 6881 sent"
+    );
+}

@@ -20,6 +20,7 @@ fn config() -> PeerConfig {
         listen_port: 6881,
         max_serve_queue: 4,
         pex: false,
+        dht_port: 0,
     }
 }
 
@@ -1299,4 +1300,64 @@ fn once_the_metadata_arrived_the_peer_hears_we_serve_it() {
     let mut q = magnet_peer(true);
     q.set_piece_count(t(1), PIECES, None);
     assert!(q.take_output().is_empty());
+}
+
+#[test]
+fn dht_bit_port_message_both_ways() {
+    // With a DHT port: our handshake sets the bit, and after the piece set we send `port`.
+    let mut p = Peer::new(
+        PeerConfig {
+            dht_port: 7000,
+            ..config()
+        },
+        true,
+        t(0),
+    );
+    let out = p.take_output();
+    let ours = Handshake::decode(&out).unwrap().unwrap();
+    assert!(ours.supports_dht());
+    let theirs = {
+        let mut h = Handshake::new(INFO, THEM).with_dht();
+        h.reserved[5] &= !0x10;
+        let mut b = Vec::new();
+        h.encode(&mut b);
+        b
+    };
+    p.handle_bytes(t(0), &theirs);
+    events(&mut p);
+    let mut have = Bitfield::new(PIECES);
+    have.set(1);
+    p.send_piece_set(t(0), &have);
+    assert_eq!(sent(&mut p), ["bitfield", "port"]);
+    let out = {
+        p.send_piece_set(t(0), &have);
+        p.take_output()
+    };
+    assert!(
+        !out.ends_with(&[0, 0, 0, 3, 9, 0x1b, 0x58]),
+        "port sent once"
+    );
+    // Their `port` is reported once per change, never port 0.
+    for port in [6881u16, 6881, 0, 6882] {
+        p.handle_bytes(t(1), &msg(Message::Port(port)));
+    }
+    assert_eq!(
+        events(&mut p),
+        [PeerEvent::DhtPort(6881), PeerEvent::DhtPort(6882)]
+    );
+
+    // Without a DHT port: no bit, no `port` even to a DHT peer, and theirs is ignored.
+    let mut q = Peer::new(config(), true, t(0));
+    assert!(
+        !Handshake::decode(&q.take_output())
+            .unwrap()
+            .unwrap()
+            .supports_dht()
+    );
+    q.handle_bytes(t(0), &theirs);
+    events(&mut q);
+    q.send_piece_set(t(0), &have);
+    assert_eq!(sent(&mut q), ["bitfield"]);
+    q.handle_bytes(t(1), &msg(Message::Port(6881)));
+    assert!(events(&mut q).is_empty());
 }

@@ -221,6 +221,15 @@ pub enum Event {
         /// The bencoded info dictionary.
         info: Vec<u8>,
     },
+    /// A peer runs a DHT node at `addr` (its BEP 5 `port` message): a contact for our DHT
+    /// node. Only when [`SessionConfig::dht_port`](super::SessionConfig::dht_port) is set and
+    /// the torrent is not private.
+    DhtNode {
+        /// The peer.
+        peer: PeerHandle,
+        /// Its address with its DHT port.
+        addr: SocketAddr,
+    },
 }
 
 impl fmt::Display for Event {
@@ -238,6 +247,7 @@ impl fmt::Display for Event {
             Event::MetadataReceived { info } => {
                 write!(f, "metadata received ({} bytes)", info.len())
             }
+            Event::DhtNode { peer, addr } => write!(f, "{peer} runs a DHT node at {addr}"),
         }
     }
 }

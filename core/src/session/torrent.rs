@@ -27,6 +27,10 @@ pub struct SessionConfig {
     pub sequential: bool,
     /// Offer and use BEP 11 peer exchange (never for a private torrent, whatever this says).
     pub pex: bool,
+    /// Our DHT node's UDP port (BEP 5), sent to peers in `port` messages; their `port` messages
+    /// become [`Event::DhtNode`](super::Event::DhtNode). 0: no DHT. Never used for a private
+    /// torrent, whatever this says.
+    pub dht_port: u16,
 }
 
 impl Default for SessionConfig {
@@ -42,6 +46,7 @@ impl Default for SessionConfig {
             max_connect_failures: 5,
             sequential: false,
             pex: true,
+            dht_port: 0,
         }
     }
 }

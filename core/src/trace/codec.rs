@@ -19,7 +19,9 @@ use crate::tracker::udp::UdpConfig;
 use super::{ActionPrint, EventPrint, ReplayError, TraceHeader, payload_hash};
 
 pub(super) const MAGIC: &[u8; 4] = b"KPTR";
-pub(super) const VERSION: u16 = 3;
+pub(super) const VERSION: u16 = 4;
+/// The oldest version still read: v3 traces lack the DHT port (read as 0, no DHT).
+pub(super) const OLDEST_VERSION: u16 = 3;
 pub(super) const FLAG_EVENTS: u8 = 1;
 
 /// Virtual times past this (about 146 years) are refused, so that no timer arithmetic in the
@@ -211,6 +213,7 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
         max_connect_failures,
         sequential,
         pex,
+        dht_port,
     } = &h.config.session;
     out.extend_from_slice(&seed.to_le_bytes());
     match peer_id {
@@ -228,6 +231,7 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
     put_varint(out, u64::from(*max_connect_failures));
     out.push(u8::from(*sequential));
     out.push(u8::from(*pex));
+    out.extend_from_slice(&dht_port.to_le_bytes());
     encode_tracker_config(out, &h.config.trackers);
     put_varint(out, h.config.tiers.len() as u64);
     for tier in &h.config.tiers {
@@ -684,6 +688,7 @@ impl EventPrint {
                 info.len(),
                 crate::id::InfoHash::of(info).to_hex()
             )),
+            TorrentEvent::Session(e @ Event::DhtNode { .. }) => EventPrint::Other(e.to_string()),
             TorrentEvent::Session(e) => EventPrint::Session(e.clone()),
             other => EventPrint::Other(other.to_string()),
         }
@@ -740,6 +745,10 @@ impl EventPrint {
                     out,
                     format!("metadata received ({} bytes)", info.len()).as_bytes(),
                 );
+            }
+            e @ Event::DhtNode { .. } => {
+                out.push(EV_OTHER);
+                put_bytes(out, e.to_string().as_bytes());
             }
         }
     }
@@ -898,7 +907,7 @@ impl<'a> Cursor<'a> {
             return Err(ReplayError::NotATrace);
         }
         let version = self.u16()?;
-        if version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(ReplayError::UnsupportedVersion { version });
         }
         let flags = self.u8()?;
@@ -922,6 +931,7 @@ impl<'a> Cursor<'a> {
             max_connect_failures: self.u32v()?,
             sequential: self.flag()?,
             pex: self.flag()?,
+            dht_port: if version >= 4 { self.u16()? } else { 0 },
         };
         let trackers = self.tracker_config()?;
         let tier_count = self.usizev()?;

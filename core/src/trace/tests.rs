@@ -11,9 +11,14 @@ use crate::metainfo::hash_pieces;
 use crate::session::{Action, FileSpan, Input, Session, SessionConfig};
 
 fn task_config(seed: u64) -> TorrentConfig {
+    task_config_dht(seed, 0)
+}
+
+fn task_config_dht(seed: u64, dht_port: u16) -> TorrentConfig {
     TorrentConfig {
         session: SessionConfig {
             seed,
+            dht_port,
             ..SessionConfig::default()
         },
         trackers: Default::default(),
@@ -30,6 +35,11 @@ fn S(input: Input<'_>) -> TorrentInput<'_> {
 /// A seeder and a recorded leecher joined directly, delivering every send at once, one
 /// millisecond per step. Returns the leecher's trace.
 fn record_pair(piece_length: u64, total: usize) -> Vec<u8> {
+    record_pair_dht(piece_length, total, 0)
+}
+
+/// [`record_pair`] with both sides running a DHT node on `dht_port` (0: none).
+fn record_pair_dht(piece_length: u64, total: usize, dht_port: u16) -> Vec<u8> {
     let content: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
     let torrent = Torrent {
         private: false,
@@ -49,6 +59,7 @@ fn record_pair(piece_length: u64, total: usize) -> Vec<u8> {
     let leecher_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 40000);
     let config = |seed| SessionConfig {
         seed,
+        dht_port,
         ..SessionConfig::default()
     };
     let mut seeder = Session::new(
@@ -60,7 +71,7 @@ fn record_pair(piece_length: u64, total: usize) -> Vec<u8> {
     // The leecher checks its (missing) file first, as the client does.
     let mut leecher = Recorder::new(
         Vec::new(),
-        task_config(2),
+        task_config_dht(2, dht_port),
         torrent,
         StartState::Check,
         Time::ZERO,
@@ -620,4 +631,48 @@ fn a_magnet_trace_as_the_driver_records_it_decodes() {
     let report = replay(&trace).expect("trace decodes");
     assert_eq!(report.divergence, None, "{report}");
     assert!(report.finished);
+}
+
+#[test]
+fn the_dht_port_is_recorded_and_version_3_traces_still_replay() {
+    let with = record_pair_dht(16 * 1024, 40_000, 0x0102);
+    let report = replay(&with).unwrap();
+    assert!(report.finished && report.divergence.is_none(), "{report}");
+    let reader = TraceReader::new(&with).unwrap();
+    assert_eq!(reader.header().config.session.dht_port, 0x0102);
+    // The seeder's `port` message reached the leecher as an event, kept as text.
+    let mut reader = TraceReader::new(&with).unwrap();
+    let mut dht_events = 0;
+    while let Some(rec) = reader.next_record().unwrap() {
+        if let TraceRecord::Event {
+            event: EventPrint::Other(text),
+            ..
+        } = rec
+            && text.contains("runs a DHT node at 10.0.0.1:258")
+        {
+            dht_events += 1;
+        }
+    }
+    assert_eq!(dht_events, 1);
+
+    // A version 3 trace is the same without the port: it replays, with no DHT.
+    let without = record_pair_dht(16 * 1024, 40_000, 0);
+    let at = (0..with.len())
+        .find(|&i| with[i] != without[i])
+        .expect("the headers differ");
+    assert_eq!(&with[at..at + 2], &0x0102u16.to_le_bytes());
+    let mut v3 = without.clone();
+    v3.drain(at..at + 2);
+    v3[4..6].copy_from_slice(&3u16.to_le_bytes());
+    let report = replay(&v3).unwrap();
+    assert!(report.finished && report.divergence.is_none(), "{report}");
+    assert_eq!(
+        TraceReader::new(&v3)
+            .unwrap()
+            .header()
+            .config
+            .session
+            .dht_port,
+        0
+    );
 }

@@ -67,6 +67,20 @@ pub struct Common {
     #[arg(long)]
     pub no_pex: bool,
 
+    /// Do not run a DHT node (BEP 5; private torrents never use it).
+    #[arg(long)]
+    pub no_dht: bool,
+
+    /// Bootstrap the DHT from this node (repeatable; replaces the saved routing table and the
+    /// public routers).
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub dht_bootstrap: Vec<String>,
+
+    /// Folder for state kept across runs (the DHT's node id and routing table); default
+    /// $XDG_STATE_HOME/kp-torrent, or ~/.local/state/kp-torrent.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -210,6 +224,9 @@ fn options(
         max_peers: common.max_peers.max(1),
         upload_slots: common.upload_slots as usize,
         pex: !common.no_pex,
+        dht: !common.no_dht,
+        dht_bootstrap: common.dht_bootstrap.clone(),
+        state_dir: common.state_dir.clone().or_else(default_state_dir),
         download_limit: common.download_limit,
         upload_limit: common.upload_limit,
         tracker_ca: common.tracker_ca.clone(),
@@ -217,6 +234,32 @@ fn options(
         quiet: common.quiet,
         ..Options::new(list, SocketAddr::new(ip, common.port))
     })
+}
+
+/// `$XDG_STATE_HOME/kp-torrent`, else `$HOME/.local/state/kp-torrent`; `None` without either.
+fn default_state_dir() -> Option<PathBuf> {
+    let nonempty = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    nonempty("XDG_STATE_HOME")
+        .or_else(|| nonempty("HOME").map(|h| h.join(".local").join("state")))
+        .map(|d| d.join("kp-torrent"))
+}
+
+/// `HOST:PORT` with a port from 1 to 65535 (an IPv6 address in brackets).
+fn parse_host_port(text: &str) -> Result<String, String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{text}` is not HOST:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("`{text}`: no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(text.to_owned()),
+        _ => Err(format!("`{text}`: the port must be 1 to 65535")),
+    }
 }
 
 /// A seed for the engine's generator that differs between runs (the driver may read the clock).

@@ -804,3 +804,85 @@ fn dht_node_memory_stays_bounded_under_a_query_flood() {
 fn d_token(d: &Dht, from: SocketAddr) -> Vec<u8> {
     d.token_for(from.ip()).to_vec()
 }
+
+#[test]
+fn dht_ping_input_puts_an_answering_node_in_the_table() {
+    let mut w = World::new(3, 7);
+    // Node 1 hears of node 2 (as from a peer's `port` message); nothing else is known.
+    w.input(1, Input::Ping { addr: w.addrs[2] });
+    assert_eq!(w.nodes[1].transactions(), 1);
+    // A second ping to the same address while the first is in flight is not sent.
+    w.input(1, Input::Ping { addr: w.addrs[2] });
+    assert_eq!(w.nodes[1].transactions(), 1);
+    let deadline = w.now + Duration::from_secs(5);
+    w.run(deadline, |w| w.nodes[1].node_count() == 1);
+    let t = w.nodes[1].table(Family::V4).unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.entries().next().unwrap().info().addr, w.addrs[2]);
+    // A ping to a family that is off, or to port 0, sends nothing.
+    w.input(1, Input::Ping { addr: v6(1, 6881) });
+    w.input(1, Input::Ping { addr: v4(9, 9, 0) });
+    assert_eq!(w.nodes[1].transactions(), 0);
+}
+
+#[test]
+fn dht_added_bootstrap_addresses_and_a_saved_state_rejoin_the_network() {
+    let mut w = World::new(30, 8);
+    for i in 1..w.nodes.len() {
+        w.input(i, Input::Bootstrap { id: LookupId(1) });
+        let deadline = w.now + Duration::from_secs(60);
+        w.run(deadline, |w| w.finished(i, LookupId(1)));
+    }
+    // A node that starts knowing nobody finds nothing; told an address later, it joins.
+    let late = v4(50, 1, 6881);
+    let mut fresh = Dht::new(
+        DhtConfig {
+            seed: 99,
+            ..DhtConfig::default()
+        },
+        w.now,
+    );
+    fresh.handle_input(w.now, Input::Bootstrap { id: LookupId(5) });
+    assert!(fresh.poll_transmit().is_none(), "no contact, no query");
+    fresh.handle_input(
+        w.now,
+        Input::AddBootstrap {
+            addrs: vec![w.addrs[3], w.addrs[3]],
+        },
+    );
+    w.by_addr.insert(late, w.nodes.len());
+    w.addrs.push(late);
+    w.nodes.push(fresh);
+    let n = w.nodes.len() - 1;
+    w.events.clear();
+    w.input(n, Input::Bootstrap { id: LookupId(6) });
+    let deadline = w.now + Duration::from_secs(60);
+    w.run(deadline, |w| w.finished(n, LookupId(6)));
+    assert!(w.nodes[n].node_count() >= 8, "{}", w.nodes[n].node_count());
+
+    // Its saved state brings it back: same id, and its nodes answer a bootstrap.
+    let saved = w.nodes[n].saved_state();
+    assert_eq!(saved.node_id, w.nodes[n].node_id());
+    assert_eq!(saved.nodes.len(), w.nodes[n].node_count());
+    let back = state::SavedState::decode(&saved.encode()).unwrap();
+    let restarted = Dht::new(
+        DhtConfig {
+            seed: 100,
+            node_id: Some(back.node_id),
+            bootstrap: back.nodes,
+            ..DhtConfig::default()
+        },
+        w.now,
+    );
+    assert_eq!(restarted.node_id(), saved.node_id);
+    w.nodes[n] = restarted;
+    w.events.clear();
+    w.input(n, Input::Bootstrap { id: LookupId(7) });
+    let deadline = w.now + Duration::from_secs(60);
+    w.run(deadline, |w| w.finished(n, LookupId(7)));
+    let answered = w.events.iter().find_map(|(i, e)| match e {
+        DhtEvent::LookupDone { id, nodes } if *i == n && *id == LookupId(7) => Some(*nodes),
+        _ => None,
+    });
+    assert_eq!(answered, Some(8));
+}
