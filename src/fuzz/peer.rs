@@ -43,7 +43,11 @@ pub fn peer(data: &[u8]) {
         max_serve_queue: usize::from(b.u8() % 8),
         pex: b.bool(),
         // Derived, not read, so the committed inputs keep their meaning; 0 half the time.
-        dht_port: if listen_port.is_multiple_of(2) { 0 } else { listen_port },
+        dht_port: if listen_port.is_multiple_of(2) {
+            0
+        } else {
+            listen_port
+        },
     };
     let max_serve_queue = config.max_serve_queue;
     let pex = config.pex;
