@@ -27,7 +27,9 @@
 //! `HASH('req1', S)` in the 512 bytes after `Ya` (so it must end within 628 bytes of the
 //! connection's start), and A for the encrypted `VC` in the 512 bytes after `Yb` (ending
 //! within 616 bytes). Past those bounds the handshake fails: nothing is buffered without limit.
-//! `PadC` and `PadD` may be 0 to 512 bytes long; we send them empty, as libtorrent does.
+//! `PadC` and `PadD` may be 0 to 512 bytes long; we send them empty, as Transmission does.
+//! Our initiator puts `IA` in step 3 only when it offers RC4 alone, and otherwise sends it as
+//! the first payload bytes (see [`Handshake::initiator`]).
 //!
 //! # Driving a handshake
 //!
@@ -424,7 +426,8 @@ pub struct Established {
     pub method: Method,
     /// The torrent: the initiator's own, or the one the responder identified.
     pub info_hash: InfoHash,
-    /// `IA` as received (responder; usually the initiator's BitTorrent handshake). Empty for the
+    /// `IA` as received in step 3 (responder; usually the initiator's BitTorrent handshake,
+    /// though an initiator may send it after the handshake instead, in `rest`). Empty for the
     /// initiator, whose `IA` was sent.
     pub initial_payload: Vec<u8>,
     /// Bytes that arrived after the handshake, already decrypted with `cipher`.
@@ -510,9 +513,15 @@ enum State {
 }
 
 impl Handshake {
-    /// The handshake of a connection we opened for `info_hash`, with `ia` (often our
-    /// BitTorrent handshake, possibly empty) sent encrypted in step 3. Its first bytes are ready
-    /// in [`Handshake::poll_transmit`] at once.
+    /// The handshake of a connection we opened for `info_hash`, carrying `ia` (often our
+    /// BitTorrent handshake, possibly empty) to the responder. Its first bytes are ready in
+    /// [`Handshake::poll_transmit`] at once.
+    ///
+    /// `ia` goes in step 3 when the policy offers RC4 alone. When it offers plaintext, `ia` is
+    /// sent instead as the first bytes after the handshake, under the selected method (so in
+    /// [`Handshake::poll_transmit`] before the outcome): Transmission 3.00, having selected
+    /// plaintext, reads a step-3 `IA` as if it were clear and drops the connection. Either way
+    /// the remote's peer wire sees `ia` first.
     ///
     /// # Panics
     /// If `ia` is longer than [`MAX_IA`].
@@ -640,7 +649,11 @@ impl Handshake {
                 let Role::Initiator { ia } = &mut self.role else {
                     unreachable!("AwaitYb is an initiator's state")
                 };
-                let ia = std::mem::take(ia);
+                let ia = if self.policy.crypto_provide() == CRYPTO_RC4 {
+                    std::mem::take(ia)
+                } else {
+                    Vec::new()
+                };
                 let req1 = hash(&[b"req1", &self.secret]);
                 let req3 = hash(&[b"req3", &self.secret]);
                 let obfuscated = xor20(&skey_hash(&info_hash), &req3);
@@ -815,10 +828,16 @@ impl Handshake {
         )
     }
 
-    /// Ends the handshake: what is left in the buffer is the remote's payload.
+    /// Ends the handshake: what is left in the buffer is the remote's payload, and an initiator's
+    /// `IA` held back from step 3 goes out first.
     fn finish(&mut self, method: Method, initial_payload: Vec<u8>) {
         let (out, inc) = self.rc4.take().expect("keystreams exist at the end");
         let mut cipher = Cipher::new(method, out, inc);
+        if let Role::Initiator { ia } = &mut self.role {
+            let mut ia = std::mem::take(ia);
+            cipher.encrypt(&mut ia);
+            self.transmit.extend_from_slice(&ia);
+        }
         let mut rest = std::mem::take(&mut self.buf);
         cipher.decrypt(&mut rest);
         self.event = Some(MseEvent::Established(Established {

@@ -161,9 +161,17 @@ fn assert_established(case: &Case, a: &Peer, b: &Peer, method: Method) {
     assert_eq!(ea.info_hash, case.target);
     assert_eq!(eb.info_hash, case.target);
     assert!(ea.initial_payload.is_empty());
-    assert_eq!(eb.initial_payload, case.ia);
     assert_eq!(a.received, B_PAYLOAD);
-    assert_eq!(b.received, A_PAYLOAD);
+    // IA travels in step 3 when the initiator offers RC4 alone, else first after the handshake.
+    let mut ia_then_payload = case.ia.clone();
+    ia_then_payload.extend_from_slice(A_PAYLOAD);
+    if case.a_policy == Policy::Require {
+        assert_eq!(eb.initial_payload, case.ia);
+        assert_eq!(b.received, A_PAYLOAD);
+    } else {
+        assert!(eb.initial_payload.is_empty());
+        assert_eq!(b.received, ia_then_payload);
+    }
     assert!(a.hs.is_finished() && b.hs.is_finished());
 }
 
@@ -187,9 +195,10 @@ fn plaintext_method_leaves_the_stream_clear_but_the_handshake_obfuscated() {
     let case = Case::new(Policy::Disable, Policy::Prefer);
     let (a, b) = case.run();
     assert_established(&case, &a, &b, Method::Plaintext);
-    // IA is always encrypted; what follows the handshake is not.
-    assert!(!contains(&a.log, &case.ia[..20]));
-    assert!(a.log.ends_with(A_PAYLOAD));
+    // IA follows the handshake, in the clear like the rest.
+    let mut clear = case.ia.clone();
+    clear.extend_from_slice(A_PAYLOAD);
+    assert!(a.log.ends_with(&clear));
     assert!(b.log.ends_with(B_PAYLOAD));
 }
 
@@ -253,33 +262,50 @@ fn one_byte_at_a_time_works() {
     }
 }
 
-/// The bytes each side sends, recorded from one undisturbed run with `seed`.
-fn record(seed: u64, ia: &[u8]) -> (Vec<u8>, Vec<u8>) {
+/// The bytes each side sends, recorded from one undisturbed run with `seed` in which the
+/// initiator has `policy` (the responder prefers encryption).
+fn record(seed: u64, policy: Policy, ia: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let case = Case {
         seed,
         ia: ia.to_vec(),
-        ..Case::new(Policy::Prefer, Policy::Prefer)
+        ..Case::new(policy, Policy::Prefer)
     };
     let (a, b) = case.run();
     (a.log, b.log)
 }
 
-/// Feeds `parts` to `hs` until it ends, collecting what it sends and how it ends; the parts
-/// after its outcome are a driver's, not the handshake's.
-fn feed(mut hs: Handshake, parts: &[&[u8]]) -> (Vec<u8>, Option<MseEvent>, Option<MseError>) {
-    let mut sent = Vec::new();
+/// How [`feed`] ended.
+struct Fed {
+    sent: Vec<u8>,
+    event: Option<MseEvent>,
+    error: Option<MseError>,
+    /// Input after the outcome: the driver's, not the handshake's.
+    leftover: Vec<u8>,
+}
+
+/// Feeds `parts` to `hs` until it ends, collecting what it sends and how it ends.
+fn feed(mut hs: Handshake, parts: &[&[u8]]) -> Fed {
+    let mut fed = Fed {
+        sent: Vec::new(),
+        event: None,
+        error: None,
+        leftover: Vec::new(),
+    };
     for part in parts {
+        if fed.event.is_some() {
+            fed.leftover.extend_from_slice(part);
+            continue;
+        }
         if let Err(e) = hs.handle_input(part) {
-            return (sent, None, Some(e));
+            fed.error = Some(e);
+            return fed;
         }
         while let Some(bytes) = hs.poll_transmit() {
-            sent.extend_from_slice(&bytes);
+            fed.sent.extend_from_slice(&bytes);
         }
-        if let Some(e) = hs.poll_event() {
-            return (sent, Some(e), None);
-        }
+        fed.event = hs.poll_event();
     }
-    (sent, None, None)
+    fed
 }
 
 fn established(event: Option<MseEvent>) -> Established {
@@ -289,66 +315,107 @@ fn established(event: Option<MseEvent>) -> Established {
     }
 }
 
+/// Everything the remote's payload stream delivered: `IA`, `rest`, then `leftover` decrypted.
+fn delivered(e: &mut Established, leftover: &[u8]) -> Vec<u8> {
+    let mut out = std::mem::take(&mut e.initial_payload);
+    out.append(&mut e.rest);
+    let mut later = leftover.to_vec();
+    e.cipher.decrypt(&mut later);
+    out.extend(later);
+    out
+}
+
+/// A fresh initiator with `policy` and responder, keyed as in `record(seed, policy, ia)`.
+fn fresh(seed: u64, policy: Policy, ia: &[u8]) -> (Handshake, Handshake) {
+    let mut r = rng(seed);
+    let a = Handshake::initiator(policy, ih(7), ia.to_vec(), &mut r);
+    let b = Handshake::responder(Policy::Prefer, vec![ih(1), ih(7), ih(9)], &mut r);
+    (a, b)
+}
+
 #[test]
 fn every_split_point_of_either_stream_gives_the_same_handshake() {
     // The same seed gives the same keys and pads, so a fresh end fed the recorded stream
-    // replays the run: cut it in two at every offset.
+    // replays the run: cut it in two at every offset. `IA` travels in step 3 when only RC4 is
+    // offered, after the handshake otherwise.
     let ia = bt_handshake(ih(7));
-    let (a_log, b_log) = record(5, &ia);
-    let fresh = |seed: u64| {
-        let mut r = rng(seed);
-        let a = Handshake::initiator(Policy::Prefer, ih(7), ia.clone(), &mut r);
-        let b = Handshake::responder(Policy::Prefer, vec![ih(1), ih(7), ih(9)], &mut r);
-        (a, b)
-    };
-    // The responder's transmit begins with Yb and its pad; the rest is step 4 and payload.
-    let a_stream = &a_log[..a_log.len() - A_PAYLOAD.len()];
-    for k in 0..=a_stream.len() {
-        let (_, b) = fresh(5);
-        let (sent, event, error) = feed(b, &[&a_stream[..k], &a_stream[k..]]);
-        assert_eq!(error, None, "split at {k}");
-        assert_eq!(sent, b_log[..sent.len()], "split at {k}");
-        let e = established(event);
-        assert_eq!(
-            (e.method, e.info_hash),
-            (Method::Rc4, ih(7)),
-            "split at {k}"
-        );
-        assert_eq!(e.initial_payload, ia, "split at {k}");
-    }
-    for k in 0..=b_log.len() {
-        let (a, _) = fresh(5);
-        let (_, event, error) = feed(a, &[&b_log[..k], &b_log[k..]]);
-        assert_eq!(error, None, "split at {k}");
-        let mut e = established(event);
-        // Whatever of B's payload came with the handshake is in `rest`; the cipher does the rest.
-        let mut later = B_PAYLOAD.to_vec();
-        let in_rest = e.rest.len();
-        assert_eq!(e.rest, later[..in_rest], "split at {k}");
-        let mut tail = b_log[b_log.len() - (later.len() - in_rest)..].to_vec();
-        e.cipher.decrypt(&mut tail);
-        assert_eq!(tail, later.split_off(in_rest), "split at {k}");
+    for policy in [Policy::Require, Policy::Prefer] {
+        let (a_log, b_log) = record(5, policy, &ia);
+        let a_stream = &a_log[..a_log.len() - A_PAYLOAD.len()];
+        for k in 0..=a_stream.len() {
+            let fed = feed(fresh(5, policy, &ia).1, &[&a_stream[..k], &a_stream[k..]]);
+            assert!(fed.error.is_none(), "{policy:?}, split at {k}");
+            assert_eq!(
+                fed.sent,
+                b_log[..fed.sent.len()],
+                "{policy:?}, split at {k}"
+            );
+            let mut e = established(fed.event);
+            assert_eq!((e.method, e.info_hash), (Method::Rc4, ih(7)));
+            assert_eq!(
+                e.initial_payload.len(),
+                if policy == Policy::Require { 68 } else { 0 }
+            );
+            assert_eq!(
+                delivered(&mut e, &fed.leftover),
+                ia,
+                "{policy:?}, split at {k}"
+            );
+        }
+        for k in 0..=b_log.len() {
+            let fed = feed(fresh(5, policy, &ia).0, &[&b_log[..k], &b_log[k..]]);
+            assert!(fed.error.is_none(), "{policy:?}, split at {k}");
+            assert_eq!(
+                fed.sent,
+                a_stream[..fed.sent.len()],
+                "{policy:?}, split at {k}"
+            );
+            let mut e = established(fed.event);
+            assert_eq!(
+                delivered(&mut e, &fed.leftover),
+                B_PAYLOAD,
+                "{policy:?}, split at {k}"
+            );
+        }
     }
 }
 
 #[test]
 fn truncated_streams_wait_without_error_or_outcome() {
     let ia = bt_handshake(ih(7));
-    let (a_log, b_log) = record(6, &ia);
-    let a_stream = &a_log[..a_log.len() - A_PAYLOAD.len()];
-    let b_stream = &b_log[..b_log.len() - B_PAYLOAD.len()];
-    for k in 0..a_stream.len() {
-        let mut r = rng(6);
-        let _ = Handshake::initiator(Policy::Prefer, ih(7), ia.clone(), &mut r);
-        let b = Handshake::responder(Policy::Prefer, vec![ih(7)], &mut r);
-        let (_, event, error) = feed(b, &[&a_stream[..k]]);
-        assert!(event.is_none() && error.is_none(), "cut at {k}");
-    }
-    for k in 0..b_stream.len() {
-        let mut r = rng(6);
-        let a = Handshake::initiator(Policy::Prefer, ih(7), ia.clone(), &mut r);
-        let (_, event, error) = feed(a, &[&b_stream[..k]]);
-        assert!(event.is_none() && error.is_none(), "cut at {k}");
+    for policy in [Policy::Require, Policy::Prefer] {
+        let (a_log, b_log) = record(6, policy, &ia);
+        // Without its last byte of step 3 (its IA, for Require) or step 4.
+        let mut a_end = a_log.len() - A_PAYLOAD.len();
+        if policy != Policy::Require {
+            a_end -= ia.len();
+        }
+        let b_end = b_log.len() - B_PAYLOAD.len();
+        for k in 0..a_end {
+            let fed = feed(fresh(6, policy, &ia).1, &[&a_log[..k]]);
+            assert!(
+                fed.event.is_none() && fed.error.is_none(),
+                "{policy:?}, cut at {k}"
+            );
+        }
+        for k in 0..b_end {
+            let fed = feed(fresh(6, policy, &ia).0, &[&b_log[..k]]);
+            assert!(
+                fed.event.is_none() && fed.error.is_none(),
+                "{policy:?}, cut at {k}"
+            );
+        }
+        // One byte more and each end is through.
+        assert!(
+            feed(fresh(6, policy, &ia).1, &[&a_log[..a_end]])
+                .event
+                .is_some()
+        );
+        assert!(
+            feed(fresh(6, policy, &ia).0, &[&b_log[..b_end]])
+                .event
+                .is_some()
+        );
     }
 }
 
@@ -372,7 +439,7 @@ fn the_responder_finds_the_torrent_among_many_by_any_lookup() {
     ];
     for (i, make) in lookups.iter().enumerate() {
         let mut r = rng(i as u64);
-        let a = Handshake::initiator(Policy::Prefer, target, b"ia".to_vec(), &mut r);
+        let a = Handshake::initiator(Policy::Require, target, b"ia".to_vec(), &mut r);
         let b = make(&mut r);
         let mut a = Peer::new(a, Vec::new());
         let mut b = Peer::new(b, Vec::new());
@@ -408,19 +475,19 @@ fn a_plain_bittorrent_handshake_is_reported_or_refused_by_policy() {
     for policy in [Policy::Prefer, Policy::Disable] {
         let hs = Handshake::responder(policy, vec![ih(7)], &mut rng(1));
         let parts: Vec<&[u8]> = plain.chunks(3).collect();
-        let (sent, event, error) = feed(hs, &parts);
-        assert_eq!(error, None);
-        assert!(sent.is_empty(), "nothing sent to a plain peer");
-        match event {
+        let fed = feed(hs, &parts);
+        assert_eq!(fed.error, None);
+        assert!(fed.sent.is_empty(), "nothing sent to a plain peer");
+        match fed.event {
             // Known from the 20th byte: the 7th chunk of 3.
             Some(MseEvent::Plaintext { received }) => assert_eq!(received, plain[..21]),
             other => panic!("{other:?}"),
         }
     }
     let hs = Handshake::responder(Policy::Require, vec![ih(7)], &mut rng(1));
-    let (sent, _, error) = feed(hs, &[&plain[..20]]);
-    assert_eq!(error, Some(MseError::PlaintextRefused));
-    assert!(sent.is_empty());
+    let fed = feed(hs, &[&plain[..20]]);
+    assert_eq!(fed.error, Some(MseError::PlaintextRefused));
+    assert!(fed.sent.is_empty());
 }
 
 #[test]
@@ -457,7 +524,7 @@ fn garbage_fails_exactly_at_the_sync_bounds() {
     }
     // In one chunk it is the same.
     let b = Handshake::responder(Policy::Prefer, vec![ih(7)], &mut r);
-    assert_eq!(feed(b, &[&garbage]).2, Some(MseError::NoReq1Sync));
+    assert_eq!(feed(b, &[&garbage]).error, Some(MseError::NoReq1Sync));
 }
 
 #[test]
@@ -472,9 +539,9 @@ fn degenerate_public_keys_are_refused() {
     keys.push([0xff; KEY_LEN]);
     for key in keys {
         let b = Handshake::responder(Policy::Prefer, vec![ih(7)], &mut rng(1));
-        assert_eq!(feed(b, &[&key]).2, Some(MseError::BadPublicKey));
+        assert_eq!(feed(b, &[&key]).error, Some(MseError::BadPublicKey));
         let a = Handshake::initiator(Policy::Prefer, ih(7), Vec::new(), &mut rng(1));
-        assert_eq!(feed(a, &[&key]).2, Some(MseError::BadPublicKey));
+        assert_eq!(feed(a, &[&key]).error, Some(MseError::BadPublicKey));
     }
 }
 
@@ -493,7 +560,7 @@ fn input_after_the_end_is_a_driver_error() {
 #[test]
 fn the_outcome_waits_until_the_last_handshake_bytes_are_taken() {
     let ia = bt_handshake(ih(7));
-    let (a_log, _) = record(8, &ia);
+    let (a_log, _) = record(8, Policy::Prefer, &ia);
     let mut r = rng(8);
     let _ = Handshake::initiator(Policy::Prefer, ih(7), ia.clone(), &mut r);
     let mut b = Handshake::responder(Policy::Prefer, vec![ih(7)], &mut r);
@@ -697,11 +764,18 @@ fn against_initiator(
         .collect();
     assert_eq!(step3[20..40], req2[..]);
     let mut tail = step3[40..].to_vec();
-    keystream(b"keyA", &s, &skey, 1024).apply_keystream(&mut tail);
+    let mut from_a = keystream(b"keyA", &s, &skey, 1024);
+    from_a.apply_keystream(&mut tail);
     let mut expected = vec![0u8; 8];
     expected.extend_from_slice(&policy.crypto_provide().to_be_bytes());
-    expected.extend_from_slice(&[0, 0, 0, 5]);
-    expected.extend_from_slice(b"hello");
+    // IA in step 3 only when RC4 is the only method offered.
+    let in_step3 = policy == Policy::Require;
+    if in_step3 {
+        expected.extend_from_slice(&[0, 0, 0, 5]);
+        expected.extend_from_slice(b"hello");
+    } else {
+        expected.extend_from_slice(&[0, 0, 0, 0]);
+    }
     assert_eq!(tail, expected);
     let mut step4 = vec![0u8; 8];
     step4.extend_from_slice(&select.to_be_bytes());
@@ -715,6 +789,13 @@ fn against_initiator(
     }
     step4.extend(payload);
     a.handle_input(&step4)?;
+    if !in_step3 {
+        let mut late = a.poll_transmit().expect("IA after the handshake");
+        if select == CRYPTO_RC4 {
+            from_a.apply_keystream(&mut late);
+        }
+        assert_eq!(late, b"hello");
+    }
     Ok(established(a.poll_event()))
 }
 
@@ -733,6 +814,10 @@ fn our_initiator_completes_with_an_independent_responder() {
     let e = against_initiator(Policy::Prefer, CRYPTO_PLAINTEXT, 0, &[], b"bitfield").unwrap();
     assert_eq!(e.method, Method::Plaintext);
     assert_eq!(e.rest, b"bitfield");
+    let e = against_initiator(Policy::Require, CRYPTO_RC4, 3, &[], b"").unwrap();
+    assert_eq!(e.method, Method::Rc4);
+    let e = against_initiator(Policy::Disable, CRYPTO_PLAINTEXT, 3, &[], b"x").unwrap();
+    assert_eq!((e.method, e.rest), (Method::Plaintext, b"x".to_vec()));
 }
 
 #[test]
