@@ -48,6 +48,8 @@
 //! - [`metadata`]: BEP 9 `ut_metadata`: fetching the info dictionary from peers (magnet links),
 //!   and serving it.
 //! - [`metainfo`]: reading and writing `.torrent` files, with safe file paths.
+//! - [`mse`]: MSE/PE, the BitTorrent stream encryption handshake (Diffie-Hellman, RC4, the
+//!   plaintext fallback), one `Handshake` per connection (not yet wired into the driver).
 //! - [`peer`]: one peer connection's protocol state machine (handshake, flags, timers, pipelining).
 //! - [`pex`]: BEP 11 `ut_pex`: peer exchange messages, what to tell each peer, what to accept.
 //! - [`picker`]: which blocks to request from which peer (rarest first, endgame, sequential).
@@ -70,6 +72,7 @@ pub mod id;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod mse;
 pub mod peer;
 pub mod pex;
 pub mod picker;
