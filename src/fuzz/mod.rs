@@ -7,19 +7,25 @@
 //! encoders, chunk-split invariance of incremental parsers, the contracts of `poll_*` and
 //! `handle_timeout`. A failed assertion panics, which libFuzzer reports as a crash.
 //!
-//! Targets whose decoders have not landed yet (BEP 9 metadata, PEX, KRPC) get a body here and a
-//! row in [`TARGETS`] when they do; `fuzz/run.sh` and the regression test pick them up from there
-//! and from `fuzz/fuzz_targets/`.
+//! Targets whose decoders have not landed yet (KRPC) get a body here and a row in [`TARGETS`]
+//! when they do; `fuzz/run.sh` and the regression test pick them up from there and from
+//! `fuzz/fuzz_targets/`.
 
 mod formats;
+mod magnet_session;
+mod metadata;
 mod peer;
+mod pex;
 pub mod seeds;
 mod trace;
 mod tracker;
 mod wire;
 
 pub use formats::{bencode, magnet, metainfo};
+pub use magnet_session::magnet_session;
+pub use metadata::metadata;
 pub use peer::peer;
+pub use pex::pex;
 pub use trace::trace;
 pub use tracker::{http_tracker, udp_tracker};
 pub use wire::wire;
@@ -38,9 +44,10 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("http_tracker", http_tracker),
     ("udp_tracker", udp_tracker),
     ("trace", trace),
-    // Not yet in the core; add a body and a row here when each lands:
-    // ("metadata", metadata),  // BEP 9 ut_metadata messages
-    // ("pex", pex),            // BEP 11 ut_pex messages
+    ("metadata", metadata),
+    ("pex", pex),
+    ("magnet_session", magnet_session),
+    // Not yet in the core; add a body and a row here when it lands:
     // ("krpc", krpc),          // BEP 5 DHT KRPC messages
 ];
 
