@@ -10,6 +10,8 @@ use std::path::Path;
 
 use kp_torrent_core::bencode::Owned;
 use kp_torrent_core::bitfield::Bitfield;
+use kp_torrent_core::dht::krpc::{self, Body, ErrorReply, Method, NodeInfo, Query, Response};
+use kp_torrent_core::dht::node_id::NodeId;
 use kp_torrent_core::id::{InfoHash, PeerId};
 use kp_torrent_core::metadata::MetadataMessage;
 use kp_torrent_core::metainfo::{Metainfo, TorrentSpec, hash_pieces};
@@ -43,38 +45,34 @@ pub fn all(fixtures: &Path) -> Vec<Seed> {
             data,
         });
     };
-    for (name, data) in bencode() {
-        add("bencode", name, data);
-    }
-    for (name, data) in torrents() {
-        add("metainfo", name, data);
-    }
-    for (name, data) in magnets() {
-        add("magnet", name, data.into_bytes());
-    }
-    for (name, data) in wire() {
-        add("wire", name, data);
-    }
-    for (name, data) in peer() {
-        add("peer", name, data);
-    }
-    for (name, data) in http() {
-        add("http_tracker", name, data);
-    }
-    for (name, data) in udp() {
-        add("udp_tracker", name, data);
+    /// The targets whose seeds need nothing from outside.
+    type Seeds = fn() -> Vec<(&'static str, Vec<u8>)>;
+    let fixed: [(&'static str, Seeds); 12] = [
+        ("bencode", bencode),
+        ("metainfo", torrents),
+        ("magnet", || {
+            let links = magnets().into_iter();
+            links
+                .map(|(name, link)| (name, link.into_bytes()))
+                .collect()
+        }),
+        ("wire", wire),
+        ("peer", peer),
+        ("http_tracker", http),
+        ("udp_tracker", udp),
+        ("metadata", metadata),
+        ("pex", pex),
+        ("magnet_session", magnet_session),
+        ("krpc", krpc),
+        ("dht", dht),
+    ];
+    for (target, seeds) in fixed {
+        for (name, data) in seeds() {
+            add(target, name, data);
+        }
     }
     for (name, data) in traces(fixtures) {
         add("trace", &name, data);
-    }
-    for (name, data) in metadata() {
-        add("metadata", name, data);
-    }
-    for (name, data) in pex() {
-        add("pex", name, data);
-    }
-    for (name, data) in magnet_session() {
-        add("magnet_session", name, data);
     }
     s
 }
@@ -787,6 +785,173 @@ fn magnet_session() -> Vec<(&'static str, Vec<u8>)> {
         ("liar", liar),
         ("outgoing", outgoing),
     ]
+}
+
+/// KRPC datagrams: every kind of message as the codec writes it, a few as other clients write
+/// them, and two recipes for built messages (bytes that do not start with `d`).
+fn krpc() -> Vec<(&'static str, Vec<u8>)> {
+    let v4 = |d: u8| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, d)), 6881);
+    let v6 = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 6881);
+    let id = NodeId([0x11; 20]);
+    let msg = |tid: &[u8], body| krpc::Message {
+        tid: krpc::TransactionId::new(tid).expect("short"),
+        body,
+        version: Some(b"KP\x00\x01".to_vec()),
+        ip: None,
+        read_only: false,
+    };
+    let query = |tid: &[u8], method| {
+        msg(
+            tid,
+            Body::Query(Query {
+                id,
+                method,
+                want: krpc::Want::default(),
+            }),
+        )
+    };
+    let ih = InfoHash([0x22; 20]);
+    let mut find = query(
+        b"fn",
+        Method::FindNode {
+            target: NodeId([0x33; 20]),
+        },
+    );
+    if let Body::Query(q) = &mut find.body {
+        q.want = krpc::Want { n4: true, n6: true };
+    }
+    let announce = query(
+        b"an",
+        Method::AnnouncePeer {
+            info_hash: ih,
+            port: 51413,
+            implied_port: true,
+            token: vec![1, 2, 3, 4, 5, 6, 7, 8],
+        },
+    );
+    let mut response = msg(
+        b"r1",
+        Body::Response(Response {
+            id,
+            nodes: vec![
+                NodeInfo {
+                    id: NodeId([0x44; 20]),
+                    addr: v4(1),
+                },
+                NodeInfo {
+                    id: NodeId([0x55; 20]),
+                    addr: v6,
+                },
+            ],
+            values: vec![v4(2), v6],
+            token: Some(b"tok".to_vec()),
+        }),
+    );
+    response.ip = Some(v4(9));
+    response.read_only = true;
+    let error = msg(
+        b"e1",
+        Body::Error(ErrorReply {
+            code: ErrorReply::METHOD_UNKNOWN,
+            message: "Method Unknown".into(),
+        }),
+    );
+    vec![
+        ("ping", query(b"aa", Method::Ping).encode()),
+        ("find-node", find.encode()),
+        (
+            "get-peers",
+            query(b"gp", Method::GetPeers { info_hash: ih }).encode(),
+        ),
+        ("announce-peer", announce.encode()),
+        ("response", response.encode()),
+        ("error", error.encode()),
+        (
+            "bep5-ping",
+            b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe".to_vec(),
+        ),
+        (
+            "unknown-method",
+            b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e\
+              1:q9:sample_xx1:t2:aa1:y1:qe"
+                .to_vec(),
+        ),
+        (
+            "query-without-id",
+            b"d1:ade1:q4:ping1:t2:zz1:y1:qe".to_vec(),
+        ),
+        // Built: tid "ab", a get_peers query; a response with two nodes and a value.
+        (
+            "built-query",
+            vec![2, b'a', b'b', 0, 7, 2, 9, 1, 1, 1, b'x', 1, 1, 0, 1, 0],
+        ),
+        (
+            "built-response",
+            [
+                &[1u8, 7, 1, 3, 2, 4, 0x1a, 0xe1, 10, 0, 0, 1, 0xf0][..],
+                &[0x66; 20],
+                &[1, 0x1a, 0xe1],
+                &[0; 16],
+                &[1, 0, 0, 80, 127, 0, 0, 1, 1, 3, b't', b'o', b'k', 0, 0, 0],
+            ]
+            .concat(),
+        ),
+    ]
+}
+
+/// Dht node scripts; the bytes follow `dht::run_op` (op codes 0-12).
+fn dht() -> Vec<(&'static str, Vec<u8>)> {
+    // Header: IPv6, bootstrap (then two addresses), seed, amplification - 1, transactions - 1,
+    // lookups - 1, values. Addresses: 10.0.0.(k & 7):6881 for k below 8, :6882 for 8-15.
+    let header = |ipv6: u8| vec![ipv6, 1, 7, 7, 31, 3, 50, 0x01, 0x02];
+    // Answers to the node's queries: pick one, from its address, a response with nodes (count,
+    // then id byte and address byte each), a value (10.0.0.6:6881), a token, the responder's id,
+    // `ip`, not read-only.
+    let answer = |pick: u8, nodes: &[(u8, u8)]| -> Vec<u8> {
+        let mut v = vec![5, pick, 1, 1, nodes.len() as u8];
+        for &(id, addr) in nodes {
+            v.extend_from_slice(&[id, addr]);
+        }
+        v.extend_from_slice(&[1, 0x06, 1, 2, 0xaa, 0xbb, 0x21, 1, 1]);
+        v
+    };
+    // A query op: from, tid length and bytes, method and its arguments, want, querier id,
+    // version, read-only.
+    let ping = |from: u8, id: u8| vec![2, from, 2, b'p', from, 0, 2, id, 0, 1];
+    let get_peers = |from: u8, ih: u8| vec![3, from, 2, b'g', from, 2, ih, 3, 0x25, 1, 1];
+    let announce_with_token =
+        |from: u8, ih: u8| vec![2, from, 2, b'a', from, 3, ih, 0x1a, 0xe1, 0, 2, 0x29, 0, 1];
+    let mut join = header(0);
+    join.extend_from_slice(&[11, 0]); // bootstrap: find_node to both bootstrap nodes
+    join.extend(answer(0, &[(0x31, 3), (0x35, 4), (0x39, 5)]));
+    join.extend(answer(0, &[(0x3d, 6), (0x41, 7)]));
+    for _ in 0..3 {
+        join.extend(answer(0, &[]));
+    }
+    join.extend_from_slice(&[8, 8]); // timers
+    join.extend(ping(0x03, 0x45));
+    join.extend(answer(0xff, &[]));
+    join.extend(get_peers(0x03, 1));
+    join.extend(announce_with_token(0x03, 1));
+    join.extend(get_peers(0x04, 1));
+    join.extend_from_slice(&[9, 1, 1]); // get_peers lookup
+    join.extend(answer(0, &[(0x49, 6)]));
+    join.extend(answer(0, &[]));
+    join.extend_from_slice(&[10, 2, 2, 0x1a, 0xe1, 0]); // announce
+    for _ in 0..4 {
+        join.extend(answer(0, &[]));
+    }
+    join.extend_from_slice(&[7, 0x03, 0xe8, 8, 8]);
+    let mut flood = header(1);
+    flood.extend(ping(0x01, 0x45));
+    flood.extend_from_slice(&[4, 0x01, 0, 39, 4, 0x01, 1, 39]); // the same ping 78 times
+    flood.extend(get_peers(0xc1, 2)); // from IPv6
+    flood.extend_from_slice(&[0, 0x02, 5, b'd', b'1', b':', b'q', b'e']);
+    flood.extend_from_slice(&[1, 0x02, 0x13, 0x88]); // 5,000 zero bytes
+    flood.extend(b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe");
+    flood.extend_from_slice(&[9, 0, 0, 9, 0, 1, 11, 0, 11, 1, 11, 2, 11, 3]); // duplicates, limit
+    flood.extend_from_slice(&[12, 0xff, 7, 0xff, 0xff, 8]);
+    vec![("join", join), ("flood", flood)]
 }
 
 #[cfg(test)]
