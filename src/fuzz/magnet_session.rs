@@ -345,6 +345,10 @@ impl Harness {
                     // In pieces of one byte or more, at most 64 of them.
                     let chunk = (1 + (split >> 3) * 512).max(bytes.len().div_ceil(64));
                     for part in bytes.chunks(chunk) {
+                        // The session may close the connection after any part.
+                        if !self.conns.contains_key(&k) {
+                            break;
+                        }
                         self.received(k, part);
                     }
                 } else {
