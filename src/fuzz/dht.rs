@@ -20,6 +20,8 @@ use super::Bytes;
 const MAX_STEPS: usize = 300;
 /// Queries of ours the script remembers, to answer (the latest).
 const REMEMBERED: usize = 64;
+/// Repeated queries one input sends at most (each a datagram in; they cost the most).
+const MAX_REPEATS: usize = 200;
 /// Lookup handles the script uses (few, so duplicates come up).
 const LOOKUP_IDS: u8 = 4;
 
@@ -66,6 +68,7 @@ pub fn dht(data: &[u8]) {
         tokens: BTreeMap::new(),
         running: BTreeMap::new(),
         last_query: None,
+        repeats: 0,
     };
     for _ in 0..MAX_STEPS {
         if b.is_empty() {
@@ -138,6 +141,8 @@ struct Harness {
     running: BTreeMap<LookupId, Running>,
     /// The latest well-formed query sent, for repeats.
     last_query: Option<Vec<u8>>,
+    /// Repeated queries sent so far.
+    repeats: usize,
 }
 
 /// What one datagram input was, for the replies it may get.
@@ -239,7 +244,9 @@ impl Harness {
                 };
                 let from = addr(b);
                 let spread = b.bool();
-                for i in 0..b.u8() % 40 {
+                let n = usize::from(b.u8() % 40).min(MAX_REPEATS - self.repeats);
+                self.repeats += n;
+                for i in 0..n as u8 {
                     let from = if spread {
                         SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, i)), 6881)
                     } else {
