@@ -851,9 +851,11 @@ impl MetadataFetcher {
                 source: None,
             });
         }
+        let majority = self.pick_size();
         let Some(a) = &mut self.attempt else {
             return;
         };
+        let mut emptied = false;
         if self.one_source {
             let current_ready = a
                 .source
@@ -881,9 +883,20 @@ impl MetadataFetcher {
                     }
                     a.source = Some(next);
                     self.last_source = Some(next);
+                    emptied = a.slots.iter().any(|s| *s != Slot::Missing);
                     a.slots.fill(Slot::Missing);
                 }
             }
+        }
+        if emptied && majority != Some(a.size) {
+            // Emptied by the switch, the attempt follows the majority size now, as an untouched
+            // one does above (not at the next call: a second timer call must do nothing).
+            let size = a.size;
+            for p in self.peers.values_mut().filter(|p| p.size == size) {
+                p.in_flight.clear();
+            }
+            self.attempt = None;
+            return self.schedule();
         }
         let deadline = now + self.config.request_timeout;
         let max = self.config.max_in_flight_per_peer;

@@ -7,19 +7,28 @@
 //! encoders, chunk-split invariance of incremental parsers, the contracts of `poll_*` and
 //! `handle_timeout`. A failed assertion panics, which libFuzzer reports as a crash.
 //!
-//! Targets whose decoders have not landed yet (BEP 9 metadata, PEX, KRPC) get a body here and a
-//! row in [`TARGETS`] when they do; `fuzz/run.sh` and the regression test pick them up from there
-//! and from `fuzz/fuzz_targets/`.
+//! A new target is a body here, a row in [`TARGETS`] and a file in `fuzz/fuzz_targets/`;
+//! `fuzz/run.sh` and the regression test pick it up from there.
 
+mod dht;
 mod formats;
+mod krpc;
+mod magnet_session;
+mod metadata;
 mod peer;
+mod pex;
 pub mod seeds;
 mod trace;
 mod tracker;
 mod wire;
 
+pub use dht::dht;
 pub use formats::{bencode, magnet, metainfo};
+pub use krpc::krpc;
+pub use magnet_session::magnet_session;
+pub use metadata::metadata;
 pub use peer::peer;
+pub use pex::pex;
 pub use trace::trace;
 pub use tracker::{http_tracker, udp_tracker};
 pub use wire::wire;
@@ -38,10 +47,11 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("http_tracker", http_tracker),
     ("udp_tracker", udp_tracker),
     ("trace", trace),
-    // Not yet in the core; add a body and a row here when each lands:
-    // ("metadata", metadata),  // BEP 9 ut_metadata messages
-    // ("pex", pex),            // BEP 11 ut_pex messages
-    // ("krpc", krpc),          // BEP 5 DHT KRPC messages
+    ("metadata", metadata),
+    ("pex", pex),
+    ("magnet_session", magnet_session),
+    ("krpc", krpc),
+    ("dht", dht),
 ];
 
 /// Reads structured choices from fuzz input. Reading past the end yields zeros, so every input is

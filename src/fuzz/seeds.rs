@@ -10,8 +10,12 @@ use std::path::Path;
 
 use kp_torrent_core::bencode::Owned;
 use kp_torrent_core::bitfield::Bitfield;
+use kp_torrent_core::dht::krpc::{self, Body, ErrorReply, Method, NodeInfo, Query, Response};
+use kp_torrent_core::dht::node_id::NodeId;
 use kp_torrent_core::id::{InfoHash, PeerId};
+use kp_torrent_core::metadata::MetadataMessage;
 use kp_torrent_core::metainfo::{Metainfo, TorrentSpec, hash_pieces};
+use kp_torrent_core::pex::{PexFlags, PexMessage};
 use kp_torrent_core::session::{Input, SessionConfig, Torrent};
 use kp_torrent_core::time::Time;
 use kp_torrent_core::torrent::{StartState, TorrentConfig, TorrentInput};
@@ -41,26 +45,31 @@ pub fn all(fixtures: &Path) -> Vec<Seed> {
             data,
         });
     };
-    for (name, data) in bencode() {
-        add("bencode", name, data);
-    }
-    for (name, data) in torrents() {
-        add("metainfo", name, data);
-    }
-    for (name, data) in magnets() {
-        add("magnet", name, data.into_bytes());
-    }
-    for (name, data) in wire() {
-        add("wire", name, data);
-    }
-    for (name, data) in peer() {
-        add("peer", name, data);
-    }
-    for (name, data) in http() {
-        add("http_tracker", name, data);
-    }
-    for (name, data) in udp() {
-        add("udp_tracker", name, data);
+    /// The targets whose seeds need nothing from outside.
+    type Seeds = fn() -> Vec<(&'static str, Vec<u8>)>;
+    let fixed: [(&'static str, Seeds); 12] = [
+        ("bencode", bencode),
+        ("metainfo", torrents),
+        ("magnet", || {
+            let links = magnets().into_iter();
+            links
+                .map(|(name, link)| (name, link.into_bytes()))
+                .collect()
+        }),
+        ("wire", wire),
+        ("peer", peer),
+        ("http_tracker", http),
+        ("udp_tracker", udp),
+        ("metadata", metadata),
+        ("pex", pex),
+        ("magnet_session", magnet_session),
+        ("krpc", krpc),
+        ("dht", dht),
+    ];
+    for (target, seeds) in fixed {
+        for (name, data) in seeds() {
+            add(target, name, data);
+        }
     }
     for (name, data) in traces(fixtures) {
         add("trace", &name, data);
@@ -580,6 +589,369 @@ fn recorded_seeder() -> Vec<u8> {
     drain(&mut rec);
     let (_, out) = rec.finish();
     out.expect("writing to a Vec cannot fail")
+}
+
+/// `ut_metadata` inputs; the script bytes follow `metadata::run_op` (op codes 0–11).
+fn metadata() -> Vec<(&'static str, Vec<u8>)> {
+    let codec = |payload: &[u8]| [&[0u8][..], payload].concat();
+    let data = MetadataMessage::Data {
+        piece: 1,
+        total_size: 20_000,
+        data: &[7; 3616],
+    }
+    .encode();
+    // Header: mode (top bit: check memory), size - 1 (2 bytes), fill, limit choice, requests per peer, request timeout
+    // and backoff (2 bytes each, tens of milliseconds). 39,999 + 1 bytes: three pieces.
+    let header = [0x81u8, 0x9c, 0x3f, 0x5a, 0, 2, 0x07, 0xd0, 0x0b, 0xb8];
+    let script = |ops: &[&[u8]]| [&header[..], &ops.concat()].concat();
+    // Peers 0 and 1 advertise the true size; 0 is asked for pieces 0 and 1, 1 for piece 2.
+    let two_sources: &[u8] = &[0, 0, 0, 0, 1, 0];
+    let honest = script(&[
+        two_sources,
+        &[1, 0, 200, 0],
+        &[1, 0, 200, 1],
+        &[1, 1, 200, 2],
+    ]);
+    // Peer 1 corrupts piece 2: the hash fails, peer 0 alone delivers, peer 1 is convicted.
+    let liar = script(&[
+        two_sources,
+        &[1, 0, 200, 0],
+        &[1, 0, 200, 1],
+        &[2, 1, 200, 2, 0, 5, 0x10],
+        &[1, 0, 200, 0],
+        &[1, 0, 200, 1],
+        &[1, 0, 200, 2],
+    ]);
+    // Silence (30 s) times the requests out, a reject, a size change, a peer leaving and
+    // coming back, an arbitrary payload, a refused size.
+    let reject = MetadataMessage::Reject { piece: 0 }.encode();
+    let mut raw = vec![6, 1, reject.len() as u8];
+    raw.extend_from_slice(&reject);
+    let stalls = script(&[
+        two_sources,
+        &[8, 0x0b, 0xb8],
+        &[9],
+        &[4, 0, 200, 0],
+        &[0, 1, 4],
+        &[7, 0],
+        &[0, 0, 0],
+        &raw,
+        &[0, 2, 6],
+        &[0, 3, 7, 0],
+        &[5, 0, 200, 1],
+        &[3, 0, 1, 0, 2, 1, 9],
+        &[9],
+        &[1, 0, 0],
+        &[1, 0, 1],
+        &[1, 0, 2],
+        &[10, 50],
+        &[9],
+        &[1, 0, 0],
+    ]);
+    vec![
+        (
+            "request",
+            codec(&MetadataMessage::Request { piece: 3 }.encode()),
+        ),
+        ("data", codec(&data)),
+        (
+            "reject-with-extra-keys",
+            codec(b"d8:msg_typei2e5:piecei0e4:zzzzi1eeXYZ"),
+        ),
+        (
+            "huge-piece",
+            codec(b"d8:msg_typei1e5:piecei4294967296e10:total_sizei1ee"),
+        ),
+        ("honest", honest),
+        ("liar", liar),
+        ("stalls", stalls),
+    ]
+}
+
+/// `ut_pex` inputs; the receiver's and sender's scripts follow `pex::receive` and `pex::send`.
+fn pex() -> Vec<(&'static str, Vec<u8>)> {
+    let v4 = |d: u8, port: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, d)), port);
+    let v6 = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 6881);
+    let real = PexMessage {
+        added: vec![
+            (v4(2, 6881), PexFlags::SEED | PexFlags::REACHABLE),
+            (v4(3, 0), PexFlags(0)),
+            (v4(2, 6881), PexFlags(0)),
+            (v6, PexFlags::UTP),
+        ],
+        dropped: vec![v4(4, 51413)],
+    }
+    .encode();
+    // Receiver header: mode 0, minimum interval (2 bytes, tens of ms), caps; then messages:
+    // time step (2 bytes), kind (0 built, 1 short, 2 long), payload. An address built from the
+    // input is a kind byte (0x58 | port choice: 127.0.0.x, then x) or one of the special ones.
+    let mut receive = vec![0, 0x11, 0x94, 50, 50];
+    receive.extend_from_slice(&[0x17, 0x70, 1, real.len() as u8]);
+    receive.extend_from_slice(&real);
+    receive.extend_from_slice(&[0x00, 0x10, 1, real.len() as u8]); // too soon
+    receive.extend_from_slice(&real);
+    receive.extend_from_slice(&[0x17, 0x70, 0, 4]); // built: four added...
+    receive.extend_from_slice(&[0x58, 1, 0x10, 0x59, 2, 0x02, 0x54, 1, 0, 0x58, 1, 0]);
+    receive.extend_from_slice(&[2, 0x58, 4, 0x08]); // ...two dropped
+    receive.extend_from_slice(&[0x17, 0x70, 1, 5]);
+    receive.extend_from_slice(b"i42e!");
+    let many = PexMessage {
+        added: (0..250u16)
+            .map(|i| (v4((i % 200) as u8 + 1, 1000 + i), PexFlags(0)))
+            .collect(),
+        dropped: Vec::new(),
+    }
+    .encode();
+    let mut long = vec![0, 0, 0, 60, 3];
+    long.extend_from_slice(&[0, 1, 2]);
+    long.extend_from_slice(&(many.len() as u16).to_be_bytes());
+    long.extend_from_slice(&many);
+    // Sender header: mode 1, the peer's address, the interval. Ops: 0/1 add (address, flags),
+    // 2 remove, 3 many (count, base, add), 4 own address, 5 clear, 6/7 tick (2 bytes).
+    let send = vec![
+        1, 0x58, 1, 0x17, 0x70, // peer 127.0.0.1:6881, one minute
+        0, 0x58, 1, 0, // the peer itself
+        0, 0x59, 2, 2, // 127.0.0.2:6882, a seed
+        0, 0x18, 3, 0, // 127.0.0.3, port 0
+        0, 0x5a, 4, 0, // 127.0.0.4:6883
+        6, 0, 0, // first message at once
+        6, 0, 1, // too soon
+        4, 0x5a, 4, // 127.0.0.4:6883 turns out to be the peer too
+        2, 0x59, 2, // 127.0.0.2 gone
+        3, 120, 7, 1, // 120 more peers
+        6, 0x17, 0x70, 6, 0x17, 0x70, 6, 0x17, 0x70, 6, 0x17, 0x70, // four minutes
+        0, 0x59, 2, 0, // 127.0.0.2 back, no longer a seed
+        5, 6, 0x17, 0x70, 6, 0x17, 0x70, 6, 0x17, 0x70, 6, 0, 1,
+    ];
+    vec![("receive", receive), ("receive-many", long), ("send", send)]
+}
+
+/// Magnet session scripts; the bytes follow `magnet_session::run_op` (op codes 0–15).
+fn magnet_session() -> Vec<(&'static str, Vec<u8>)> {
+    // Header: metadata kind (0 one piece, 1 two pieces, 2 not a torrent: then its length - 1
+    // in 2 bytes and a fill byte), seed, connection limit - 2, PEX, hand over (not 0 mod 4).
+    // Ops: 0 incoming (ip, port); 1 handshake (connection, shape: 8 = extension and fast bits
+    // and peer id 2); 2 extended handshake (connection, ut_metadata choice 3 = id 3, ut_pex, size
+    // choice 0 = the true size, p and its 2 bytes); 3 ut_metadata (connection, 200 and the
+    // piece, kind: 0 true, 2 corrupted (2-byte offset, xor), 4 reject (1) or request (0), 5
+    // arbitrary payload; then 1 = in one piece); 8 another message (connection, kind); 10 a
+    // connection closes; 11 time (2 bytes); 12 the timer; 13 discovery (count - 1, then ip and
+    // port each); 14 connected (pending one, 1 = connected).
+    let peer =
+        |conn: u8, shape: u8| -> Vec<u8> { vec![1, conn, shape, 2, conn, 3, 1, 0, 1, 0x1a, 0xe1] };
+    let utm = |conn: u8, piece: u8, kind: &[u8]| -> Vec<u8> {
+        [&[3, conn, 200, piece][..], kind, &[1]].concat()
+    };
+    let mut one = vec![0, 1, 3, 1, 1];
+    one.extend_from_slice(&[0, 0, 0]);
+    one.extend(peer(0, 8));
+    one.extend(utm(0, 0, &[0]));
+    one.extend_from_slice(&[8, 0, 12, 8, 0, 2]); // have all, unchoke
+    one.extend(utm(0, 0, &[4, 0])); // it asks for piece 0: we serve it
+    one.extend_from_slice(&[12, 11, 0x0b, 0xb8, 12]);
+    let mut two = vec![1, 2, 4, 0, 1];
+    two.extend_from_slice(&[0, 0, 0, 0, 1, 1]);
+    two.extend(peer(0, 8));
+    two.extend(peer(1, 12));
+    two.extend_from_slice(&[8, 0, 6, 125]); // a bitfield kept until the piece count is known
+    two.extend(std::iter::repeat_n(0xff, 125));
+    two.extend(utm(0, 0, &[0]));
+    two.extend([3, 0, 200, 1, 0, 0x08]); // the second piece in 512-byte parts
+    two.extend_from_slice(&[8, 1, 12, 8, 1, 2, 8, 0, 2, 12]);
+    // Peer 0 rejects piece 1, which peer 1 then corrupts: the hash fails; peer 1 alone delivers
+    // next and is convicted for its earlier piece.
+    let mut liar = vec![1, 3, 4, 1, 1];
+    liar.extend_from_slice(&[0, 0, 0, 0, 1, 1]);
+    liar.extend(peer(0, 8));
+    liar.extend(peer(1, 12));
+    liar.extend(utm(0, 1, &[4, 1]));
+    liar.extend(utm(1, 1, &[2, 0, 9, 0x20]));
+    liar.extend(utm(0, 0, &[0]));
+    liar.extend(utm(1, 0, &[0]));
+    liar.extend(utm(1, 1, &[0]));
+    liar.extend_from_slice(&[11, 0x07, 0xd0, 12]);
+    // An outgoing peer found by discovery delivers metadata that is not a torrent; an incoming
+    // one advertises a size of zero and sends a malformed message; a connection closes.
+    let mut outgoing = vec![2, 0x04, 0x03, 0x33, 4, 3, 0, 1];
+    outgoing.extend_from_slice(&[13, 0, 1, 0, 14, 0, 1]);
+    outgoing.extend(peer(0, 16));
+    outgoing.extend(utm(0, 0, &[0]));
+    outgoing.extend_from_slice(&[0, 2, 1, 1, 1, 20, 2, 1, 2, 7, 0, 6, 0]);
+    outgoing.extend(utm(1, 0, &[5, 4, b'x', b'y', b'z', b'!']));
+    outgoing.extend_from_slice(&[10, 0, 12, 12]);
+    vec![
+        ("one-piece", one),
+        ("two-pieces", two),
+        ("liar", liar),
+        ("outgoing", outgoing),
+    ]
+}
+
+/// KRPC datagrams: every kind of message as the codec writes it, a few as other clients write
+/// them, and two recipes for built messages (bytes that do not start with `d`).
+fn krpc() -> Vec<(&'static str, Vec<u8>)> {
+    let v4 = |d: u8| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, d)), 6881);
+    let v6 = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 6881);
+    let id = NodeId([0x11; 20]);
+    let msg = |tid: &[u8], body| krpc::Message {
+        tid: krpc::TransactionId::new(tid).expect("short"),
+        body,
+        version: Some(b"KP\x00\x01".to_vec()),
+        ip: None,
+        read_only: false,
+    };
+    let query = |tid: &[u8], method| {
+        msg(
+            tid,
+            Body::Query(Query {
+                id,
+                method,
+                want: krpc::Want::default(),
+            }),
+        )
+    };
+    let ih = InfoHash([0x22; 20]);
+    let mut find = query(
+        b"fn",
+        Method::FindNode {
+            target: NodeId([0x33; 20]),
+        },
+    );
+    if let Body::Query(q) = &mut find.body {
+        q.want = krpc::Want { n4: true, n6: true };
+    }
+    let announce = query(
+        b"an",
+        Method::AnnouncePeer {
+            info_hash: ih,
+            port: 51413,
+            implied_port: true,
+            token: vec![1, 2, 3, 4, 5, 6, 7, 8],
+        },
+    );
+    let mut response = msg(
+        b"r1",
+        Body::Response(Response {
+            id,
+            nodes: vec![
+                NodeInfo {
+                    id: NodeId([0x44; 20]),
+                    addr: v4(1),
+                },
+                NodeInfo {
+                    id: NodeId([0x55; 20]),
+                    addr: v6,
+                },
+            ],
+            values: vec![v4(2), v6],
+            token: Some(b"tok".to_vec()),
+        }),
+    );
+    response.ip = Some(v4(9));
+    response.read_only = true;
+    let error = msg(
+        b"e1",
+        Body::Error(ErrorReply {
+            code: ErrorReply::METHOD_UNKNOWN,
+            message: "Method Unknown".into(),
+        }),
+    );
+    vec![
+        ("ping", query(b"aa", Method::Ping).encode()),
+        ("find-node", find.encode()),
+        (
+            "get-peers",
+            query(b"gp", Method::GetPeers { info_hash: ih }).encode(),
+        ),
+        ("announce-peer", announce.encode()),
+        ("response", response.encode()),
+        ("error", error.encode()),
+        (
+            "bep5-ping",
+            b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe".to_vec(),
+        ),
+        (
+            "unknown-method",
+            b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e\
+              1:q9:sample_xx1:t2:aa1:y1:qe"
+                .to_vec(),
+        ),
+        (
+            "query-without-id",
+            b"d1:ade1:q4:ping1:t2:zz1:y1:qe".to_vec(),
+        ),
+        // Built: tid "ab", a get_peers query; a response with two nodes and a value.
+        (
+            "built-query",
+            vec![2, b'a', b'b', 0, 7, 2, 9, 1, 1, 1, b'x', 1, 1, 0, 1, 0],
+        ),
+        (
+            "built-response",
+            [
+                &[1u8, 7, 1, 3, 2, 4, 0x1a, 0xe1, 10, 0, 0, 1, 0xf0][..],
+                &[0x66; 20],
+                &[1, 0x1a, 0xe1],
+                &[0; 16],
+                &[1, 0, 0, 80, 127, 0, 0, 1, 1, 3, b't', b'o', b'k', 0, 0, 0],
+            ]
+            .concat(),
+        ),
+    ]
+}
+
+/// Dht node scripts; the bytes follow `dht::run_op` (op codes 0-12).
+fn dht() -> Vec<(&'static str, Vec<u8>)> {
+    // Header: IPv6, bootstrap (then two addresses), seed, amplification - 1, transactions - 1,
+    // lookups - 1, values. Addresses: 10.0.0.(k & 7):6881 for k below 8, :6882 for 8-15.
+    let header = |ipv6: u8| vec![ipv6, 1, 7, 7, 31, 3, 50, 0x01, 0x02];
+    // Answers to the node's queries: pick one, from its address, a response with nodes (count,
+    // then id byte and address byte each), a value (10.0.0.6:6881), a token, the responder's id,
+    // `ip`, not read-only.
+    let answer = |pick: u8, nodes: &[(u8, u8)]| -> Vec<u8> {
+        let mut v = vec![5, pick, 1, 1, nodes.len() as u8];
+        for &(id, addr) in nodes {
+            v.extend_from_slice(&[id, addr]);
+        }
+        v.extend_from_slice(&[1, 0x06, 1, 2, 0xaa, 0xbb, 0x21, 1, 1]);
+        v
+    };
+    // A query op: from, tid length and bytes, method and its arguments, want, querier id,
+    // version, read-only.
+    let ping = |from: u8, id: u8| vec![2, from, 2, b'p', from, 0, 2, id, 0, 1];
+    let get_peers = |from: u8, ih: u8| vec![3, from, 2, b'g', from, 2, ih, 3, 0x25, 1, 1];
+    let announce_with_token =
+        |from: u8, ih: u8| vec![2, from, 2, b'a', from, 3, ih, 0x1a, 0xe1, 0, 2, 0x29, 0, 1];
+    let mut join = header(0);
+    join.extend_from_slice(&[11, 0]); // bootstrap: find_node to both bootstrap nodes
+    join.extend(answer(0, &[(0x31, 3), (0x35, 4), (0x39, 5)]));
+    join.extend(answer(0, &[(0x3d, 6), (0x41, 7)]));
+    for _ in 0..3 {
+        join.extend(answer(0, &[]));
+    }
+    join.extend_from_slice(&[8, 8]); // timers
+    join.extend(ping(0x03, 0x45));
+    join.extend(answer(0xff, &[]));
+    join.extend(get_peers(0x03, 1));
+    join.extend(announce_with_token(0x03, 1));
+    join.extend(get_peers(0x04, 1));
+    join.extend_from_slice(&[9, 1, 1]); // get_peers lookup
+    join.extend(answer(0, &[(0x49, 6)]));
+    join.extend(answer(0, &[]));
+    join.extend_from_slice(&[10, 2, 2, 0x1a, 0xe1, 0]); // announce
+    for _ in 0..4 {
+        join.extend(answer(0, &[]));
+    }
+    join.extend_from_slice(&[7, 0x03, 0xe8, 8, 8]);
+    let mut flood = header(1);
+    flood.extend(ping(0x01, 0x45));
+    flood.extend_from_slice(&[4, 0x01, 0, 39, 4, 0x01, 1, 39]); // the same ping 78 times
+    flood.extend(get_peers(0xc1, 2)); // from IPv6
+    flood.extend_from_slice(&[0, 0x02, 5, b'd', b'1', b':', b'q', b'e']);
+    flood.extend_from_slice(&[1, 0x02, 0x13, 0x88]); // 5,000 zero bytes
+    flood.extend(b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe");
+    flood.extend_from_slice(&[9, 0, 0, 9, 0, 1, 11, 0, 11, 1, 11, 2, 11, 3]); // duplicates, limit
+    flood.extend_from_slice(&[12, 0xff, 7, 0xff, 0xff, 8]);
+    vec![("join", join), ("flood", flood)]
 }
 
 #[cfg(test)]

@@ -731,3 +731,47 @@ fn slow_peers_taking_turns_cannot_keep_a_willing_peer_unasked() {
     }
     assert!(done, "the honest peer was never asked within 5 minutes");
 }
+
+#[test]
+fn a_second_timer_call_after_a_source_switch_does_nothing() {
+    // Found by the `metadata` fuzz target. After a failed hash check the fetcher takes every
+    // piece from one source; when that source stalls, the switch to the next empties the
+    // attempt, which must then follow the majority size at once, not at the next call.
+    let info = info_of_len(2 * PIECE_SIZE as usize);
+    let size = info.len() as u64;
+    let mut lie = info.clone();
+    lie[PIECE_SIZE as usize] ^= 1;
+    let config = FetcherConfig {
+        max_in_flight_per_peer: 1,
+        ..FetcherConfig::default()
+    };
+    let mut f = fetcher(&info, config);
+    f.handle_peer(T0, p(0), size).unwrap();
+    f.handle_peer(T0, p(1), size).unwrap();
+    assert_eq!(actions(&mut f), vec![(p(0), 0), (p(1), 1)]);
+    answer(&mut f, T0, p(0), &info, 0);
+    answer(&mut f, T0, p(1), &lie, 1);
+    assert!(matches!(
+        events(&mut f)[..],
+        [MetadataEvent::HashFailed { .. }]
+    ));
+    // One source now: peer 0 delivers piece 0 and is asked for piece 1.
+    assert_eq!(actions(&mut f), vec![(p(0), 0)]);
+    answer(&mut f, T0, p(0), &info, 0);
+    assert_eq!(actions(&mut f), vec![(p(0), 1)]);
+    // Two peers with a smaller size arrive; the attempt has a piece, so it keeps its size.
+    f.handle_peer(T0, p(2), size - 1).unwrap();
+    f.handle_peer(T0, p(3), size - 1).unwrap();
+    assert_eq!(actions(&mut f), vec![]);
+    // Peer 0 stalls: among the peers that may be asked, the smaller size has the majority.
+    let later = T0 + Duration::from_secs(21);
+    f.handle_timeout(later);
+    let first = actions(&mut f);
+    assert!(
+        first.iter().all(|&(peer, _)| peer == p(2) || peer == p(3)),
+        "{first:?}"
+    );
+    f.handle_timeout(later);
+    assert_eq!(actions(&mut f), vec![], "a second timer call asked again");
+    assert_eq!(events(&mut f), vec![]);
+}
