@@ -680,6 +680,8 @@ impl Harness {
                 | Event::PeerBanned { .. } => {
                     assert!(self.handed_over, "{ev} before the metadata");
                 }
+                // The sessions here run no DHT: nothing names a DHT node.
+                Event::DhtNode { .. } => panic!("{ev} without a DHT"),
             }
         }
         for id in newly_banned {
