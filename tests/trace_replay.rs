@@ -1,6 +1,8 @@
 //! Trace record and replay over a simulated swarm (`tests/sim`): a recorded run replays with
-//! zero divergences; a changed input byte is reported at the input that carried it; replay gives
-//! the same report in separate processes; damaged traces are errors, never panics.
+//! zero divergences, a magnet leecher's (metadata fetched from peers, then the check and the
+//! download) and a bad-metadata node's included; a changed input byte is reported at the input
+//! that carried it; replay gives the same report in separate processes; damaged traces are
+//! errors, never panics.
 
 mod sim;
 mod trace_sim;
@@ -8,12 +10,14 @@ mod trace_sim;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use kp_torrent_core::session::Input;
-use kp_torrent_core::torrent::TorrentInput;
+use kp_torrent_core::session::{Input, Torrent};
+use kp_torrent_core::torrent::{StartState, TorrentInput};
 use kp_torrent_core::trace::{
     ActionPrint, InputRecord, ReplayReport, TraceReader, TraceRecord, replay, replay_from,
 };
 use kp_torrent_tests::TempDir;
+
+use sim::{Discovery, Role, SimConfig};
 
 /// The seeder's and first leecher's traces of a small swarm (one seeder, two leechers), and the
 /// content they moved.
@@ -107,6 +111,181 @@ fn prop_random_swarms_replay_without_divergence() {
         .quickcheck(prop as fn(u64) -> bool);
 }
 
+/// What [`magnet_traces`] recorded.
+struct MagnetTraces {
+    /// The torrent the swarm shared.
+    torrent: Torrent,
+    /// Bytes of content.
+    content_len: u64,
+    /// The first magnet leecher's trace.
+    magnet: Vec<u8>,
+    /// The bad-metadata node's trace.
+    bad: Vec<u8>,
+}
+
+/// A swarm of two seeders, a node serving wrong metadata (as long as the real one, with every
+/// piece), an ordinary leecher and two magnet leechers, over 600 files (metadata of two 16 KiB
+/// pieces); the traces of the first magnet leecher and of the bad node.
+fn magnet_traces() -> &'static MagnetTraces {
+    static TRACES: OnceLock<MagnetTraces> = OnceLock::new();
+    TRACES.get_or_init(|| {
+        let mut config = SimConfig::new(21);
+        config.seeders = 2;
+        config.bad_metadata = 1;
+        config.leechers = 1;
+        config.magnet_leechers = 2;
+        config.piece_length = 32 * 1024;
+        config.file_lengths = (0..600u64).map(|i| (i * 7919) % 3000).collect();
+        let magnet = config.seeders + config.bad_metadata + config.leechers;
+        let bad = config.seeders;
+        let (sim, traces) = trace_sim::record_sim_nodes(config, &[magnet, bad]);
+        assert_eq!(sim.nodes[magnet].role, Role::MagnetLeecher);
+        assert_eq!(sim.nodes[bad].role, Role::BadMetadata);
+        let mut traces = traces.into_iter();
+        MagnetTraces {
+            torrent: sim.torrent.clone(),
+            content_len: sim.content.len() as u64,
+            magnet: traces.next().unwrap(),
+            bad: traces.next().unwrap(),
+        }
+    })
+}
+
+/// The recorded magnet leecher replays with no divergence: its task starts from the info-hash
+/// alone, fetches the metadata, checks (no files yet: nothing to hash) and downloads, and the
+/// replay computes every action again, byte for byte. The bad-metadata node replays too.
+#[test]
+fn recorded_magnet_leecher_replays_without_divergence() {
+    let t = magnet_traces();
+    let reader = TraceReader::new(&t.magnet).unwrap();
+    assert_eq!(reader.header().start_state, StartState::Magnet);
+    assert_eq!(
+        reader.header().torrent,
+        Torrent::unknown(t.torrent.info_hash)
+    );
+    assert!(t.torrent.metadata.len() > 16 * 1024, "two metadata pieces");
+    let (before, start, after) = magnet_phases(&t.magnet);
+    assert!(
+        before > 0 && after > 0,
+        "{before} inputs before the start, {after} after"
+    );
+    assert_eq!(start, 1, "one start, once the metadata is in");
+    let r = replay(&t.magnet).expect("the magnet trace decodes");
+    clean(&r);
+    assert!(r.received_bytes >= t.content_len, "{r}");
+    let b = replay(&t.bad).expect("the bad node's trace decodes");
+    clean(&b);
+    assert!(b.inputs > 0 && b.actions > 0, "{b}");
+    // The bad node's header holds its wrong metadata, for the same info-hash.
+    let bad_header = TraceReader::new(&t.bad).unwrap().header().torrent.clone();
+    assert_eq!(bad_header.info_hash, t.torrent.info_hash);
+    assert_ne!(bad_header.metadata, t.torrent.metadata);
+}
+
+/// Inputs of a magnet leecher's trace before its `Start`, `Start`s, and inputs after.
+fn magnet_phases(trace: &[u8]) -> (u64, u64, u64) {
+    let mut reader = TraceReader::new(trace).unwrap();
+    let (mut before, mut start, mut after) = (0, 0, 0);
+    while let Some(rec) = reader.next_record().unwrap() {
+        if let TraceRecord::Input { input, .. } = rec {
+            match input {
+                InputRecord::Start { files, resume } => {
+                    assert!(files.iter().all(Option::is_none) && resume.is_none());
+                    start += 1;
+                }
+                _ if start == 0 => before += 1,
+                _ => after += 1,
+            }
+        }
+    }
+    (before, start, after)
+}
+
+/// A changed byte inside the last metadata a magnet leecher received before its start (from an
+/// honest peer: it completed the metadata) makes the metadata fail its hash check instead: the
+/// replay diverges at that input.
+#[test]
+fn changed_metadata_byte_diverges() {
+    let magnet = &magnet_traces().magnet;
+    let mut reader = TraceReader::new(magnet).unwrap();
+    let mut found = None;
+    while let Some(rec) = reader.next_record().unwrap() {
+        match rec {
+            TraceRecord::Input {
+                index,
+                input: InputRecord::Borrowed(TorrentInput::Session(Input::Received { bytes, .. })),
+                ..
+            } => {
+                let key = b"10:total_sizei";
+                let Some(at) = bytes.windows(key.len()).position(|w| w == key) else {
+                    continue;
+                };
+                // The dictionary ends after the size's digits: `e` ends the integer and `e` the
+                // dictionary; the piece's data follows.
+                let digits = bytes[at + key.len()..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                let data = at + key.len() + digits + 2;
+                if bytes.len() > data + 100 {
+                    let payload_start = bytes.as_ptr() as usize - magnet.as_ptr() as usize;
+                    found = Some((index, payload_start + data + 100));
+                }
+            }
+            TraceRecord::Input {
+                input: InputRecord::Start { .. },
+                ..
+            } => break,
+            _ => {}
+        }
+    }
+    let (index, at) = found.expect("a received chunk holds metadata data");
+    let mut bad = magnet.clone();
+    bad[at] ^= 0x20;
+    let report = replay(&bad).expect("a changed payload byte still decodes");
+    let d = report.divergence.as_ref().expect("must diverge");
+    // Whether the fetch blames the sender at once or asks again, it acts at that input.
+    assert_eq!(d.input, Some(index), "{report}");
+}
+
+/// A swarm's seed that does not shrink (a smaller seed is an unrelated swarm).
+#[derive(Debug, Clone, Copy)]
+struct Seed(u64);
+
+impl quickcheck::Arbitrary for Seed {
+    fn arbitrary(g: &mut quickcheck::Gen) -> Seed {
+        Seed(u64::arbitrary(g))
+    }
+}
+
+/// Random swarms with one or two magnet leechers, a bad-metadata node in half of them, and in
+/// half of them nodes that know only the first seeder (the rest they learn by peer exchange):
+/// the last magnet leecher's and the first seeder's traces replay with no divergence.
+#[test]
+fn prop_random_magnet_swarms_replay_without_divergence() {
+    fn prop(Seed(seed): Seed) -> bool {
+        let mut config = SimConfig::random(seed, 1 << 20);
+        config.magnet_leechers = 1 + (seed % 2) as usize;
+        config.bad_metadata = (seed / 2 % 2) as usize;
+        config.bad_metadata_resized = seed / 4 % 2 == 1;
+        if seed / 8 % 2 == 1 {
+            config.discovery = Discovery::FirstSeeder;
+        }
+        let magnet = config.node_count() - 1;
+        let (_, traces) = trace_sim::record_sim_nodes(config, &[magnet, 0]);
+        for trace in &traces {
+            let r = replay(trace).expect("trace decodes");
+            assert!(
+                r.divergence.is_none() && r.finished,
+                "swarm seed {seed}: {r}"
+            );
+        }
+        true
+    }
+    kp_torrent_tests::quickcheck("prop_random_magnet_swarms_replay_without_divergence", 24)
+        .quickcheck(prop as fn(Seed) -> bool);
+}
+
 #[test]
 fn changed_received_byte_diverges_at_that_input() {
     let (_, leecher, content) = traces();
@@ -121,24 +300,38 @@ fn changed_received_byte_diverges_at_that_input() {
     assert!(shown.contains("expected: write piece"), "{shown}");
 }
 
+/// A changed digest fails the piece, so the `have`s the good piece sent right away are not
+/// sent: the replay diverges at that input. (A piece that only a seed heard of sends nothing, so
+/// the piece chosen is one whose hash was followed by sends.)
 #[test]
 fn changed_digest_diverges_at_that_input() {
     let (_, leecher, _) = traces();
     let mut reader = TraceReader::new(leecher).unwrap();
+    let mut hashed = None;
     let mut found = None;
     while let Some(rec) = reader.next_record().unwrap() {
-        if let TraceRecord::Input {
-            index,
-            input: InputRecord::Borrowed(TorrentInput::Session(Input::PieceHashed { digest, .. })),
-            ..
-        } = rec
-        {
-            // The digest is the record's last 20 bytes: the next record starts after it.
-            found = Some((index, reader.offset() as usize - 20, digest));
-            break;
+        match rec {
+            TraceRecord::Input {
+                index,
+                input:
+                    InputRecord::Borrowed(TorrentInput::Session(Input::PieceHashed { digest, .. })),
+                ..
+            } => {
+                // The digest is the record's last 20 bytes: the next record starts after it.
+                hashed = Some((index, reader.offset() as usize - 20, digest));
+            }
+            TraceRecord::Input { .. } => hashed = None,
+            TraceRecord::Action {
+                action: ActionPrint::Send { .. },
+                ..
+            } if hashed.is_some() => {
+                found = hashed;
+                break;
+            }
+            _ => {}
         }
     }
-    let (index, at, digest) = found.expect("the leecher hashed a piece");
+    let (index, at, digest) = found.expect("the leecher hashed a piece and told its peers");
     assert_eq!(leecher[at..at + 20], digest);
     let mut bad = leecher.clone();
     bad[at + 7] ^= 0x40;

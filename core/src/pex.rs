@@ -234,7 +234,9 @@ pub struct PexSender {
     own: BTreeSet<SocketAddr>,
     /// What the peer has been told is connected, with the flags it was told.
     told: BTreeMap<SocketAddr, PexFlags>,
-    last_sent: Option<Time>,
+    /// When the next message may go: an interval after the last one, or after the last look
+    /// that found nothing new; `None` before the first message.
+    next_due: Option<Time>,
     interval: Duration,
 }
 
@@ -250,7 +252,7 @@ impl PexSender {
         PexSender {
             own: BTreeSet::from([peer_addr]),
             told: BTreeMap::new(),
-            last_sent: None,
+            next_due: None,
             interval,
         }
     }
@@ -263,8 +265,10 @@ impl PexSender {
     }
 
     /// When the next message may be sent: `None` before the first one (it may go at any time).
+    /// Once it has passed, [`PexSender::handle_timeout`] moves it an interval on, whether it
+    /// sends or finds nothing new, so a caller that waits for it never spins.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.last_sent.map(|t| t + self.interval)
+        self.next_due
     }
 
     /// The message to send now, given every peer we are connected to (`current`, listening
@@ -276,7 +280,7 @@ impl PexSender {
         now: Time,
         current: &BTreeMap<SocketAddr, PexFlags>,
     ) -> Option<PexMessage> {
-        if self.poll_timeout().is_some_and(|due| now < due) {
+        if self.next_due.is_some_and(|due| now < due) {
             return None;
         }
         let mut msg = PexMessage::default();
@@ -305,9 +309,13 @@ impl PexSender {
             }
         }
         if msg.is_empty() {
+            // Look again an interval from now (before the first message: whenever called).
+            if self.next_due.is_some() {
+                self.next_due = Some(now + self.interval);
+            }
             return None;
         }
-        self.last_sent = Some(now);
+        self.next_due = Some(now + self.interval);
         Some(msg)
     }
 }

@@ -7,6 +7,15 @@
 //! disk writes, reads and hashing are scheduled as timestamped inputs in one event queue, so a run
 //! is a pure function of its configuration and can be recorded and replayed.
 //!
+//! The torrent is a real one: its info dictionary is written with [`TorrentSpec`] (files `f0`,
+//! `f1`, …), so the info-hash is its SHA-1 and every complete node serves it as metadata (BEP 9).
+//! Besides seeders and leechers a swarm may hold magnet leechers, which start from the info-hash
+//! alone, fetch the metadata over the simulated wire and then download like any leecher (the
+//! simulation does what a driver does with [`Event::MetadataReceived`]: it checks the bytes and
+//! calls [`Session::set_torrent`]); nodes that serve wrong metadata for the same info-hash; and
+//! hostile seeders that corrupt blocks. Nodes may start knowing every other node, or only one,
+//! and then learn the rest by peer exchange (BEP 11) — see [`Discovery`].
+//!
 //! Reuse: build a [`Sim`] from a [`SimConfig`], optionally set [`Sim::on_input`] /
 //! [`Sim::on_action`] to observe every input given to and action taken from each session (a
 //! trace recorder), then [`Sim::run`].
@@ -14,15 +23,19 @@
 #![allow(dead_code)]
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use kp_torrent_core::bitfield::Bitfield;
 use kp_torrent_core::id::{InfoHash, PeerHandle};
-use kp_torrent_core::metainfo::hash_pieces;
-use kp_torrent_core::session::{Action, Event, FileSpan, Input, Session, SessionConfig, Torrent};
+use kp_torrent_core::metadata::{MetadataMessage, PIECE_SIZE};
+use kp_torrent_core::metainfo::{Metainfo, TorrentSpec, hash_pieces};
+use kp_torrent_core::peer::OUR_METADATA_ID;
+use kp_torrent_core::session::{Action, Event, Input, Session, SessionConfig, Torrent};
 use kp_torrent_core::time::Time;
+use kp_torrent_core::torrent::TorrentInput;
+use kp_torrent_core::wire::{DEFAULT_MAX_MESSAGE_LEN, Decoder, Message};
 use rand::rngs::ChaCha8Rng;
 use rand::{Rng, RngExt, SeedableRng};
 use sha1::Digest;
@@ -56,6 +69,37 @@ pub struct SimConfig {
     pub start_spread_ms: u64,
     /// The run stops at this virtual time even if leechers are unfinished.
     pub time_limit: Duration,
+    /// Nodes that start from a magnet link (the info-hash alone) and fetch the metadata from
+    /// their peers before downloading.
+    pub magnet_leechers: usize,
+    /// Nodes that serve wrong metadata for the torrent's info-hash (and right pieces).
+    pub bad_metadata: usize,
+    /// The wrong metadata is longer or shorter than the real one (else: as long, other bytes).
+    pub bad_metadata_resized: bool,
+    /// Bad-metadata nodes start with every piece; else with none (they download like leechers).
+    pub bad_metadata_complete: bool,
+    /// A bad-metadata node's connection to a magnet leecher breaks as soon as the leecher got
+    /// a piece of its wrong metadata (hit and run: it leaves before being judged).
+    pub bad_metadata_hit_and_run: bool,
+    /// Whom each node is told about when it starts.
+    pub discovery: Discovery,
+    /// Every session offers and uses peer exchange (`SessionConfig::pex`).
+    pub pex: bool,
+    /// The first seeder (node 0) leaves the swarm at this virtual time: its connections break,
+    /// it accepts no more and is given no more input.
+    pub seeder_leaves_at: Option<Duration>,
+}
+
+/// Whom a node learns of when it starts (the rest it can only learn by peer exchange).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// Every other node, as from a tracker that lists the whole swarm.
+    Everyone,
+    /// Only node 0, the first seeder (which learns of nobody).
+    FirstSeeder,
+    /// One node chosen at random among those before it (node 0 learns of nobody), so the
+    /// nodes form a random tree rooted at the first seeder.
+    EarlierNode,
 }
 
 impl SimConfig {
@@ -75,6 +119,14 @@ impl SimConfig {
             loss: 0.0,
             start_spread_ms: 3000,
             time_limit: Duration::from_secs(3600),
+            magnet_leechers: 0,
+            bad_metadata: 0,
+            bad_metadata_resized: false,
+            bad_metadata_complete: true,
+            bad_metadata_hit_and_run: false,
+            discovery: Discovery::Everyone,
+            pex: true,
+            seeder_leaves_at: None,
         }
     }
 
@@ -83,29 +135,24 @@ impl SimConfig {
         self.file_lengths.iter().sum()
     }
 
-    /// Derives a random but valid swarm shape from `seed`: 1–3 seeders, 1–8 leechers, pieces of
-    /// 16 KiB–4 MiB, 1–50 files, at most `max_total` bytes, usually with a partial last piece.
+    /// Nodes in the swarm, of every role.
+    pub fn node_count(&self) -> usize {
+        self.seeders + self.hostile + self.bad_metadata + self.leechers + self.magnet_leechers
+    }
+
+    /// Derives a random but valid swarm shape from `seed`: 1–3 seeders, 1–8 leechers (and in a
+    /// third of the swarms 1–3 magnet leechers besides), pieces of 16 KiB–4 MiB, 1–50 files, at
+    /// most `max_total` bytes, usually with a partial last piece.
     pub fn random(seed: u64, max_total: u64) -> SimConfig {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5eed);
         let piece_length = (16 * 1024u64) << rng.random_range(0..9u32);
         let files = rng.random_range(1..=50usize);
         let total = rng.random_range(1..=max_total);
-        // Cut the total at random points into `files` lengths (zero-length files included).
-        let mut cuts: Vec<u64> = (1..files).map(|_| rng.random_range(0..=total)).collect();
-        cuts.sort_unstable();
-        let mut file_lengths = Vec::with_capacity(files);
-        let mut prev = 0;
-        for c in cuts {
-            file_lengths.push(c - prev);
-            prev = c;
-        }
-        file_lengths.push(total - prev);
-        SimConfig {
+        let file_lengths = split_lengths(&mut rng, total, files);
+        let mut config = SimConfig {
             seed,
             seeders: rng.random_range(1..=3),
             leechers: rng.random_range(1..=8),
-            hostile: 0,
-            corrupt_rate: 1.0,
             piece_length,
             file_lengths,
             latency_ms: (1, rng.random_range(2..=80)),
@@ -117,9 +164,27 @@ impl SimConfig {
                 0.0
             },
             start_spread_ms: rng.random_range(0..=10_000),
-            time_limit: Duration::from_secs(3600),
+            ..SimConfig::new(seed)
+        };
+        if rng.random_range(0..3) == 0 {
+            config.magnet_leechers = rng.random_range(1..=3);
         }
+        config
     }
+}
+
+/// `total` bytes cut at random points into `files` lengths (zero-length files included).
+pub fn split_lengths(rng: &mut ChaCha8Rng, total: u64, files: usize) -> Vec<u64> {
+    let mut cuts: Vec<u64> = (1..files).map(|_| rng.random_range(0..=total)).collect();
+    cuts.sort_unstable();
+    let mut lengths = Vec::with_capacity(files);
+    let mut prev = 0;
+    for c in cuts {
+        lengths.push(c - prev);
+        prev = c;
+    }
+    lengths.push(total - prev);
+    lengths
 }
 
 /// What a node is.
@@ -131,6 +196,23 @@ pub enum Role {
     Leecher,
     /// Starts complete, serves corrupted blocks.
     Hostile,
+    /// Starts from the info-hash alone: fetches the metadata, then downloads.
+    MagnetLeecher,
+    /// Serves wrong metadata (and right blocks), with every piece or none (see
+    /// [`SimConfig::bad_metadata_complete`]).
+    BadMetadata,
+}
+
+impl Role {
+    /// True for the nodes the run waits for: they start without the data and must end with it.
+    pub fn downloads(self) -> bool {
+        matches!(self, Role::Leecher | Role::MagnetLeecher)
+    }
+
+    /// True for the nodes that misbehave on purpose.
+    pub fn hostile(self) -> bool {
+        matches!(self, Role::Hostile | Role::BadMetadata)
+    }
 }
 
 /// One simulated client.
@@ -139,27 +221,104 @@ pub struct Node {
     pub session: Session,
     /// The configuration its session was built with (a recorder stores it with the torrent).
     pub session_config: SessionConfig,
-    /// The pieces it started with.
+    /// The torrent its session was built with: [`Torrent::unknown`] for a magnet leecher, the
+    /// real torrent with other metadata for a bad-metadata node.
+    pub torrent: Torrent,
+    /// The pieces it started with (none known for a magnet leecher).
     pub initial_have: Bitfield,
     /// Its role.
     pub role: Role,
     /// Its listening address.
     pub addr: SocketAddr,
+    /// The nodes it is told about when it starts.
+    pub known: Vec<usize>,
     /// Its in-memory storage (the torrent's bytes, concatenated).
     pub storage: Vec<u8>,
     /// Virtual time its session reported completion, if it did.
     pub completed_at: Option<Time>,
+    /// Virtual time a magnet leecher received the metadata (and got its torrent).
+    pub metadata_at: Option<Time>,
+    /// The nodes it completed a handshake with, at some point.
+    pub met: BTreeSet<usize>,
+    /// Virtual time it left the swarm (see [`SimConfig::seeder_leaves_at`]).
+    pub left_at: Option<Time>,
     /// Events it emitted.
     pub events: Vec<Event>,
+    /// When it emitted each of [`Node::events`].
+    pub event_times: Vec<Time>,
     upload_bps: u64,
     up_busy: Time,
     handles: BTreeMap<PeerHandle, usize>,
+}
+
+/// A `ut_metadata` data message delivered to a node while it was fetching the metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetadataDelivery {
+    /// When.
+    pub at: Time,
+    /// The receiving node.
+    pub to: usize,
+    /// The sending node.
+    pub from: usize,
+    /// The metadata piece.
+    pub piece: u32,
+    /// The fetch used it (see [`Sim::metadata_used`]); else it came too late or was for a
+    /// fetch that had moved on, and was ignored.
+    pub used: bool,
+}
+
+/// Reads the peer-wire stream going to a magnet leecher, to see who sent it metadata.
+#[derive(Debug)]
+struct Sniffer {
+    decoder: Decoder,
+    handshake_seen: bool,
+}
+
+impl Sniffer {
+    fn new() -> Box<Sniffer> {
+        Box::new(Sniffer {
+            decoder: Decoder::new(DEFAULT_MAX_MESSAGE_LEN),
+            handshake_seen: false,
+        })
+    }
+
+    /// Feeds delivered bytes; returns the metadata pieces of the `data` messages they complete,
+    /// or `None` when the stream stopped being readable.
+    fn feed(&mut self, bytes: &[u8]) -> Option<Vec<u32>> {
+        self.decoder.feed(bytes);
+        if !self.handshake_seen {
+            match self.decoder.next_handshake() {
+                Ok(Some(_)) => self.handshake_seen = true,
+                Ok(None) => return Some(Vec::new()),
+                Err(_) => return None,
+            }
+        }
+        let mut pieces = Vec::new();
+        loop {
+            match self.decoder.next_message() {
+                // Every session names `ut_metadata` with the same id, so what goes to one of
+                // them under that id is metadata.
+                Ok(Some(Message::Extended { id, payload })) if id == OUR_METADATA_ID => {
+                    if let Ok(MetadataMessage::Data { piece, .. }) =
+                        MetadataMessage::decode(payload)
+                    {
+                        pieces.push(piece);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Some(pieces),
+                Err(_) => return None,
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Link {
     /// `(node, handle)` of each end; `None` once that end closed (or before it exists).
     ends: [Option<(usize, PeerHandle)>; 2],
+    /// The dialing node and the dialed one.
+    nodes: [usize; 2],
     latency: Duration,
     /// Capacity of each direction, bytes per second.
     bps: u64,
@@ -168,6 +327,8 @@ struct Link {
     /// The accepting side's view of the dialer's address (an ephemeral port).
     dialer_addr: SocketAddr,
     dead: bool,
+    /// Per receiving end: the stream to a magnet leecher, read until it has its metadata.
+    sniff: [Option<Box<Sniffer>>; 2],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -211,10 +372,16 @@ enum Ev {
         node: usize,
         piece: u32,
     },
+    Leave {
+        node: usize,
+    },
 }
 
-/// Observes `(node, now, input)` before each input is handed to a session.
-pub type InputHook = Box<dyn FnMut(usize, Time, &Input<'_>)>;
+/// Observes `(node, now, input)` before each input is handed to a session, as the node's
+/// torrent task would get it: a swarm input, or for a magnet leecher that received its metadata
+/// the `Start` of a check that finds no files (then the simulation calls
+/// [`Session::set_torrent`], which is what that task does).
+pub type InputHook = Box<dyn FnMut(usize, Time, &TorrentInput<'_>)>;
 /// Observes `(node, action)` for each action drained from a session.
 pub type ActionHook = Box<dyn FnMut(usize, &Action)>;
 
@@ -226,8 +393,10 @@ pub struct Sim {
     pub torrent: Torrent,
     /// The correct data.
     pub content: Vec<u8>,
-    /// The nodes: seeders, then hostile nodes, then leechers.
+    /// The nodes: seeders, hostile nodes, bad-metadata nodes, leechers, then magnet leechers.
     pub nodes: Vec<Node>,
+    /// Metadata pieces delivered to magnet leechers still fetching it, in order.
+    pub metadata_deliveries: Vec<MetadataDelivery>,
     /// Called before each input is given to a session.
     pub on_input: Option<InputHook>,
     /// Called for each action a session returns.
@@ -246,14 +415,17 @@ pub struct Sim {
 pub struct Outcome {
     /// Virtual time when the last honest leecher completed (or the limit).
     pub finished_at: Time,
-    /// True when every leecher completed.
+    /// True when every leecher (magnet leechers included) completed.
     pub all_complete: bool,
-    /// Leechers whose storage differs from the content.
+    /// Leechers (magnet leechers included) whose storage differs from the content.
     pub corrupt: Vec<usize>,
 }
 
 const HASH_DELAY: Duration = Duration::from_millis(2);
 const DISK_DELAY: Duration = Duration::from_micros(300);
+/// Timeouts given to one session at one virtual time, in a row, before the run is declared a
+/// spin.
+const MAX_SAME_WAKEUPS: u32 = 100;
 
 impl Sim {
     /// Builds the swarm; nothing runs until [`Sim::run`].
@@ -262,35 +434,23 @@ impl Sim {
         let total = config.total_length();
         let mut content = vec![0u8; total as usize];
         rng.fill_bytes(&mut content);
-        let piece_hashes = hash_pieces(&content, config.piece_length);
-        let mut files = Vec::new();
-        let mut offset = 0;
-        for &length in &config.file_lengths {
-            files.push(FileSpan {
-                offset,
-                length,
-                padding: false,
-            });
-            offset += length;
-        }
-        let mut info_hash = [0u8; 20];
-        rng.fill_bytes(&mut info_hash);
-        let torrent = Torrent {
-            private: false,
-            info_hash: InfoHash(info_hash),
-            piece_length: config.piece_length,
-            total_length: total,
-            piece_hashes,
-            files,
-            metadata: Vec::new(),
-        };
+        let torrent = torrent_of(&config, &content);
         let count = torrent.piece_count();
         let roles = std::iter::repeat_n(Role::Seeder, config.seeders)
             .chain(std::iter::repeat_n(Role::Hostile, config.hostile))
-            .chain(std::iter::repeat_n(Role::Leecher, config.leechers));
+            .chain(std::iter::repeat_n(Role::BadMetadata, config.bad_metadata))
+            .chain(std::iter::repeat_n(Role::Leecher, config.leechers))
+            .chain(std::iter::repeat_n(
+                Role::MagnetLeecher,
+                config.magnet_leechers,
+            ));
         let mut nodes = Vec::new();
         for (i, role) in roles.enumerate() {
-            let complete = role != Role::Leecher;
+            let complete = match role {
+                Role::Seeder | Role::Hostile => true,
+                Role::BadMetadata => config.bad_metadata_complete,
+                Role::Leecher | Role::MagnetLeecher => false,
+            };
             let have = if complete {
                 Bitfield::full(count)
             } else {
@@ -299,32 +459,64 @@ impl Sim {
             let session_config = SessionConfig {
                 seed: rng.random::<u64>(),
                 listen_port: 6881,
+                pex: config.pex,
                 ..SessionConfig::default()
             };
-            let session = Session::new(
-                session_config.clone(),
-                torrent.clone(),
-                have.clone(),
-                Time::ZERO,
-            );
+            let (node_torrent, initial_have) = match role {
+                Role::MagnetLeecher => (Torrent::unknown(torrent.info_hash), Bitfield::new(0)),
+                Role::BadMetadata => (
+                    Torrent {
+                        metadata: wrong_metadata(
+                            &mut rng,
+                            &torrent.metadata,
+                            config.bad_metadata_resized,
+                        ),
+                        ..torrent.clone()
+                    },
+                    have,
+                ),
+                _ => (torrent.clone(), have),
+            };
+            let session = if role == Role::MagnetLeecher {
+                Session::new_magnet(session_config.clone(), torrent.info_hash, Time::ZERO)
+            } else {
+                Session::new(
+                    session_config.clone(),
+                    node_torrent.clone(),
+                    initial_have.clone(),
+                    Time::ZERO,
+                )
+            };
             let addr = SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1)),
                 6881,
             );
+            let known = match config.discovery {
+                Discovery::Everyone => (0..config.node_count()).filter(|&k| k != i).collect(),
+                Discovery::FirstSeeder if i > 0 => vec![0],
+                Discovery::EarlierNode if i > 0 => vec![rng.random_range(0..i)],
+                Discovery::FirstSeeder | Discovery::EarlierNode => Vec::new(),
+            };
             let (lo, hi) = config.upload_bps;
             nodes.push(Node {
                 session,
                 session_config,
-                initial_have: have,
+                torrent: node_torrent,
+                initial_have,
                 role,
                 addr,
+                known,
                 storage: if complete {
                     content.clone()
                 } else {
                     vec![0; total as usize]
                 },
                 completed_at: None,
+                metadata_at: None,
+                met: BTreeSet::new(),
+                left_at: None,
                 events: Vec::new(),
+                event_times: Vec::new(),
                 // A hostile node is as fast as allowed, so it gets to spoil pieces.
                 upload_bps: if role == Role::Hostile {
                     hi.max(lo)
@@ -340,6 +532,7 @@ impl Sim {
             torrent,
             content,
             nodes,
+            metadata_deliveries: Vec::new(),
             on_input: None,
             on_action: None,
             links: Vec::new(),
@@ -351,11 +544,14 @@ impl Sim {
         };
         for node in 0..sim.nodes.len() {
             let mut at = Time::from_millis(sim.rng.random_range(0..=sim.config.start_spread_ms));
-            if sim.nodes[node].role == Role::Hostile {
+            if sim.nodes[node].role.hostile() {
                 // Hostile nodes are there from the start, so every leecher meets them.
                 at = Time::ZERO;
             }
             sim.schedule(at, Ev::Start { node });
+        }
+        if let Some(at) = sim.config.seeder_leaves_at {
+            sim.schedule(Time::ZERO + at, Ev::Leave { node: 0 });
         }
         sim
     }
@@ -365,12 +561,31 @@ impl Sim {
         self.queue.push(Reverse((at.max(self.now), self.seq, ev)));
     }
 
-    /// Leechers that are not yet complete.
+    /// Leechers (magnet leechers included) that are not yet complete.
     pub fn unfinished(&self) -> usize {
         self.nodes
             .iter()
-            .filter(|n| n.role == Role::Leecher && !n.session.is_complete())
+            .filter(|n| n.role.downloads() && !n.session.is_complete())
             .count()
+    }
+
+    /// The node listening at, or dialing from, `addr` (every node has its own IP address).
+    pub fn node_at(&self, addr: SocketAddr) -> Option<usize> {
+        self.nodes.iter().position(|n| n.addr.ip() == addr.ip())
+    }
+
+    /// Pairs of nodes `(a, b)`, `a < b`, that completed a handshake although neither was told
+    /// of the other at the start: they can only have learnt of each other by peer exchange.
+    pub fn learnt_connections(&self) -> Vec<(usize, usize)> {
+        let mut pairs = Vec::new();
+        for (a, n) in self.nodes.iter().enumerate() {
+            for &b in n.met.range(a + 1..) {
+                if !n.known.contains(&b) && !self.nodes[b].known.contains(&a) {
+                    pairs.push((a, b));
+                }
+            }
+        }
+        pairs
     }
 
     /// Runs until every leecher is complete, nothing is left to do, or the time limit.
@@ -381,11 +596,14 @@ impl Sim {
         for node in 0..self.nodes.len() {
             self.drain(node);
         }
+        let mut last_wakeup = None;
+        let mut repeats = 0;
         while self.unfinished() > 0 {
             let next_timer = self
                 .nodes
                 .iter()
                 .enumerate()
+                .filter(|(_, n)| n.left_at.is_none())
                 .filter_map(|(i, n)| n.session.poll_timeout().map(|t| (t, i)))
                 .min();
             let next_ev = self.queue.peek().map(|Reverse((t, _, _))| *t);
@@ -401,7 +619,23 @@ impl Sim {
             self.now = self.now.max(t);
             self.steps += 1;
             match timer_node {
-                Some(i) => self.input(i, Input::Timeout),
+                Some(i) => {
+                    // A session's deadline must move past the time it was woken at; one that
+                    // stays would have a driver spin.
+                    repeats = if last_wakeup == Some((i, self.now)) {
+                        repeats + 1
+                    } else {
+                        0
+                    };
+                    assert!(
+                        repeats < MAX_SAME_WAKEUPS,
+                        "seed {}: node {i} asks to be woken at {} again and again",
+                        self.config.seed,
+                        self.now
+                    );
+                    last_wakeup = Some((i, self.now));
+                    self.input(i, Input::Timeout);
+                }
                 None => {
                     let Some(Reverse((_, _, ev))) = self.queue.pop() else {
                         break;
@@ -414,13 +648,13 @@ impl Sim {
             .nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.role == Role::Leecher && n.storage != self.content)
+            .filter(|(_, n)| n.role.downloads() && n.storage != self.content)
             .map(|(i, _)| i)
             .collect();
         let finished_at = self
             .nodes
             .iter()
-            .filter(|n| n.role == Role::Leecher)
+            .filter(|n| n.role.downloads())
             .filter_map(|n| n.completed_at)
             .max()
             .unwrap_or(self.now);
@@ -431,10 +665,13 @@ impl Sim {
         }
     }
 
-    /// Gives one input to a node's session, then drains its outputs.
+    /// Gives one input to a node's session, then drains its outputs; a node that left gets none.
     fn input(&mut self, node: usize, input: Input<'_>) {
+        if self.nodes[node].left_at.is_some() {
+            return;
+        }
         if let Some(hook) = self.on_input.as_mut() {
-            hook(node, self.now, &input);
+            hook(node, self.now, &TorrentInput::Session(input.clone()));
         }
         self.nodes[node].session.handle_input(self.now, input);
         self.drain(node);
@@ -443,17 +680,27 @@ impl Sim {
     fn dispatch(&mut self, ev: Ev) {
         match ev {
             Ev::Start { node } => {
-                let addrs: Vec<SocketAddr> = self
-                    .nodes
+                let addrs: Vec<SocketAddr> = self.nodes[node]
+                    .known
                     .iter()
-                    .enumerate()
-                    .filter(|&(i, _)| i != node)
-                    .map(|(_, n)| n.addr)
+                    .map(|&k| self.nodes[k].addr)
                     .collect();
-                self.input(node, Input::PeersDiscovered { addrs: &addrs });
+                if !addrs.is_empty() {
+                    self.input(node, Input::PeersDiscovered { addrs: &addrs });
+                }
             }
             Ev::Incoming { link, node } => {
-                if self.links[link].dead || self.links[link].ends[0].is_none() {
+                if self.links[link].dead {
+                    return;
+                }
+                let Some((dialer, peer)) = self.links[link].ends[0] else {
+                    return;
+                };
+                if self.nodes[node].left_at.is_some() {
+                    // Nobody listens there any more: the dial is refused.
+                    self.links[link].dead = true;
+                    let lat = self.links[link].latency;
+                    self.schedule(self.now + lat, Ev::ConnectFailed { node: dialer, peer });
                     return;
                 }
                 let h = self.nodes[node].session.next_handle();
@@ -487,6 +734,9 @@ impl Sim {
                     self.break_link(link);
                     return;
                 }
+                let pieces = self.sniff(link, to, &bytes);
+                let before = self.nodes[node].session.metadata_progress();
+                let seen = self.nodes[node].events.len();
                 self.input(
                     node,
                     Input::Received {
@@ -494,6 +744,25 @@ impl Sim {
                         bytes: &bytes,
                     },
                 );
+                if !pieces.is_empty() {
+                    let from = self.links[link].nodes[1 - to];
+                    let used = self.metadata_used(node, from, before, seen);
+                    for piece in pieces {
+                        self.metadata_deliveries.push(MetadataDelivery {
+                            at: self.now,
+                            to: node,
+                            from,
+                            piece,
+                            used,
+                        });
+                    }
+                    if self.config.bad_metadata_hit_and_run
+                        && self.nodes[from].role == Role::BadMetadata
+                        && !self.links[link].dead
+                    {
+                        self.break_link(link);
+                    }
+                }
             }
             Ev::Closed { link, to } => {
                 if let Some((node, peer)) = self.links[link].ends[to].take() {
@@ -530,6 +799,7 @@ impl Sim {
                     },
                 );
             }
+            Ev::Leave { node } => self.leave(node),
             Ev::Hashed { node, piece } => {
                 let start = u64::from(piece) * self.torrent.piece_length;
                 let end = (start + self.torrent.piece_length).min(self.torrent.total_length);
@@ -537,6 +807,70 @@ impl Sim {
                     sha1::Sha1::digest(&self.nodes[node].storage[start as usize..end as usize])
                         .into();
                 self.input(node, Input::PieceHashed { piece, digest });
+            }
+        }
+    }
+
+    /// The metadata pieces that `bytes`, about to be delivered to end `to` of `link`, carry to
+    /// a magnet leecher still fetching it.
+    fn sniff(&mut self, link: usize, to: usize, bytes: &[u8]) -> Vec<u32> {
+        let receiver = self.links[link].nodes[to];
+        let fetching = self.nodes[receiver].session.needs_metadata();
+        let slot = &mut self.links[link].sniff[to];
+        let Some(sniffer) = slot.as_mut() else {
+            return Vec::new();
+        };
+        if !fetching {
+            *slot = None;
+            return Vec::new();
+        }
+        sniffer.feed(bytes).unwrap_or_else(|| {
+            *slot = None;
+            Vec::new()
+        })
+    }
+
+    /// Whether metadata that node `from` delivered to `node` counted: the fetch's progress
+    /// (`before` the input) grew, or the input ended an attempt (the metadata arrived, a hash
+    /// check failed, or `from` was dropped for bad metadata). The input held only `from`'s
+    /// bytes, so whatever it changed in the fetch came from them.
+    fn metadata_used(
+        &self,
+        node: usize,
+        from: usize,
+        before: Option<(u32, u32)>,
+        seen: usize,
+    ) -> bool {
+        let after = self.nodes[node].session.metadata_progress();
+        let grew =
+            matches!((before, after), (Some((h0, t0)), Some((h1, t1))) if t0 == t1 && h1 > h0);
+        let ip = self.nodes[from].addr.ip();
+        grew || self.nodes[node].events[seen..].iter().any(|e| match e {
+            Event::MetadataReceived { .. } => true,
+            Event::Error { message } => message.contains("did not match the info-hash"),
+            Event::PeerDisconnected { addr, reason, .. } => {
+                addr.ip() == ip && reason.starts_with("bad metadata")
+            }
+            _ => false,
+        })
+    }
+
+    /// Node `node` leaves: each of its connections breaks (the other end learns it after the
+    /// link's latency), and it gets no more input.
+    fn leave(&mut self, node: usize) {
+        self.nodes[node].left_at = Some(self.now);
+        self.nodes[node].handles.clear();
+        for link in 0..self.links.len() {
+            let l = &mut self.links[link];
+            let mut had_end = false;
+            for end in &mut l.ends {
+                if end.is_some_and(|(n, _)| n == node) {
+                    *end = None;
+                    had_end = true;
+                }
+            }
+            if had_end && !l.dead {
+                self.break_link(link);
             }
         }
     }
@@ -560,12 +894,61 @@ impl Sim {
             }
             self.act(node, action);
         }
+        let mut metadata = None;
         while let Some(ev) = self.nodes[node].session.poll_event() {
-            if ev == Event::Complete && self.nodes[node].completed_at.is_none() {
-                self.nodes[node].completed_at = Some(self.now);
+            match &ev {
+                Event::Complete if self.nodes[node].completed_at.is_none() => {
+                    self.nodes[node].completed_at = Some(self.now);
+                }
+                Event::PeerConnected { addr, .. } => {
+                    if let Some(other) = self.node_at(*addr) {
+                        self.nodes[node].met.insert(other);
+                    }
+                }
+                Event::MetadataReceived { info } => metadata = Some(info.clone()),
+                _ => {}
             }
             self.nodes[node].events.push(ev);
+            self.nodes[node].event_times.push(self.now);
         }
+        if let Some(info) = metadata {
+            self.adopt_metadata(node, &info);
+        }
+    }
+
+    /// What a driver does when a magnet leecher's session reports its metadata: check it (here:
+    /// it must be the torrent's info dictionary, byte for byte), create the files (here: none
+    /// exist, so the check that follows trusts no piece) and give the session its torrent.
+    fn adopt_metadata(&mut self, node: usize, info: &[u8]) {
+        assert!(
+            info == self.torrent.metadata.as_slice(),
+            "seed {}: node {node} received metadata of {} bytes that is not the torrent's ({} bytes)",
+            self.config.seed,
+            info.len(),
+            self.torrent.metadata.len()
+        );
+        assert!(
+            self.nodes[node].metadata_at.is_none(),
+            "seed {}: node {node} received the metadata twice",
+            self.config.seed
+        );
+        self.nodes[node].metadata_at = Some(self.now);
+        let files = vec![None; self.torrent.files.len()];
+        if let Some(hook) = self.on_input.as_mut() {
+            hook(
+                node,
+                self.now,
+                &TorrentInput::Start {
+                    files: &files,
+                    resume: None,
+                },
+            );
+        }
+        let count = self.torrent.piece_count();
+        self.nodes[node]
+            .session
+            .set_torrent(self.now, self.torrent.clone(), Bitfield::new(count));
+        self.drain(node);
     }
 
     fn act(&mut self, node: usize, action: Action) {
@@ -585,13 +968,19 @@ impl Sim {
                 let ip = self.nodes[node].addr.ip();
                 let (blo, bhi) = self.config.link_bps;
                 let bps = self.rng.random_range(blo..=bhi.max(blo));
+                let sniffer = |n: &Node| {
+                    (n.role == Role::MagnetLeecher && n.session.needs_metadata()).then(Sniffer::new)
+                };
+                let sniff = [sniffer(&self.nodes[node]), sniffer(&self.nodes[target])];
                 self.links.push(Link {
                     ends: [Some((node, peer)), None],
+                    nodes: [node, target],
                     latency,
                     bps,
                     busy: [Time::ZERO; 2],
                     dialer_addr: SocketAddr::new(ip, 40000 + (link % 20000) as u16),
                     dead: false,
+                    sniff,
                 });
                 self.nodes[node].handles.insert(peer, link);
                 self.schedule(now + latency, Ev::Incoming { link, node: target });
@@ -691,4 +1080,50 @@ impl Sim {
             Action::Announce { .. } => {}
         }
     }
+}
+
+/// The torrent of `content` as `config` shapes it: an info dictionary written by
+/// [`TorrentSpec`] (a multi-file torrent named `sim` with files `f0`, `f1`, …) and parsed back,
+/// so the info-hash is its SHA-1 and [`Torrent::metadata`] holds its bytes.
+pub fn torrent_of(config: &SimConfig, content: &[u8]) -> Torrent {
+    let spec = TorrentSpec {
+        name: "sim".into(),
+        piece_length: config.piece_length,
+        files: config
+            .file_lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &length)| (vec![format!("f{i}")], length))
+            .collect(),
+        piece_hashes: hash_pieces(content, config.piece_length),
+        ..TorrentSpec::default()
+    };
+    let meta = Metainfo::from_bytes(&spec.to_bytes())
+        .unwrap_or_else(|e| panic!("seed {}: the simulated torrent: {e}", config.seed));
+    let torrent = Torrent::from_metainfo(&meta);
+    assert_eq!(torrent.info_hash, InfoHash::of(&torrent.metadata));
+    assert_eq!(torrent.metadata, spec.info_bytes());
+    torrent
+}
+
+/// Metadata for the same info-hash that is wrong: as long as `info` with one byte changed in
+/// every 16 KiB piece (so whatever piece of it a peer takes is wrong), or, when `resized`,
+/// `info` cut short or grown by up to a piece and a half of random bytes.
+fn wrong_metadata(rng: &mut ChaCha8Rng, info: &[u8], resized: bool) -> Vec<u8> {
+    let mut bad = info.to_vec();
+    if resized {
+        let piece = PIECE_SIZE as usize;
+        if rng.random_bool(0.5) && bad.len() > 1 {
+            let cut = rng.random_range(1..=bad.len().min(piece * 3 / 2) - 1);
+            bad.truncate(bad.len() - cut);
+        } else {
+            let grow = rng.random_range(1..=piece * 3 / 2);
+            bad.extend((0..grow).map(|_| rng.random::<u8>()));
+        }
+    }
+    for chunk in bad.chunks_mut(PIECE_SIZE as usize) {
+        let i = rng.random_range(0..chunk.len());
+        chunk[i] ^= rng.random_range(1..=255u8);
+    }
+    bad
 }

@@ -2,16 +2,17 @@
 //! replay benchmark.
 //!
 //! The simulation owns its sessions, so instead of swapping in a `Recorder` this replaces a
-//! node's session by one built from a known header (a task with no trackers and known pieces,
-//! which runs exactly that session) and records it through the simulation's input and action
-//! hooks with a `TraceWriter` (the hooks see no events, so the traces hold none).
+//! node's session by one built from a known header (a task with no trackers, which runs exactly
+//! that session: known pieces, or a magnet link's info-hash alone) and records it through the
+//! simulation's input and action hooks with a `TraceWriter` (the hooks see no events, so the
+//! traces hold none). A magnet leecher's trace holds the `Start` input its task needs once the
+//! metadata is in; the simulation then gives the session its torrent as that task does.
 
 #![allow(dead_code)]
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use kp_torrent_core::bitfield::Bitfield;
 use kp_torrent_core::session::{Session, SessionConfig};
 use kp_torrent_core::time::Time;
 use kp_torrent_core::torrent::{StartState, TorrentConfig};
@@ -22,38 +23,46 @@ use crate::sim::{Role, Sim, SimConfig};
 /// A trace being written in memory, shared with the simulation's hooks.
 pub type SharedWriter = Rc<RefCell<TraceWriter<Vec<u8>>>>;
 
+/// The header of a trace of `node`: its torrent and start as the simulation built it, with
+/// another seed.
+pub fn header(sim: &Sim, node: usize, seed: u64) -> TraceHeader {
+    let n = &sim.nodes[node];
+    let start_state = match n.role {
+        Role::MagnetLeecher => StartState::Magnet,
+        _ => StartState::Verified(n.initial_have.clone()),
+    };
+    TraceHeader {
+        events: false,
+        config: TorrentConfig {
+            session: SessionConfig {
+                seed,
+                ..n.session_config.clone()
+            },
+            trackers: Default::default(),
+            tiers: Vec::new(),
+        },
+        torrent: n.torrent.clone(),
+        start_state,
+        start: Time::ZERO,
+    }
+}
+
 /// Records `nodes` of `sim` (their sessions are rebuilt from headers with seeds derived from
 /// `seed`); returns one writer per node, to finish after [`Sim::run`].
 pub fn record_nodes(sim: &mut Sim, nodes: &[usize], seed: u64) -> Vec<SharedWriter> {
-    let count = sim.torrent.piece_count();
     let mut writers = Vec::new();
     for (k, &node) in nodes.iter().enumerate() {
-        let have = if sim.nodes[node].role == Role::Leecher {
-            Bitfield::new(count)
-        } else {
-            Bitfield::full(count)
+        let header = header(sim, node, seed.wrapping_add(k as u64));
+        let config = header.config.session.clone();
+        let mut session = match &header.start_state {
+            StartState::Magnet => {
+                Session::new_magnet(config, header.torrent.info_hash, header.start)
+            }
+            StartState::Verified(have) => {
+                Session::new(config, header.torrent.clone(), have.clone(), header.start)
+            }
+            StartState::Check => unreachable!("simulated nodes know their pieces"),
         };
-        let header = TraceHeader {
-            events: false,
-            config: TorrentConfig {
-                session: SessionConfig {
-                    seed: seed.wrapping_add(k as u64),
-                    listen_port: 6881,
-                    ..SessionConfig::default()
-                },
-                trackers: Default::default(),
-                tiers: Vec::new(),
-            },
-            torrent: sim.torrent.clone(),
-            start_state: StartState::Verified(have.clone()),
-            start: Time::ZERO,
-        };
-        let mut session = Session::new(
-            header.config.session.clone(),
-            header.torrent.clone(),
-            have,
-            header.start,
-        );
         let mut writer = TraceWriter::new(Vec::new(), &header);
         while let Some(a) = session.poll_action() {
             writer.session_action(&a);
@@ -67,7 +76,7 @@ pub fn record_nodes(sim: &mut Sim, nodes: &[usize], seed: u64) -> Vec<SharedWrit
     let inputs = by_node.clone();
     sim.on_input = Some(Box::new(move |node, now, input| {
         if let Some((_, w)) = inputs.iter().find(|(n, _)| *n == node) {
-            w.borrow_mut().session_input(now, input);
+            w.borrow_mut().input(now, input);
         }
     }));
     sim.on_action = Some(Box::new(move |node, action| {
@@ -104,10 +113,20 @@ pub fn record_swarm(
 /// Runs the swarm `config` describes and returns the traces of the first seeder and of the first
 /// leecher, with the simulation.
 pub fn record_sim(config: SimConfig) -> (Sim, Vec<u8>, Vec<u8>) {
+    let first_leecher = config.seeders + config.hostile + config.bad_metadata;
+    let (sim, traces) = record_sim_nodes(config, &[0, first_leecher]);
+    let mut traces = traces.into_iter();
+    let seeder = traces.next().unwrap_or_default();
+    let leecher = traces.next().unwrap_or_default();
+    (sim, seeder, leecher)
+}
+
+/// Runs the swarm `config` describes, recording `nodes`; every leecher must finish with the
+/// right data. Returns the simulation and the traces, in the order of `nodes`.
+pub fn record_sim_nodes(config: SimConfig, nodes: &[usize]) -> (Sim, Vec<Vec<u8>>) {
     let seed = config.seed;
-    let first_leecher = config.seeders + config.hostile;
     let mut sim = Sim::new(config);
-    let writers = record_nodes(&mut sim, &[0, first_leecher], seed ^ 0x7ace);
+    let writers = record_nodes(&mut sim, nodes, seed ^ 0x7ace);
     let outcome = sim.run();
     assert!(
         outcome.all_complete && outcome.corrupt.is_empty(),
@@ -115,8 +134,6 @@ pub fn record_sim(config: SimConfig) -> (Sim, Vec<u8>, Vec<u8>) {
     );
     sim.on_input = None;
     sim.on_action = None;
-    let mut traces = writers.into_iter().map(finish);
-    let seeder = traces.next().unwrap_or_default();
-    let leecher = traces.next().unwrap_or_default();
-    (sim, seeder, leecher)
+    let traces = writers.into_iter().map(finish).collect();
+    (sim, traces)
 }

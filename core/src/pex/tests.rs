@@ -126,8 +126,10 @@ fn the_sender_tells_the_diff_at_most_once_a_minute_and_never_the_peer_itself() {
     let m = s.handle_timeout(t1, &current).unwrap();
     assert_eq!(m.added, vec![(a, PexFlags::SEED), (c, PexFlags(0))]);
     assert_eq!(m.dropped, vec![b]);
-    // Same set a minute later: nothing changed, nothing sent.
+    // Same set a minute later: nothing changed, nothing sent, and the next look is a minute on
+    // (a deadline left in the past would have its caller spin).
     assert_eq!(s.handle_timeout(t1 + INTERVAL, &current), None);
+    assert_eq!(s.poll_timeout(), Some(t1 + INTERVAL * 2));
     // Its listening address, learnt later, is excluded too, without announcing a drop.
     let listen = v4(10, 0, 0, 9, 6881);
     s.add_own_addr(listen);

@@ -1221,6 +1221,25 @@ fn pex_tells_each_peer_about_the_others_and_dials_what_it_hears() {
     assert_eq!(dropped, vec![reach(1, 7001)], "{acts:?}");
 }
 
+/// A driver that waits for `poll_timeout` and then calls `handle_timeout` never spins: once a
+/// minute has passed with no change in the peer set (no exchange message due to anyone), the
+/// deadline still moves past now.
+#[test]
+fn the_deadline_moves_on_when_peer_exchange_has_nothing_new() {
+    let (mut s, ..) = pex_pair(SessionConfig::default(), false);
+    let mut now = t(3);
+    let mut wakeups = 0;
+    while now < t(300) {
+        let next = s.poll_timeout().expect("a running session has a deadline");
+        assert!(next > now, "deadline {next} is not after {now}");
+        now = next;
+        s.handle_timeout(now);
+        drain(&mut s);
+        wakeups += 1;
+        assert!(wakeups < 1000, "{wakeups} wakeups by {now}");
+    }
+}
+
 #[test]
 fn private_torrents_and_no_pex_never_exchange_peers() {
     for (config, private) in [
