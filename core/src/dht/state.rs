@@ -166,7 +166,7 @@ mod tests {
     #[test]
     fn at_most_the_bound_is_kept_and_port_zero_skipped() {
         let mut nodes: Vec<SocketAddr> = (0..MAX_SAVED_NODES as u32 + 50)
-            .map(|i| SocketAddr::new(std::net::Ipv4Addr::from(i + 1).into(), 6881))
+            .map(|i| SocketAddr::new(core::net::Ipv4Addr::from(i + 1).into(), 6881))
             .collect();
         nodes.insert(0, addr("1.2.3.4:0"));
         let s = SavedState {
