@@ -237,7 +237,9 @@ fn send(mut b: Bytes<'_>) {
     // What the peer was told, applying every message in order.
     let mut told: BTreeMap<SocketAddr, PexFlags> = BTreeMap::new();
     let mut now = Time::ZERO;
-    let mut last_sent: Option<Time> = None;
+    // When the sender may next speak: an interval after a message, or after a look that
+    // found nothing new once the first message went.
+    let mut next_due: Option<Time> = None;
     for _ in 0..MAX_STEPS {
         if b.is_empty() {
             break;
@@ -284,7 +286,7 @@ fn send(mut b: Bytes<'_>) {
             _ => {
                 now += Duration::from_millis(u64::from(b.u16()) * 10);
                 let due = sender.poll_timeout();
-                assert_eq!(due, last_sent.map(|t| t + interval));
+                assert_eq!(due, next_due);
                 let msg = sender.handle_timeout(now, &current);
                 if due.is_some_and(|d| now < d) {
                     assert_eq!(msg, None, "a message before the interval");
@@ -299,8 +301,8 @@ fn send(mut b: Bytes<'_>) {
                         for &(a, f) in &msg.added {
                             told.insert(a, f);
                         }
-                        last_sent = Some(now);
-                        assert_eq!(sender.poll_timeout(), Some(now + interval));
+                        next_due = Some(now + interval);
+                        assert_eq!(sender.poll_timeout(), next_due);
                     }
                     None => {
                         let expected: BTreeMap<SocketAddr, PexFlags> = current
@@ -309,6 +311,10 @@ fn send(mut b: Bytes<'_>) {
                             .map(|(&a, &f)| (a, f))
                             .collect();
                         assert_eq!(told, expected, "nothing sent, but the peer's view is stale");
+                        if next_due.is_some() {
+                            next_due = Some(now + interval);
+                        }
+                        assert_eq!(sender.poll_timeout(), next_due, "a deadline left behind");
                     }
                 }
             }
