@@ -11,7 +11,7 @@ use super::{RealProcess, free_port, wait_for, work_dir};
 use crate::{TempDir, require_tool};
 
 /// How long opentracker gets to accept its first TCP connection.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running opentracker that tracks only the info-hashes it was started with.
 ///
@@ -67,14 +67,15 @@ impl Opentracker {
             .collect();
             let mut process = RealProcess::spawn("opentracker", &program, &args, dir.path());
             // Listening is not enough: it loads the whitelist in the background afterwards, and
-            // refuses announces until then.
-            let probe = info_hashes.first();
+            // refuses announces until then. Every hash is probed, not only the first: a CI run
+            // under load once saw a later hash refused after the first was accepted.
             let up = wait_for(START_TIMEOUT, || {
                 if process.exit_status().is_some() {
                     return Some(false);
                 }
-                probe
-                    .is_none_or(|h| whitelist_loaded(port, h))
+                info_hashes
+                    .iter()
+                    .all(|h| whitelist_loaded(port, h))
                     .then_some(true)
             });
             match up {
@@ -87,7 +88,7 @@ impl Opentracker {
                 }
                 // Exited: most likely the port was taken between free_port and bind; try another.
                 Some(false) => continue,
-                None => process.fail("did not accept announces within 10 s"),
+                None => process.fail("did not accept announces within 30 s"),
             }
         }
         panic!("opentracker exited at start 5 times (ports taken?)");
