@@ -894,3 +894,78 @@ fn krpc_datagrams_go_to_the_dht_and_port_messages_become_pings() {
         "port 6881 sent"
     );
 }
+
+#[test]
+fn udp_tracker_routes_are_bounded_and_expire() {
+    let mut e = Engine::new(EngineConfig::default(), Time::ZERO);
+    let tracker = addr(6969);
+    let tiers = vec![vec![format!("udp://{tracker}/announce")]];
+    let t = e
+        .add_torrent(
+            Time::ZERO,
+            config(1, tiers),
+            torrent(1),
+            StartState::Verified(Bitfield::new(4)),
+            None,
+        )
+        .unwrap();
+    // Requests that no tracker ever answered fill the table, each older than the next.
+    for i in 0..MAX_UDP_ROUTES as u32 {
+        e.udp_routes
+            .insert((addr(1), i.to_be_bytes()), (t, Time::ZERO));
+    }
+    e.handle_input(Time::from_millis(1), EngineInput::Timeout);
+    let request = actions(&mut e)
+        .into_iter()
+        .find_map(|a| match a {
+            EngineAction::Torrent {
+                action: TorrentAction::Tracker(TrackerAction::SendUdp { bytes, .. }),
+                ..
+            } => Some(bytes),
+            _ => None,
+        })
+        .expect("a connect request");
+    assert_eq!(
+        e.udp_routes.len(),
+        MAX_UDP_ROUTES,
+        "the table never grows past its bound"
+    );
+    let tid: [u8; 4] = request[12..16].try_into().unwrap();
+    assert!(
+        e.udp_routes.contains_key(&(tracker, tid)),
+        "the new request is routed"
+    );
+    // The reply to the newest request still reaches its torrent.
+    let mut reply = vec![0, 0, 0, 0];
+    reply.extend_from_slice(&tid);
+    reply.extend_from_slice(&[7; 8]);
+    e.handle_input(
+        Time::from_millis(5),
+        EngineInput::Datagram {
+            from: tracker,
+            bytes: &reply,
+        },
+    );
+    assert!(
+        actions(&mut e).iter().any(|a| matches!(
+            a,
+            EngineAction::Torrent {
+                action: TorrentAction::Tracker(TrackerAction::SendUdp { .. }),
+                ..
+            }
+        )),
+        "the connect reply led to an announce"
+    );
+    // Two minutes on, the unanswered requests are forgotten.
+    e.handle_input(Time::from_secs(121), EngineInput::Timeout);
+    drop(actions(&mut e));
+    assert!(
+        e.udp_routes.keys().all(|(a, _)| *a == tracker),
+        "stale routes outlived their 2 minutes"
+    );
+    assert!(
+        e.udp_routes.len() < 16,
+        "{} routes left",
+        e.udp_routes.len()
+    );
+}
