@@ -23,6 +23,16 @@
 //!   peers found to the torrent as its `PeersDiscovered` input (so the torrent's trace has
 //!   them). Peers' BEP 5 `port` messages become pings, which put answering nodes in the table.
 //!   The DHT node's own inputs are not traced.
+//! - **Stream encryption** (MSE/PE, [`EngineConfig::encryption`], [`crate::mse`]) sits at the
+//!   seam between the driver and the torrents: an accepted connection whose first bytes are not
+//!   a plain handshake runs the responder (the torrent found by its `SKEY` hash among all the
+//!   engine's torrents) and is adopted with the decrypted bytes once it is established; a
+//!   connection a torrent opened runs the initiator, carrying what the torrent sent meanwhile.
+//!   After that every byte received is decrypted before it reaches the torrent and every byte
+//!   the torrent sends is encrypted on its way to the driver. Under [`Policy::Prefer`], a dial
+//!   whose encrypted handshake fails is redialed in plaintext at once (the torrent never
+//!   notices) and its address remembered. The driver only carries bytes; the torrents, and so
+//!   their traces, see plaintext only.
 //!
 //! Inputs go through [`Engine::handle_input`]; drain [`Engine::poll_action`] and
 //! [`Engine::poll_event`] until `None` after each, and feed [`EngineInput::Timeout`] at
@@ -35,12 +45,16 @@ use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Write};
+use std::sync::Arc;
 
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
 use slab::Slab;
 
 use crate::dht::state::SavedState;
 use crate::dht::{self, Dht, DhtConfig, DhtEvent, LookupId};
 use crate::id::{InfoHash, PeerHandle};
+use crate::mse::{Handshake, MseError, Policy, SkeyTable};
 use crate::session::{Action, Event, Input, Torrent};
 use crate::time::Time;
 use crate::torrent::{
@@ -114,6 +128,11 @@ pub struct EngineConfig {
     pub dht: Option<DhtConfig>,
     /// How often each public torrent is looked up and announced in the DHT. Default 15 min.
     pub dht_announce_interval: Duration,
+    /// MSE/PE stream encryption: what we offer when dialing and accept from incoming
+    /// connections. Default [`Policy::Prefer`].
+    pub encryption: Policy,
+    /// Seeds the engine's own randomness (MSE keys and pads).
+    pub seed: u64,
 }
 
 impl Default for EngineConfig {
@@ -127,6 +146,8 @@ impl Default for EngineConfig {
             upload_slots: 8,
             dht: None,
             dht_announce_interval: Duration::from_secs(15 * 60),
+            encryption: Policy::Prefer,
+            seed: 0,
         }
     }
 }
@@ -197,6 +218,13 @@ pub enum EngineAction {
         /// Its handle in that torrent.
         peer: PeerHandle,
     },
+    /// Send bytes on an accepted connection not yet handed to a torrent (its MSE handshake).
+    SendIncoming {
+        /// The connection.
+        conn: IncomingId,
+        /// The bytes, in order after any sent before.
+        bytes: Vec<u8>,
+    },
     /// Close an accepted connection that was not handed to a torrent.
     CloseIncoming {
         /// The connection.
@@ -229,6 +257,10 @@ pub enum RefuseReason {
     Full,
     /// The engine is shutting down.
     ShuttingDown,
+    /// A plain handshake, but encryption is required ([`Policy::Require`]).
+    PlaintextRefused,
+    /// Its MSE handshake failed.
+    Encryption(MseError),
 }
 
 impl fmt::Display for RefuseReason {
@@ -240,6 +272,8 @@ impl fmt::Display for RefuseReason {
             RefuseReason::Evicted => "made room for a newer connection",
             RefuseReason::Full => "too many connections",
             RefuseReason::ShuttingDown => "shutting down",
+            RefuseReason::PlaintextRefused => "plain handshake, but encryption is required",
+            RefuseReason::Encryption(e) => return e.fmt(f),
         })
     }
 }
@@ -272,6 +306,8 @@ struct Pending {
     addr: SocketAddr,
     since: Time,
     buf: Vec<u8>,
+    /// Its MSE handshake, once its first bytes showed it is not a plain one.
+    mse: Option<Box<Handshake>>,
 }
 
 /// A torrent's task, plain or behind a trace recorder.
@@ -348,6 +384,13 @@ pub struct Engine {
     next_lookup: u64,
     /// Nodes heard of from peers, to ping.
     dht_contacts: Vec<SocketAddr>,
+    /// The MSE state of torrents' connections that have one (dialing, or RC4).
+    links: BTreeMap<(TorrentId, PeerHandle), Link>,
+    /// Addresses whose encrypted handshake failed: dialed in plaintext from now on.
+    plain_only: PlainMemory,
+    /// Every torrent's `SKEY` hash, for incoming MSE handshakes (each holds a snapshot).
+    skeys: Arc<SkeyTable>,
+    rng: ChaCha8Rng,
     now: Time,
     shutting_down: bool,
     actions: VecDeque<EngineAction>,
@@ -358,6 +401,7 @@ impl Engine {
     /// An engine with no torrents.
     pub fn new(config: EngineConfig, now: Time) -> Engine {
         let dht = config.dht.clone().map(|c| Box::new(Dht::new(c, now)));
+        let rng = ChaCha8Rng::seed_from_u64(config.seed);
         let mut engine = Engine {
             config,
             torrents: Slab::new(),
@@ -376,6 +420,10 @@ impl Engine {
             dht_bootstrap: (None, Some(now), 0),
             next_lookup: 1,
             dht_contacts: Vec::new(),
+            links: BTreeMap::new(),
+            plain_only: PlainMemory::default(),
+            skeys: Arc::new(SkeyTable::new()),
+            rng,
             now,
             shutting_down: false,
             actions: VecDeque::new(),
@@ -477,6 +525,7 @@ impl Engine {
         self.torrents.insert(Slot { generation, runner });
         let id = TorrentId { index, generation };
         self.by_hash.insert(info_hash, id);
+        Arc::make_mut(&mut self.skeys).insert(info_hash);
         self.drain_torrent(id);
         self.dispatch_connects();
         self.dht_settle();
@@ -498,6 +547,8 @@ impl Engine {
             }
         };
         self.by_hash.remove(&task.torrent().info_hash);
+        Arc::make_mut(&mut self.skeys).remove(&task.torrent().info_hash);
+        self.links.retain(|(t, _), _| *t != id);
         self.half_open.retain(|(t, _)| *t != id);
         self.connect_queue.retain(|(t, _, _)| *t != id);
         self.udp_routes.retain(|_, (t, _)| *t != id);
@@ -541,7 +592,11 @@ impl Engine {
             .pending
             .iter()
             .map(|(_, p)| p.since + self.config.handshake_timeout);
-        torrents.chain(pending).chain(self.dht_timeout()).min()
+        torrents
+            .chain(pending)
+            .chain(self.dht_timeout())
+            .chain(self.links_timeout())
+            .min()
     }
 
     // ---- input ----
@@ -550,7 +605,7 @@ impl Engine {
     pub fn handle_input(&mut self, now: Time, input: EngineInput<'_>) {
         let now = self.tick(now);
         match input {
-            EngineInput::Torrent { torrent, input } => self.feed(torrent, input),
+            EngineInput::Torrent { torrent, input } => self.torrent_input(torrent, input),
             EngineInput::Incoming { addr } => self.on_incoming(now, addr),
             EngineInput::IncomingData { conn, bytes } => self.on_incoming_data(conn, bytes),
             EngineInput::IncomingClosed { conn } => {
@@ -616,7 +671,16 @@ impl Engine {
                 TorrentAction::Session(Action::Connect { peer, addr }) => {
                     self.connect_queue.push_back((id, peer, addr));
                 }
+                TorrentAction::Session(Action::Send { peer, bytes }) => {
+                    if let Some(bytes) = encryption::outgoing(&mut self.links, id, peer, bytes) {
+                        self.actions.push_back(EngineAction::Torrent {
+                            torrent: id,
+                            action: TorrentAction::Session(Action::Send { peer, bytes }),
+                        });
+                    }
+                }
                 TorrentAction::Session(Action::Close { peer, reason }) => {
+                    self.links.remove(&(id, peer));
                     // A queued attempt that its torrent gave up never reaches the driver.
                     let before = self.connect_queue.len();
                     self.connect_queue
@@ -692,6 +756,7 @@ impl Engine {
             addr,
             since: now,
             buf: Vec::new(),
+            mse: None,
         }));
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -725,6 +790,10 @@ impl Engine {
         let Some(p) = self.pending.get_mut(conn.0) else {
             return;
         };
+        if p.mse.is_some() {
+            self.incoming_mse(conn, bytes);
+            return;
+        }
         let take = bytes
             .len()
             .min(HANDSHAKE_PREFIX.saturating_sub(p.buf.len()));
@@ -732,7 +801,17 @@ impl Engine {
         let rest = &bytes[take..];
         let have = p.buf.len().min(PROTOCOL.len());
         if p.buf[..have] != PROTOCOL[..have] {
-            self.refuse(conn, RefuseReason::NotBitTorrent);
+            if self.config.encryption == Policy::Disable {
+                self.refuse(conn, RefuseReason::NotBitTorrent);
+            } else {
+                let mut first = std::mem::take(&mut p.buf);
+                first.extend_from_slice(rest);
+                self.start_responder(conn, &first);
+            }
+            return;
+        }
+        if have == PROTOCOL.len() && !self.config.encryption.accepts_plaintext_handshake() {
+            self.refuse(conn, RefuseReason::PlaintextRefused);
             return;
         }
         if p.buf.len() < HANDSHAKE_PREFIX {
@@ -740,9 +819,23 @@ impl Engine {
         }
         let mut hash = [0u8; 20];
         hash.copy_from_slice(&p.buf[28..48]);
+        let mut bytes = std::mem::take(&mut p.buf);
+        bytes.extend_from_slice(rest);
+        self.adopt(conn, InfoHash(hash), bytes, None);
+    }
+
+    /// Hands an accepted connection whose handshake names `info_hash` to that torrent, with
+    /// `bytes` (plaintext) as the first it received and `cipher` for the rest of its stream.
+    fn adopt(
+        &mut self,
+        conn: IncomingId,
+        info_hash: InfoHash,
+        bytes: Vec<u8>,
+        cipher: Option<crate::mse::Cipher>,
+    ) {
         let target = self
             .by_hash
-            .get(&InfoHash(hash))
+            .get(&info_hash)
             .copied()
             .filter(|&id| self.torrent(id).is_some_and(TorrentTask::accepts_peers));
         let Some(id) = target else {
@@ -771,15 +864,18 @@ impl Engine {
             .and_then(|t| t.session())
             .is_some_and(|s| s.peer_addr(peer) == Some(p.addr))
         {
-            let mut bytes = p.buf;
-            bytes.extend_from_slice(rest);
-            self.feed(
-                id,
-                TorrentInput::Session(Input::Received {
-                    peer,
-                    bytes: &bytes,
-                }),
-            );
+            if let Some(cipher) = cipher {
+                self.links.insert((id, peer), Link::Rc4(cipher));
+            }
+            if !bytes.is_empty() {
+                self.feed(
+                    id,
+                    TorrentInput::Session(Input::Received {
+                        peer,
+                        bytes: &bytes,
+                    }),
+                );
+            }
         }
     }
 
@@ -832,6 +928,7 @@ impl Engine {
         for k in late {
             self.refuse(IncomingId(k), RefuseReason::HandshakeTimeout);
         }
+        self.expire_links(now);
         self.udp_routes
             .retain(|_, (_, since)| *since + UDP_ROUTE_TTL > now);
         let due: Vec<TorrentId> = self
@@ -1115,5 +1212,8 @@ fn unmap(a: SocketAddr) -> SocketAddr {
     }
 }
 
+mod encryption;
 #[cfg(test)]
 mod tests;
+
+use encryption::{Link, PlainMemory};

@@ -49,8 +49,9 @@
 //!    handshake instead (responder only, when the [`Policy`] allows it): hand the bytes
 //!    received so far to the peer-wire decoder.
 //!
-//! Time is not this module's business: the driver closes a connection whose handshake takes
-//! too long (the specification suggests 30 s). Randomness (private keys, pad lengths and
+//! Time is not this module's business: the caller closes a connection whose handshake takes
+//! too long (the specification suggests 30 s; [`crate::engine`] allows 10 s for accepted
+//! connections and 5 s for its dials). Randomness (private keys, pad lengths and
 //! bytes) comes from the RNG given at construction, so a run is reproducible from its seed.
 
 use std::collections::BTreeMap;
@@ -196,7 +197,7 @@ impl fmt::Display for Policy {
 }
 
 /// Why a handshake failed. Every error is fatal to the connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MseError {
     /// Responder: no `HASH('req1', S)` within [`REQ1_SYNC_BOUND`] bytes of the start.
@@ -578,7 +579,7 @@ impl Handshake {
     /// [`Cipher`]: feeding more here is [`MseError::Finished`] (an empty slice is ignored).
     pub fn handle_input(&mut self, bytes: &[u8]) -> Result<(), MseError> {
         match &self.state {
-            State::Failed(e) => return Err(e.clone()),
+            State::Failed(e) => return Err(*e),
             State::Done if bytes.is_empty() => return Ok(()),
             State::Done => return Err(MseError::Finished),
             _ => {}
@@ -589,7 +590,7 @@ impl Handshake {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
                 Err(e) => {
-                    self.state = State::Failed(e.clone());
+                    self.state = State::Failed(e);
                     self.buf = Vec::new();
                     self.transmit = Vec::new();
                     return Err(e);

@@ -40,6 +40,7 @@ use kp_torrent_core::engine::{
 use kp_torrent_core::id::InfoHash;
 use kp_torrent_core::magnet::Magnet;
 use kp_torrent_core::metainfo::{Metainfo, torrent_file_from_info};
+use kp_torrent_core::mse::Policy;
 use kp_torrent_core::session::{Action, Event, Input, Session, SessionConfig, Torrent};
 use kp_torrent_core::time::Time;
 use kp_torrent_core::torrent::{
@@ -535,6 +536,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     let epoch = Instant::now();
     let torrents = std::mem::take(&mut opts.torrents);
     let upload_slots = opts.upload_slots.max(1);
+    let engine_seed = opts.rng_seed ^ 0x6d73_655f_7365_6564;
     let mut client = Client {
         down: Bucket::new(opts.download_limit, epoch),
         up: Bucket::new(opts.upload_limit, epoch),
@@ -545,6 +547,8 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
             EngineConfig {
                 upload_slots,
                 dht: dht_config,
+                encryption: Policy::Disable,
+                seed: engine_seed,
                 ..EngineConfig::default()
             },
             Time::ZERO,
@@ -971,6 +975,12 @@ impl Client {
                         if let Some(key) = self.by_incoming.remove(&conn) {
                             self.socks[key].owner = Owner::Peer(torrent, peer);
                             self.by_peer.insert((torrent, peer), key);
+                        }
+                    }
+                    EngineAction::SendIncoming { conn, bytes } => {
+                        if let Some(&key) = self.by_incoming.get(&conn) {
+                            self.socks[key].out.push(bytes);
+                            self.flush_sock(now, key);
                         }
                     }
                     EngineAction::CloseIncoming { conn, reason } => {

@@ -126,11 +126,32 @@ fn unknown_torrents_and_other_protocols_are_closed() {
             reason: RefuseReason::UnknownTorrent
         }]
     );
-    // An HTTP request is refused at its first byte.
+    // An HTTP request might be MSE: it is refused once no MSE marker can follow.
     let conn = accept(&mut e, Time::ZERO, 5001);
-    e.handle_input(Time::ZERO, EngineInput::IncomingData { conn, bytes: b"G" });
+    let mut http = b"GET /announce HTTP/1.1\r\nHost: x\r\n".to_vec();
+    http.resize(crate::mse::REQ1_SYNC_BOUND, b'x');
+    e.handle_input(Time::ZERO, EngineInput::IncomingData { conn, bytes: &http });
     assert_eq!(
         actions(&mut e),
+        vec![EngineAction::CloseIncoming {
+            conn,
+            reason: RefuseReason::Encryption(crate::mse::MseError::NoReq1Sync)
+        }]
+    );
+    // Without encryption it is refused at its first byte.
+    let mut plain = Engine::new(
+        EngineConfig {
+            encryption: Policy::Disable,
+            ..EngineConfig::default()
+        },
+        Time::ZERO,
+    );
+    add(&mut plain, 1);
+    actions(&mut plain);
+    let conn = accept(&mut plain, Time::ZERO, 5001);
+    plain.handle_input(Time::ZERO, EngineInput::IncomingData { conn, bytes: b"G" });
+    assert_eq!(
+        actions(&mut plain),
         vec![EngineAction::CloseIncoming {
             conn,
             reason: RefuseReason::NotBitTorrent
@@ -969,3 +990,5 @@ fn udp_tracker_routes_are_bounded_and_expire() {
         e.udp_routes.len()
     );
 }
+
+mod encryption;

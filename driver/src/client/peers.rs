@@ -166,8 +166,9 @@ impl Client {
             };
             self.feed(now, input);
         }
-        // The engine may have handed the socket over (or closed it) meanwhile.
-        let still_ours = self.socks.contains(key);
+        // The engine may have handed the socket over (or closed it) meanwhile; a socket that
+        // is connecting under the same key is a new one (a redial), not this.
+        let still_ours = self.socks.get(key).is_some_and(|p| !p.connecting);
         match outcome {
             Ok(ReadOutcome::Drained) => {
                 self.read_pending.remove(&key);
