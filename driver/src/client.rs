@@ -241,6 +241,8 @@ pub struct Options {
     pub tracker_ca: Option<PathBuf>,
     /// Seed of the core's randomness (peer ids, picking, unchoking); each torrent derives its own.
     pub rng_seed: u64,
+    /// Stream encryption (MSE/PE) with peers: what we dial with and accept.
+    pub encryption: Policy,
     /// Show nothing but errors.
     pub quiet: bool,
     /// Time between status lines when stderr is not a terminal.
@@ -271,6 +273,7 @@ impl Options {
             timeout: None,
             tracker_ca: None,
             rng_seed: 0,
+            encryption: Policy::Prefer,
             quiet: false,
             status_every: Duration::from_secs(5),
             handle_signals: true,
@@ -537,6 +540,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     let torrents = std::mem::take(&mut opts.torrents);
     let upload_slots = opts.upload_slots.max(1);
     let engine_seed = opts.rng_seed ^ 0x6d73_655f_7365_6564;
+    let encryption = opts.encryption;
     let mut client = Client {
         down: Bucket::new(opts.download_limit, epoch),
         up: Bucket::new(opts.upload_limit, epoch),
@@ -547,7 +551,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
             EngineConfig {
                 upload_slots,
                 dht: dht_config,
-                encryption: Policy::Disable,
+                encryption,
                 seed: engine_seed,
                 ..EngineConfig::default()
             },

@@ -12,6 +12,7 @@ use crate::client::{self, ClientError, Options, Outcome, TorrentOptions};
 use crate::storage::Location;
 use crate::units::{format_bytes, parse_size};
 use kp_torrent_core::magnet::Magnet;
+use kp_torrent_core::mse::Policy;
 
 /// Options shared by `download` and `seed`.
 #[derive(Debug, clap::Args)]
@@ -81,6 +82,12 @@ pub struct Common {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Stream encryption (MSE/PE) with peers: `prefer` dials encrypted (plaintext again at once
+    /// when a peer will not have it) and accepts both; `require` dials and accepts encrypted
+    /// (RC4) connections only; `disable` never encrypts and refuses encrypted connections.
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = Encryption::Prefer)]
+    pub encryption: Encryption,
+
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -88,6 +95,27 @@ pub struct Common {
     /// Seed for the engine's randomness (peer id, piece choice); random when not given.
     #[arg(long, hide = true)]
     pub rng_seed: Option<u64>,
+}
+
+/// The values of `--encryption`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encryption {
+    /// Encrypt when the peer can, accept both.
+    Prefer,
+    /// Encrypted (RC4) connections only.
+    Require,
+    /// Plaintext only.
+    Disable,
+}
+
+impl From<Encryption> for Policy {
+    fn from(e: Encryption) -> Policy {
+        match e {
+            Encryption::Prefer => Policy::Prefer,
+            Encryption::Require => Policy::Require,
+            Encryption::Disable => Policy::Disable,
+        }
+    }
 }
 
 /// Options of `kp-torrent download`.
@@ -231,6 +259,7 @@ fn options(
         upload_limit: common.upload_limit,
         tracker_ca: common.tracker_ca.clone(),
         rng_seed: common.rng_seed.unwrap_or_else(random_seed),
+        encryption: common.encryption.into(),
         quiet: common.quiet,
         ..Options::new(list, SocketAddr::new(ip, common.port))
     })
