@@ -132,7 +132,7 @@ fn assert_same_file(got: &Path, want: &[u8]) {
     );
 }
 
-/// libtorrent accepts only plaintext, as kp-torrent speaks it.
+/// libtorrent accepts only plaintext (kp-torrent's encrypted dial falls back to it at once).
 fn plaintext() -> LibtorrentOptions {
     LibtorrentOptions {
         encryption: Encryption::Plaintext,
@@ -292,8 +292,8 @@ fn kp_torrent_seeder_dials_transmission_leecher_with_peer_option_multi_file() {
 
 #[test]
 fn kp_torrent_seeds_libtorrent_that_offers_encryption_first() {
-    // libtorrent's default policy (pe_enabled) dials with an encrypted handshake first; kp-torrent
-    // speaks plaintext only, so libtorrent must fall back to it.
+    // libtorrent's default policy (pe_enabled) dials with an encrypted handshake first, which
+    // kp-torrent (--encryption prefer by default) accepts. tests/interop_encryption.rs forces it.
     let dir = TempDir::new("io-kp-lt-enc");
     let data = single_file(&dir, 37);
     let seeder = seed(&dir, &data.torrent, &data.source.join("data.bin"), &[]);

@@ -4,7 +4,8 @@
 //! The peer is `libtorrent_peer.py` (embedded here, written to the harness's temp folder) run with
 //! Debian's `/usr/bin/python3`, the only Python that has the module. It prints one fact per line,
 //! each prefixed with seconds since its start: `port N`, `progress HAVE TOTAL STATE PEERS`,
-//! `metadata`, `peers IP:PORT/SOURCE ...`, `alert KIND: TEXT`, `done` (all pieces verified),
+//! `metadata`, `peers IP:PORT/SOURCE ...`, `encryption IP:PORT/KIND ...`, `alert KIND: TEXT`,
+//! `done` (all pieces verified),
 //! `error TEXT`. The harness talks back through a commands file in its temp folder
 //! ([`Libtorrent::connect_peer`]).
 //!
@@ -38,6 +39,9 @@ pub enum Encryption {
     Enabled,
     /// MSE only (`pe_forced`): a plaintext peer is refused.
     Forced,
+    /// MSE only, and RC4 for the whole stream (`pe_forced` with `allowed_enc_level` `pe_rc4`):
+    /// a peer that does not encrypt is refused.
+    ForcedRc4,
 }
 
 /// Settings of one libtorrent peer beyond the always-on local-only ones.
@@ -185,6 +189,7 @@ impl Libtorrent {
                 Encryption::Plaintext => "plaintext",
                 Encryption::Enabled => "enabled",
                 Encryption::Forced => "forced",
+                Encryption::ForcedRc4 => "forced-rc4",
             }
             .into(),
             "--upload-limit".into(),
@@ -314,6 +319,23 @@ impl Libtorrent {
             .last()
             .map(|(_, rest)| parse_peers(rest))
             .unwrap_or_default()
+    }
+
+    /// How the connections it has reported were carried, each kind once, in order of first
+    /// sight: `"rc4"`, `"plaintext"` (an MSE handshake, then clear text) or `"none"` (no MSE).
+    pub fn encryption_seen(&self) -> Vec<String> {
+        let log = self.process.log();
+        let mut kinds: Vec<String> = Vec::new();
+        for (_, rest) in facts(&log).filter(|(k, _)| *k == "encryption") {
+            for word in rest.split_whitespace() {
+                if let Some((_, kind)) = word.rsplit_once('/')
+                    && !kinds.iter().any(|k| k == kind)
+                {
+                    kinds.push(kind.to_string());
+                }
+            }
+        }
+        kinds
     }
 
     /// Waits until one connected peer satisfies `pred` and returns it.

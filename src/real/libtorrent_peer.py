@@ -5,6 +5,8 @@
 # "port N", "progress HAVE TOTAL STATE PEERS" (TOTAL is 0 while a magnet has no metadata),
 # "metadata" (a magnet's info dictionary arrived), "peers [IP:PORT/SOURCE ...]" (the connected
 # peers, whenever that set changes; SOURCE is libtorrent's peer_source_flags bitmask),
+# "encryption [IP:PORT/KIND ...]" (the same peers, KIND "rc4", "plaintext" (an MSE handshake,
+# then clear text) or "none", whenever that changes),
 # "alert KIND: TEXT", "done" (every piece verified), "error TEXT" (then exit status 2 or 3).
 # With --commands FILE it reads lines appended to FILE: "connect IP:PORT" dials that peer (and
 # keeps redialling it like a --peer), acknowledged with "command connect IP:PORT".
@@ -24,7 +26,9 @@ ap.add_argument("--peer", action="append", default=[])
 ap.add_argument("--tracker", action="append", default=[])
 ap.add_argument("--exit-when-done", action="store_true")
 ap.add_argument("--expect-complete", action="store_true")
-ap.add_argument("--encryption", choices=["plaintext", "enabled", "forced"], default="enabled")
+ap.add_argument(
+    "--encryption", choices=["plaintext", "enabled", "forced", "forced-rc4"], default="enabled"
+)
 ap.add_argument("--upload-limit", type=int, default=0)
 ap.add_argument("--extension", action="append", default=[])
 ap.add_argument("--commands")
@@ -34,6 +38,7 @@ enc = {
     "plaintext": lt.enc_policy.pe_disabled,
     "enabled": lt.enc_policy.pe_enabled,
     "forced": lt.enc_policy.pe_forced,
+    "forced-rc4": lt.enc_policy.pe_forced,
 }[args.encryption]
 
 settings = {
@@ -61,6 +66,10 @@ settings = {
     | lt.alert.category_t.peer_notification,
     "upload_rate_limit": args.upload_limit,
 }
+if args.encryption == "forced-rc4":
+    # MSE only, and RC4 for the whole stream (never MSE's plaintext method).
+    settings["allowed_enc_level"] = lt.enc_level.rc4
+    settings["prefer_rc4"] = True
 # Settings at construction (not applied afterwards), or DHT and UPnP start for a moment; flags 0
 # leaves out the default plugins, so there is no PEX (ut_pex) either.
 ses = lt.session(settings, 0)
@@ -120,6 +129,7 @@ done_printed = False
 port_printed = False
 own_port = 0
 last_peers = None
+last_encryption = None
 commands_read = 0
 
 
@@ -200,6 +210,23 @@ while True:
     if connected != last_peers:
         out(" ".join(["peers"] + connected))
         last_peers = connected
+    encryption = sorted(
+        "%s:%d/%s"
+        % (
+            pi.ip[0],
+            pi.ip[1],
+            "rc4"
+            if pi.flags & lt.peer_info.rc4_encrypted
+            else "plaintext"
+            if pi.flags & lt.peer_info.plaintext_encrypted
+            else "none",
+        )
+        for pi in h.get_peer_info()
+        if not (pi.flags & lt.peer_info.connecting) and not (pi.flags & lt.peer_info.handshake)
+    )
+    if encryption != last_encryption:
+        out(" ".join(["encryption"] + encryption))
+        last_encryption = encryption
     if s.is_seeding and not done_printed:
         out("done")
         done_printed = True

@@ -35,7 +35,7 @@ pub use kp::{Dataset, KpTorrent};
 pub use libtorrent::{Encryption, Libtorrent, LibtorrentOptions, LibtorrentPeer, peer_source};
 pub use mountns::MountNs;
 pub use opentracker::{Opentracker, Swarm};
-pub use transmission::Transmission;
+pub use transmission::{Transmission, TransmissionEncryption, TransmissionOptions};
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

@@ -25,6 +25,43 @@ use crate::{TempDir, require_tool};
 /// How long Transmission gets to bind its port, and a seeder to verify its data.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Transmission's `encryption` setting (and the matching `transmission-cli` flag).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TransmissionEncryption {
+    /// 0, `-et`: prefers plaintext, accepts MSE (the default here).
+    #[default]
+    Tolerated,
+    /// 1, `-ep`: prefers MSE.
+    Preferred,
+    /// 2, `-er`: MSE only; it selects RC4 and refuses plain handshakes.
+    Required,
+}
+
+impl TransmissionEncryption {
+    fn setting(self) -> u8 {
+        match self {
+            TransmissionEncryption::Tolerated => 0,
+            TransmissionEncryption::Preferred => 1,
+            TransmissionEncryption::Required => 2,
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            TransmissionEncryption::Tolerated => "-et",
+            TransmissionEncryption::Preferred => "-ep",
+            TransmissionEncryption::Required => "-er",
+        }
+    }
+}
+
+/// Settings of one `transmission-cli` beyond the always-on local-only ones.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TransmissionOptions {
+    /// Connection encryption.
+    pub encryption: TransmissionEncryption,
+}
+
 /// A running `transmission-cli` with a fresh config folder.
 pub struct Transmission {
     process: RealProcess,
@@ -38,11 +75,21 @@ impl Transmission {
     /// every piece. It announces to the torrent's own trackers ([`Torrent::with_announce`]).
     /// `None` (skip) when transmission-cli is missing outside CI.
     pub fn seed(torrent: &Torrent, data_dir: &Path) -> Option<Transmission> {
+        Transmission::seed_with(torrent, data_dir, &TransmissionOptions::default())
+    }
+
+    /// [`Transmission::seed`] with `opts`.
+    pub fn seed_with(
+        torrent: &Torrent,
+        data_dir: &Path,
+        opts: &TransmissionOptions,
+    ) -> Option<Transmission> {
         let torrent_path = std::path::absolute(&torrent.path).expect("absolute torrent path");
         let mut t = Transmission::start(
             "transmission-seeder",
             &torrent_path.to_string_lossy(),
             data_dir,
+            opts,
         )?;
         // The -f script also runs when verification finds a complete torrent. (Its "Seeding"
         // status line is no use: stdout to a file is block-buffered and shows up ~10 s late.)
@@ -53,11 +100,21 @@ impl Transmission {
     /// Downloads `torrent` into `dest` (and keeps seeding until killed); see
     /// [`Transmission::wait_done`]. `None` (skip) when transmission-cli is missing outside CI.
     pub fn download(torrent: &Torrent, dest: &Path) -> Option<Transmission> {
+        Transmission::download_with(torrent, dest, &TransmissionOptions::default())
+    }
+
+    /// [`Transmission::download`] with `opts`.
+    pub fn download_with(
+        torrent: &Torrent,
+        dest: &Path,
+        opts: &TransmissionOptions,
+    ) -> Option<Transmission> {
         let torrent_path = std::path::absolute(&torrent.path).expect("absolute torrent path");
         Transmission::start(
             "transmission-leecher",
             &torrent_path.to_string_lossy(),
             dest,
+            opts,
         )
     }
 
@@ -107,7 +164,8 @@ impl Transmission {
             );
             std::fs::write(
                 config.join("settings.json"),
-                settings(port).replace(r#""rpc-enabled": false,"#, daemon_only.trim_start()),
+                settings(port, TransmissionEncryption::default())
+                    .replace(r#""rpc-enabled": false,"#, daemon_only.trim_start()),
             )
             .expect("write settings");
             let args: Vec<String> = vec![
@@ -162,7 +220,12 @@ impl Transmission {
     }
 
     /// Starts `transmission-cli` on `source`, a `.torrent` path.
-    fn start(name: &str, source: &str, data_dir: &Path) -> Option<Transmission> {
+    fn start(
+        name: &str,
+        source: &str,
+        data_dir: &Path,
+        opts: &TransmissionOptions,
+    ) -> Option<Transmission> {
         let program = require_tool("transmission-cli")?;
         let data_dir = std::path::absolute(data_dir).expect("absolute data dir");
         std::fs::create_dir_all(&data_dir).expect("create data dir");
@@ -171,7 +234,11 @@ impl Transmission {
             let config = dir.path().join("config");
             std::fs::create_dir_all(&config).expect("create config dir");
             let port = free_port();
-            std::fs::write(config.join("settings.json"), settings(port)).expect("write settings");
+            std::fs::write(
+                config.join("settings.json"),
+                settings(port, opts.encryption),
+            )
+            .expect("write settings");
             let done_flag = dir.path().join("done");
             // -f runs this when the torrent completes (all pieces verified).
             let script = completion_script(dir.path(), &done_flag);
@@ -182,9 +249,9 @@ impl Transmission {
                 data_dir.to_string_lossy().into_owned(),
                 "-p".into(),
                 port.to_string(),
-                // No port mapping; encryption tolerated = prefer plaintext (as "encryption": 0).
+                // No port mapping; the encryption flag agrees with settings.json.
                 "-M".into(),
-                "-et".into(),
+                opts.encryption.flag().into(),
                 "-f".into(),
                 script.to_string_lossy().into_owned(),
                 source.to_string(),
@@ -264,7 +331,8 @@ impl Transmission {
 
 /// A `settings.json` that keeps Transmission on 127.0.0.1 and away from every peer source but the
 /// tracker.
-fn settings(port: u16) -> String {
+fn settings(port: u16, encryption: TransmissionEncryption) -> String {
+    let encryption = encryption.setting();
     format!(
         r#"{{
     "dht-enabled": false,
@@ -275,7 +343,7 @@ fn settings(port: u16) -> String {
     "blocklist-enabled": false,
     "bind-address-ipv4": "127.0.0.1",
     "bind-address-ipv6": "::1",
-    "encryption": 0,
+    "encryption": {encryption},
     "peer-port": {port},
     "peer-port-random-on-start": false,
     "rpc-enabled": false,
