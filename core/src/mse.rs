@@ -140,8 +140,10 @@ impl fmt::Display for Method {
 /// What we offer as initiator and accept as responder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Policy {
-    /// Offer RC4 and plaintext (the responder picks); as responder pick RC4 when offered, else
-    /// plaintext, and accept plain BitTorrent handshakes too.
+    /// Offer RC4 and plaintext (the responder picks); as responder pick plaintext when it is
+    /// offered (the handshake stays obfuscated; libtorrent's default, `prefer_rc4` off, which
+    /// spares both ends RC4 over the whole stream), RC4 when only RC4 is, and accept plain
+    /// BitTorrent handshakes too.
     #[default]
     Prefer,
     /// Offer and accept RC4 only; refuse plain BitTorrent handshakes.
@@ -168,9 +170,8 @@ impl Policy {
         let rc4 = provided & CRYPTO_RC4 != 0;
         let plain = provided & CRYPTO_PLAINTEXT != 0;
         match self {
-            Policy::Prefer if rc4 => Some(Method::Rc4),
             Policy::Prefer | Policy::Disable if plain => Some(Method::Plaintext),
-            Policy::Require if rc4 => Some(Method::Rc4),
+            Policy::Prefer | Policy::Require if rc4 => Some(Method::Rc4),
             _ => None,
         }
     }

@@ -181,7 +181,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn rc4_is_negotiated_and_the_streams_interoperate() {
-    let case = Case::new(Policy::Prefer, Policy::Prefer);
+    let case = Case::new(Policy::Require, Policy::Prefer);
     let (a, b) = case.run();
     assert_established(&case, &a, &b, Method::Rc4);
     // Nothing readable on the wire: not IA, not either payload.
@@ -192,14 +192,21 @@ fn rc4_is_negotiated_and_the_streams_interoperate() {
 
 #[test]
 fn plaintext_method_leaves_the_stream_clear_but_the_handshake_obfuscated() {
-    let case = Case::new(Policy::Disable, Policy::Prefer);
-    let (a, b) = case.run();
-    assert_established(&case, &a, &b, Method::Plaintext);
-    // IA follows the handshake, in the clear like the rest.
-    let mut clear = case.ia.clone();
-    clear.extend_from_slice(A_PAYLOAD);
-    assert!(a.log.ends_with(&clear));
-    assert!(b.log.ends_with(B_PAYLOAD));
+    // Offered plaintext, a responder that prefers encryption still takes it (as libtorrent
+    // does with `prefer_rc4` off): RC4 only when the initiator insists.
+    for initiator in [Policy::Disable, Policy::Prefer] {
+        let case = Case::new(initiator, Policy::Prefer);
+        let (a, b) = case.run();
+        assert_established(&case, &a, &b, Method::Plaintext);
+        assert!(
+            !a.log.starts_with(b"\x13BitTorrent protocol"),
+            "{initiator:?}: the handshake starts with Ya, not the BitTorrent header"
+        );
+        let mut clear = case.ia.clone();
+        clear.extend_from_slice(A_PAYLOAD);
+        assert!(a.log.ends_with(&clear), "{initiator:?}");
+        assert!(b.log.ends_with(B_PAYLOAD), "{initiator:?}");
+    }
 }
 
 #[test]
@@ -207,7 +214,7 @@ fn every_pair_of_policies_agrees_or_fails_as_documented() {
     use Method::*;
     use Policy::*;
     let expected: [(Policy, Policy, Option<Method>); 9] = [
-        (Prefer, Prefer, Some(Rc4)),
+        (Prefer, Prefer, Some(Plaintext)),
         (Prefer, Require, Some(Rc4)),
         (Prefer, Disable, Some(Plaintext)),
         (Require, Prefer, Some(Rc4)),
@@ -240,7 +247,7 @@ fn every_pair_of_policies_agrees_or_fails_as_documented() {
 #[test]
 fn an_empty_ia_and_the_largest_ia_both_work() {
     for ia in [Vec::new(), (0..MAX_IA).map(|i| i as u8).collect()] {
-        let mut case = Case::new(Policy::Prefer, Policy::Prefer);
+        let mut case = Case::new(Policy::Require, Policy::Prefer);
         case.ia = ia;
         case.max_chunk = 1500;
         let (a, b) = case.run();
@@ -351,7 +358,12 @@ fn every_split_point_of_either_stream_gives_the_same_handshake() {
                 "{policy:?}, split at {k}"
             );
             let mut e = established(fed.event);
-            assert_eq!((e.method, e.info_hash), (Method::Rc4, ih(7)));
+            let method = if policy == Policy::Require {
+                Method::Rc4
+            } else {
+                Method::Plaintext
+            };
+            assert_eq!((e.method, e.info_hash), (method, ih(7)));
             assert_eq!(
                 e.initial_payload.len(),
                 if policy == Policy::Require { 68 } else { 0 }

@@ -384,11 +384,14 @@ fn an_encrypted_incoming_connection_is_adopted_and_decrypted_both_ways() {
         let mut far = far_initiator(far_policy, 2, ours.clone(), 5);
         exchange(&mut e, Time::ZERO, &mut wire, &mut far, chunk);
         assert_eq!(wire.closed, None, "{policy} / {far_policy}");
-        assert_eq!(
-            far.method(),
-            Some(Method::Rc4),
-            "both offer RC4: it is chosen"
-        );
+        // Offered both, a responder that prefers encryption takes plaintext (libtorrent's
+        // default); RC4 when either side requires it.
+        let method = if policy == Policy::Prefer && far_policy == Policy::Prefer {
+            Method::Plaintext
+        } else {
+            Method::Rc4
+        };
+        assert_eq!(far.method(), Some(method), "{policy} / {far_policy}");
         let Route::Peer(torrent, _) = wire.route else {
             panic!("never adopted: {:?}", wire.others);
         };
@@ -431,7 +434,8 @@ fn an_encrypted_incoming_connection_is_adopted_and_decrypted_both_ways() {
 #[test]
 fn an_encrypted_dial_holds_the_torrents_bytes_then_encrypts_them() {
     for (policy, far_policy, method) in [
-        (Policy::Prefer, Policy::Prefer, Method::Rc4),
+        (Policy::Prefer, Policy::Prefer, Method::Plaintext),
+        (Policy::Prefer, Policy::Require, Method::Rc4),
         (Policy::Require, Policy::Prefer, Method::Rc4),
         (Policy::Require, Policy::Require, Method::Rc4),
         // A peer that has encryption disabled still speaks the handshake, in plaintext.
