@@ -14,8 +14,9 @@
 //!
 //! Backpressure: a peer whose send queue holds more than [`SEND_QUEUE_LIMIT`] bytes (plus its
 //! queued disk reads) gets no new disk reads until it drains; sockets are not read while disk
-//! writes are more than [`WRITE_BACKLOG_LIMIT`] behind; a socket that had more to give than one
-//! turn's budget is read again next turn, so one fast peer cannot starve the rest.
+//! writes are more than [`WRITE_BACKLOG_LIMIT`](disk::WRITE_BACKLOG_LIMIT) behind; a socket
+//! that had more to give than one turn's budget is read again next turn, so one fast peer
+//! cannot starve the rest (all three in `peers::read_budget`).
 
 mod engine;
 mod limit;
@@ -51,7 +52,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::conn::SendQueue;
-use crate::disk::{self, Completion, DiskPool, Job, StoreId, WRITE_BACKLOG_LIMIT};
+use crate::disk::{self, Completion, DiskPool, Job, StoreId};
 use crate::progress::{Phase, Progress, Snapshot, summary_line};
 use crate::resume::{self, Snapshot as ResumeSnapshot};
 use crate::signals::ShutdownSignals;
@@ -1682,7 +1683,7 @@ impl Client {
                 wait = wait.min(refill.saturating_duration_since(wall));
             }
             let paused =
-                self.down.available() == 0 || self.disk.queued_write_bytes() > WRITE_BACKLOG_LIMIT;
+                peers::read_budget(0, self.disk.queued_write_bytes(), self.down.available()) == 0;
             let readable_now = self.read_pending.iter().any(|&k| !self.send_blocked(k));
             if readable_now && !paused {
                 wait = Duration::ZERO;

@@ -131,11 +131,12 @@ impl Client {
     }
 
     pub(super) fn read_sock(&mut self, now: Time, key: usize) {
-        if self.send_blocked(key) || self.disk.queued_write_bytes() > WRITE_BACKLOG_LIMIT {
-            self.read_pending.insert(key);
-            return;
-        }
-        let budget = (self.down.available().min(READ_BUDGET as u64)) as usize;
+        let send_queued = self.socks.get(key).map_or(0, |p| p.out.len());
+        let budget = read_budget(
+            send_queued,
+            self.disk.queued_write_bytes(),
+            self.down.available(),
+        );
         if budget == 0 {
             self.read_pending.insert(key);
             return;
@@ -276,5 +277,37 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// How many bytes one socket may be read this turn: none while its send queue holds more than
+/// [`SEND_QUEUE_LIMIT`] (a peer that asks but never reads), none while disk writes are more
+/// than [`WRITE_BACKLOG_LIMIT`] behind (received blocks would pile up in memory), otherwise
+/// the download rate limit's tokens up to [`READ_BUDGET`] (one fast peer cannot starve the
+/// rest; a socket with more to give is read again next turn).
+pub(super) fn read_budget(send_queued: usize, writes_behind: u64, rate_tokens: u64) -> usize {
+    if send_queued > SEND_QUEUE_LIMIT || writes_behind > WRITE_BACKLOG_LIMIT {
+        return 0;
+    }
+    rate_tokens.min(READ_BUDGET as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_budget;
+
+    #[test]
+    fn a_socket_is_read_within_its_budget_and_not_while_the_disk_or_its_send_queue_is_behind() {
+        const KIB: u64 = 1024;
+        // 256 KiB a turn at most, fewer when the rate limit has fewer tokens.
+        assert_eq!(read_budget(0, 0, u64::MAX), 256 * 1024);
+        assert_eq!(read_budget(0, 0, 1000), 1000);
+        assert_eq!(read_budget(0, 0, 0), 0);
+        // Disk writes 4 MiB behind are still read; one byte more and no socket is.
+        assert_eq!(read_budget(0, 4096 * KIB, u64::MAX), 256 * 1024);
+        assert_eq!(read_budget(0, 4096 * KIB + 1, u64::MAX), 0);
+        // A send queue of 1 MiB is still read; beyond it the peer is not.
+        assert_eq!(read_budget(1 << 20, 0, u64::MAX), 256 * 1024);
+        assert_eq!(read_budget((1 << 20) + 1, 0, u64::MAX), 0);
     }
 }
