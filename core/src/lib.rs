@@ -83,4 +83,5 @@ pub mod time;
 pub mod torrent;
 pub mod trace;
 pub mod tracker;
+pub mod webseed;
 pub mod wire;

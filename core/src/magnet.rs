@@ -1,4 +1,4 @@
-//! Magnet URIs: `magnet:?xt=urn:btih:<hash>&dn=<name>&tr=<tracker>&x.pe=<host:port>`.
+//! Magnet URIs: `magnet:?xt=urn:btih:<hash>&dn=<name>&tr=<tracker>&x.pe=<host:port>&ws=<url>`.
 //!
 //! The info-hash may be 40 hex digits or 32 base32 characters (RFC 4648, either case). Values are
 //! percent-decoded; in `dn` a `+` also stands for a space. Unknown keys are ignored. A magnet that
@@ -19,6 +19,8 @@ pub struct Magnet {
     pub trackers: Vec<String>,
     /// Every `x.pe`: peers to dial, as `host:port`.
     pub peers: Vec<String>,
+    /// Every `ws`: web seeds (BEP 19), http(s) only, bounded like a torrent's `url-list`.
+    pub web_seeds: Vec<String>,
 }
 
 /// Why a string is not a usable magnet URI.
@@ -127,6 +129,7 @@ impl Magnet {
         let mut display_name = None;
         let mut trackers: Vec<String> = Vec::new();
         let mut peers = Vec::new();
+        let mut web_seeds = Vec::new();
         for param in query.split('&') {
             let (key, value) = param.split_once('=').unwrap_or((param, ""));
             // `xt.1`, `xt.2`, ... number several exact topics.
@@ -161,6 +164,7 @@ impl Magnet {
                         peers.push(peer);
                     }
                 }
+                "ws" => web_seeds.push(percent_decode(value, false)),
                 _ => {}
             }
         }
@@ -174,6 +178,7 @@ impl Magnet {
             display_name,
             trackers,
             peers,
+            web_seeds: crate::metainfo::web_seed_urls(web_seeds),
         })
     }
 }
@@ -196,6 +201,18 @@ mod tests {
         assert_eq!(m.display_name.as_deref(), Some("My Show S01/E02"));
         assert_eq!(m.trackers, ["http://t1/ann", "udp://t2:80"]);
         assert_eq!(m.peers, ["127.0.0.1:6881", "[::1]:1"]);
+    }
+
+    #[test]
+    fn web_seeds_from_ws() {
+        let uri = format!(
+            "magnet:?xt=urn:btih:{HEX}&ws=http%3A%2F%2Fw1%2Fdata%2F&ws=ftp://w2/&ws=https://w3/f\
+             &ws=http%3A%2F%2Fw1%2Fdata%2F&ws="
+        );
+        let m = Magnet::parse(&uri).unwrap();
+        assert_eq!(m.web_seeds, ["http://w1/data/", "https://w3/f"]);
+        let none = Magnet::parse(&format!("magnet:?xt=urn:btih:{HEX}")).unwrap();
+        assert!(none.web_seeds.is_empty());
     }
 
     #[test]

@@ -419,6 +419,80 @@ impl Picker {
         }
     }
 
+    /// Gives `source` (a web seed, which has every piece) a run of at most `max_pieces`
+    /// consecutive wanted pieces that nobody has started, every block of them requested by it:
+    /// the run starts at the rarest such piece (one no peer has, when there is one) and grows
+    /// upwards while the next piece is also unstarted. Pieces for which `skip` is true are
+    /// never claimed. Returns the first piece and the count, or `None` when there is nothing to
+    /// claim.
+    pub fn claim_run(
+        &mut self,
+        source: PeerHandle,
+        max_pieces: u32,
+        skip: impl Fn(u32) -> bool,
+    ) -> Option<(u32, u32)> {
+        if max_pieces == 0 {
+            return None;
+        }
+        let first = self
+            .by_rarity
+            .iter()
+            .map(|&(_, _, p)| p)
+            .find(|&p| !skip(p))?;
+        let mut count = 0u32;
+        while count < max_pieces {
+            let Some(p) = first.checked_add(count) else {
+                break;
+            };
+            if !self.candidates.contains(&p) || skip(p) {
+                break;
+            }
+            let n = self.blocks_in_piece(p) as usize;
+            let size = self.piece_size(p);
+            let set = self.outstanding.entry(source).or_default();
+            let mut blocks = vec![Slot::default(); n];
+            for (k, slot) in blocks.iter_mut().enumerate() {
+                slot.requesters.push(source);
+                set.insert(block_at(p, size, k));
+            }
+            self.partials.insert(
+                p,
+                Partial {
+                    blocks,
+                    free: 0,
+                    received: 0,
+                },
+            );
+            self.refresh(p);
+            count += 1;
+        }
+        (count > 0).then_some((first, count))
+    }
+
+    /// Frees every block still requested from `peer` (a web seed that gave up its run), so any
+    /// peer may fetch them; a piece left with nothing requested or received is unstarted again
+    /// (a web seed may claim it in a later run).
+    pub fn drop_requests(&mut self, peer: PeerHandle) {
+        let Some(blocks) = self.outstanding.remove(&peer) else {
+            return;
+        };
+        let mut pieces = BTreeSet::new();
+        for b in blocks {
+            self.unrequest(peer, b);
+            pieces.insert(b.piece);
+        }
+        for p in pieces {
+            let untouched = self
+                .partials
+                .get(&p)
+                .is_some_and(|x| x.received == 0 && x.free as usize == x.blocks.len());
+            if untouched {
+                self.partials.remove(&p);
+                self.refresh(p);
+            }
+        }
+    }
+
     /// A block arrived from `peer`: says whether to keep it and which duplicates to cancel.
     pub fn block_received(&mut self, peer: PeerHandle, block: Block) -> Received {
         let Some(k) = self.block_index(block) else {

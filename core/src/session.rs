@@ -31,11 +31,13 @@ mod magnet;
 mod requests;
 mod torrent;
 mod verify;
+mod webseed;
 
 use verify::{BlockSource, PieceProgress, fingerprint};
 
 pub use io::{Action, AnnounceEvent, Event, Input};
 pub use torrent::{FileSpan, SessionConfig, Torrent};
+pub use webseed::{MAX_WEB_SEED_BACKLOG, web_seed_handle};
 
 use crate::bitfield::Bitfield;
 use crate::choker::{Choker, ChokerConfig};
@@ -894,7 +896,6 @@ impl Session {
     }
 
     fn on_block(&mut self, now: Time, h: PeerHandle, index: u32, begin: u32, data: Vec<u8>) {
-        let len = data.len() as u64;
         let block = Block {
             piece: index,
             begin,
@@ -904,6 +905,21 @@ impl Session {
             .peer(h)
             .and_then(Peer::remote_id)
             .map_or([0; 20], |id| id.0);
+        self.accept_block(now, h, sender, block, data);
+        self.fill_requests(now, h);
+    }
+
+    /// A block from `h` (a peer, or a web seed's pseudo handle) into the write-and-verify path.
+    fn accept_block(
+        &mut self,
+        now: Time,
+        h: PeerHandle,
+        sender: [u8; 20],
+        block: Block,
+        data: Vec<u8>,
+    ) {
+        let len = data.len() as u64;
+        let (index, begin) = (block.piece, block.begin);
         match self.picker.block_received(h, block) {
             Received::Accepted {
                 piece_complete,
@@ -935,7 +951,6 @@ impl Session {
             }
             _ => self.wasted += len,
         }
-        self.fill_requests(now, h);
     }
 }
 

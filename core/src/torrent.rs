@@ -36,6 +36,11 @@ use crate::time::Time;
 use crate::tracker::manager::{
     ConnId, ManagerConfig, TrackerAction, TrackerEvent, TrackerId, TrackerManager,
 };
+use crate::webseed::{WebSeedError, WebSeedInput};
+
+mod webseeds;
+use webseeds::WebSeeds;
+pub use webseeds::{RUN_BYTES, WEB_SEED_TRACKER};
 
 /// Pieces hashed at once during the start-up check: enough to keep the disk workers busy.
 pub const CHECK_IN_FLIGHT: usize = 4;
@@ -52,6 +57,9 @@ pub struct TorrentConfig {
     pub trackers: ManagerConfig,
     /// The tracker tiers (`announce-list`, or `[[announce]]`; empty: no trackers).
     pub tiers: Vec<Vec<String>>,
+    /// Web seed URLs (BEP 19: the torrent's `url-list` and `--web-seed`), at most
+    /// [`MAX_WEB_SEEDS`](crate::webseed::MAX_WEB_SEEDS) used.
+    pub web_seeds: Vec<String>,
 }
 
 /// How a task learns which pieces are already on disk.
@@ -166,6 +174,15 @@ pub enum TorrentEvent {
     /// A magnet link's metadata matched the info-hash but is not a torrent we can use; the task
     /// shuts down.
     BadMetadata(String),
+    /// A web seed failed: it waits before its next request, or (`dropped`) is given up.
+    WebSeed {
+        /// Its URL.
+        url: String,
+        /// What went wrong.
+        error: WebSeedError,
+        /// True when it is given up for good.
+        dropped: bool,
+    },
 }
 
 impl fmt::Display for TorrentEvent {
@@ -180,6 +197,14 @@ impl fmt::Display for TorrentEvent {
                 write!(f, "metadata received ({} bytes)", info.len())
             }
             TorrentEvent::BadMetadata(e) => write!(f, "the metadata peers sent is unusable: {e}"),
+            TorrentEvent::WebSeed {
+                url,
+                error,
+                dropped,
+            } => {
+                let then = if *dropped { "dropped" } else { "backing off" };
+                write!(f, "web seed {url}: {error} ({then})")
+            }
             TorrentEvent::Tracker(e) => match e {
                 TrackerEvent::Peers { tracker, addrs } => {
                     write!(f, "tracker {}: {} peers", tracker.0, addrs.len())
@@ -282,6 +307,8 @@ pub struct TorrentTask {
     shutting_down: bool,
     /// A file selection given to a magnet link before its metadata: applied once it is known.
     early_wanted: Option<Vec<bool>>,
+    /// The web seeds (BEP 19), fetching once the swarm runs with its metadata.
+    web_seeds: WebSeeds,
 }
 
 impl TorrentTask {
@@ -290,6 +317,8 @@ impl TorrentTask {
     pub fn new(config: TorrentConfig, torrent: Torrent, start: StartState, now: Time) -> Self {
         let has_trackers = config.tiers.iter().any(|t| !t.is_empty());
         let pieces = torrent.piece_count();
+        let mut events = VecDeque::new();
+        let web_seeds = WebSeeds::new(&config.web_seeds, &mut events);
         let mut task = TorrentTask {
             config,
             phase: Phase::Checking(Box::new(Check {
@@ -305,12 +334,13 @@ impl TorrentTask {
             })),
             now,
             actions: VecDeque::new(),
-            events: VecDeque::new(),
+            events,
             has_trackers,
             completed_announced: false,
             trackers_stopped: false,
             shutting_down: false,
             early_wanted: None,
+            web_seeds,
         };
         match start {
             StartState::Verified(have) => {
@@ -454,10 +484,14 @@ impl TorrentTask {
     /// When to feed `TorrentInput::Session(Input::Timeout)` next.
     pub fn poll_timeout(&self) -> Option<Time> {
         let s = self.phase.swarm()?;
-        match (s.session.poll_timeout(), s.trackers.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            s.session.poll_timeout(),
+            s.trackers.poll_timeout(),
+            self.web_seeds.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- input ----
@@ -468,7 +502,28 @@ impl TorrentTask {
         let now = self.now;
         match input {
             TorrentInput::Start { files, resume } => self.on_start(now, files, resume),
-            TorrentInput::Session(input) => self.on_session_input(now, input),
+            TorrentInput::Session(input) => {
+                match input {
+                    Input::Timeout => self.web_seeds.handle_timeout(now),
+                    Input::Shutdown => self.web_seeds.shutdown(),
+                    _ => {}
+                }
+                self.on_session_input(now, input)
+            }
+            TorrentInput::Tracker(input) if self.web_seeds.owns(tracker_conn(&input)) => {
+                let input = match input {
+                    TrackerInput::TcpConnected { conn } => WebSeedInput::Connected { conn },
+                    TrackerInput::TcpData { conn, bytes } => WebSeedInput::Data { conn, bytes },
+                    TrackerInput::TcpClosed { conn, error } => WebSeedInput::Closed { conn, error },
+                    TrackerInput::ConnectFailed { conn, why } => {
+                        WebSeedInput::ConnectFailed { conn, why }
+                    }
+                    TrackerInput::Resolved { .. } | TrackerInput::Datagram { .. } => {
+                        unreachable!("tracker_conn names no web seed connection for these")
+                    }
+                };
+                self.web_seeds.handle_input(now, input);
+            }
             TorrentInput::Tracker(input) => {
                 if let Some(Swarm { session, trackers }) = self.phase.swarm_mut() {
                     stats(session, trackers);
@@ -637,6 +692,8 @@ impl TorrentTask {
         if !peers.is_empty() {
             session.handle_input(now, Input::PeersDiscovered { addrs: &peers });
         }
+        self.web_seeds
+            .set_torrent(session.torrent(), &mut self.events);
         self.phase = Phase::Running(Swarm { session, trackers });
     }
 
@@ -673,12 +730,20 @@ impl TorrentTask {
 
     /// Moves the parts' outputs into the task's queues, joining them where they meet.
     fn drain(&mut self, now: Time) {
+        // Web seeds fetch only once the torrent is known and checked.
+        let fetching = matches!(&self.phase, Phase::Running(s) if !s.session.needs_metadata())
+            && !self.shutting_down;
         let Some(Swarm { session, trackers }) = self.phase.swarm_mut() else {
             return;
         };
         let mut metadata = None;
         loop {
             let mut more = false;
+            if !self.web_seeds.is_empty() {
+                let session = fetching.then_some(&mut **session);
+                self.web_seeds
+                    .drive(now, session, &mut self.actions, &mut self.events);
+            }
             while let Some(a) = session.poll_action() {
                 match a {
                     // The manager announces `started` by itself when it is created.
@@ -705,6 +770,11 @@ impl TorrentTask {
                 if let Event::MetadataReceived { info } = &e {
                     metadata = Some(info.clone());
                 }
+                if let Event::HashFailed { .. } | Event::Complete = &e {
+                    // A web seed may have to back off, or close its idle connection.
+                    more |= !self.web_seeds.is_empty();
+                }
+                self.web_seeds.on_session_event(now, &e);
                 self.events.push_back(TorrentEvent::Session(e));
             }
             while let Some(a) = trackers.poll_action() {
@@ -765,6 +835,18 @@ fn metainfo_of(info: &[u8]) -> Result<Torrent, String> {
     Ok(Torrent::from_metainfo(&m))
 }
 
+/// The connection a TCP tracker input is about (`ConnId(0)` for the others, which no web seed
+/// has).
+fn tracker_conn(input: &TrackerInput<'_>) -> ConnId {
+    match input {
+        TrackerInput::TcpConnected { conn }
+        | TrackerInput::TcpData { conn, .. }
+        | TrackerInput::TcpClosed { conn, .. }
+        | TrackerInput::ConnectFailed { conn, .. } => *conn,
+        TrackerInput::Resolved { .. } | TrackerInput::Datagram { .. } => ConnId(0),
+    }
+}
+
 /// Addresses kept while checking, at most (the session bounds its own list later).
 const MAX_WAITING_PEERS: usize = 1000;
 
@@ -775,3 +857,5 @@ fn stats(session: &Session, trackers: &mut TrackerManager) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod webseed_tests;

@@ -19,8 +19,9 @@
 //! scope id varint. A *duration* is a varint of nanoseconds.
 //!
 //! Header:
-//! - magic `KPTR`, version `u16` (= 4; version 3, which lacks the DHT port, is still read, with
-//!   DHT port 0), flags `u8` (bit 0: events are recorded);
+//! - magic `KPTR`, version `u16` (= 5; versions 3 and 4 are still read: 3 lacks the DHT port,
+//!   read as 0, and both lack the web seeds, read as none), flags `u8` (bit 0: events are
+//!   recorded);
 //! - the [`SessionConfig`](crate::session::SessionConfig): seed `u64`, peer id (optional, 20
 //!   bytes), listen port `u16`, then varints max peers, upload slots, max serve queue, ban after
 //!   failures, max connect failures, sequential and pex `u8`s, and the DHT port `u16`;
@@ -31,6 +32,7 @@
 //!   longest re-announce, retry base and maximum, stop timeout; then our IPs (count, each `4` +
 //!   4 octets or `6` + 16 octets);
 //! - the tiers: count, then per tier a count and its URLs as text;
+//! - the web seed URLs: count, then each as text;
 //! - the [`Torrent`]: info-hash (20 bytes), piece length, total length and piece count (varints),
 //!   the piece SHA-1s (20 bytes each), file count (varint), then per file offset and length
 //!   (varints) and padding `u8`, then private `u8`, then the info dictionary served to peers

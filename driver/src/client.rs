@@ -127,6 +127,8 @@ pub struct TorrentOptions {
     pub seed_time: Option<Duration>,
     /// Record every input to this torrent's engine in this trace file (`--record`).
     pub record: Option<PathBuf>,
+    /// Web seeds (BEP 19) to fetch from besides the torrent's `url-list` (`--web-seed`).
+    pub web_seeds: Vec<String>,
 }
 
 impl TorrentOptions {
@@ -165,6 +167,7 @@ impl TorrentOptions {
             seed_ratio: None,
             seed_time: None,
             record: None,
+            web_seeds: Vec::new(),
         }
     }
 
@@ -778,6 +781,13 @@ impl Client {
                 StartState::Magnet,
             ),
         };
+        let listed = match &topts.source {
+            Source::Torrent(m) => m.url_list.clone(),
+            Source::Magnet(m) => m.web_seeds.clone(),
+        };
+        let web_seeds = kp_torrent_core::metainfo::web_seed_urls(
+            listed.into_iter().chain(topts.web_seeds.iter().cloned()),
+        );
         let config = TorrentConfig {
             session: SessionConfig {
                 seed,
@@ -793,6 +803,7 @@ impl Client {
                 ..ManagerConfig::default()
             },
             tiers,
+            web_seeds,
         };
         let now = self.now();
         let Some(id) = self.engine.add_torrent(now, config, torrent, start, record) else {
@@ -1178,6 +1189,10 @@ impl Client {
             }
             TorrentEvent::BadMetadata(e) => {
                 run.fatal.get_or_insert(ClientError::BadMetadata(e));
+                return;
+            }
+            e @ TorrentEvent::WebSeed { .. } => {
+                log::warn!("{}: {e}", run.name);
                 return;
             }
             TorrentEvent::Checked { verified, pieces } => {

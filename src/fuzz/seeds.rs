@@ -535,6 +535,7 @@ fn recorded_seeder() -> Vec<u8> {
         },
         trackers: ManagerConfig::default(),
         tiers: Vec::new(),
+        web_seeds: Vec::new(),
     };
     let mut rec = Recorder::new(
         Vec::new(),

@@ -1,5 +1,5 @@
 //! Real BitTorrent programs on 127.0.0.1 for end-to-end tests: opentracker, libtorrent (Python
-//! bindings), Transmission 3.00 and aria2 1.36.
+//! bindings), Transmission 3.00, aria2 1.36, and nginx as a web seed.
 //!
 //! Each harness starts one process with its own temp folder (config, logs), waits only with a bound,
 //! and kills and reaps the process when dropped, also while a test panics. Every process writes
@@ -26,6 +26,7 @@ pub mod dead_tracker;
 pub mod kp;
 pub mod libtorrent;
 pub mod mountns;
+pub mod nginx;
 pub mod opentracker;
 pub mod transmission;
 
@@ -34,6 +35,7 @@ pub use dead_tracker::{SilentTcpTracker, SilentUdpTracker};
 pub use kp::{Dataset, KpTorrent};
 pub use libtorrent::{Encryption, Libtorrent, LibtorrentOptions, LibtorrentPeer, peer_source};
 pub use mountns::MountNs;
+pub use nginx::Nginx;
 pub use opentracker::{Opentracker, Swarm};
 pub use transmission::{Transmission, TransmissionEncryption, TransmissionOptions};
 

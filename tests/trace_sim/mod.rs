@@ -40,6 +40,7 @@ pub fn header(sim: &Sim, node: usize, seed: u64) -> TraceHeader {
             },
             trackers: Default::default(),
             tiers: Vec::new(),
+            web_seeds: Vec::new(),
         },
         torrent: n.torrent.clone(),
         start_state,

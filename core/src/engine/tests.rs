@@ -30,6 +30,7 @@ fn config(seed: u64, tiers: Vec<Vec<String>>) -> TorrentConfig {
         },
         trackers: Default::default(),
         tiers,
+        web_seeds: Vec::new(),
     }
 }
 

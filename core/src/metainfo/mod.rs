@@ -43,7 +43,8 @@ pub struct Metainfo {
     /// Tracker tiers (BEP 12): `announce-list` when present and non-empty, else `[[announce]]`,
     /// else empty. Empty URLs and empty tiers are left out.
     pub trackers: Vec<Vec<String>>,
-    /// Web seed URLs (BEP 19 `url-list`), kept for later use.
+    /// Web seed URLs (BEP 19 `url-list`, a string or a list): only `http` and `https` ones,
+    /// without repeats, at most [`MAX_URL_LIST`] of at most [`MAX_WEB_SEED_URL`] bytes each.
     pub url_list: Vec<String>,
     /// `creation date`, seconds since the Unix epoch.
     pub creation_date: Option<i64>,
@@ -326,6 +327,31 @@ fn url(v: &Value<'_>) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
+/// Most web seed URLs kept from a torrent's `url-list`.
+pub const MAX_URL_LIST: usize = 32;
+/// Longest web seed URL kept, in bytes.
+pub const MAX_WEB_SEED_URL: usize = 2048;
+
+/// True for a URL a web seed can be: `http://` or `https://` (any case), bounded in length.
+pub fn is_web_seed_url(u: &str) -> bool {
+    let lower = u.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+    u.len() <= MAX_WEB_SEED_URL && (lower.starts_with("http://") || lower.starts_with("https://"))
+}
+
+/// The usable web seeds among `urls`: http(s) only, no repeats, at most [`MAX_URL_LIST`].
+pub fn web_seed_urls(urls: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for u in urls {
+        if out.len() == MAX_URL_LIST {
+            break;
+        }
+        if is_web_seed_url(&u) && !out.contains(&u) {
+            out.push(u);
+        }
+    }
+    out
+}
+
 impl Metainfo {
     /// Parses and validates a `.torrent` file. Bytes after the top-level dictionary are ignored,
     /// as libtorrent does.
@@ -357,8 +383,8 @@ impl Metainfo {
             trackers.push(vec![announce]);
         }
         let url_list = match root.get(b"url-list") {
-            Some(Value::List(l)) => l.iter().filter_map(url).collect(),
-            Some(v) => url(v).into_iter().collect(),
+            Some(Value::List(l)) => web_seed_urls(l.iter().filter_map(url)),
+            Some(v) => web_seed_urls(url(v)),
             None => Vec::new(),
         };
         Ok(Metainfo {

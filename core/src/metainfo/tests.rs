@@ -207,6 +207,25 @@ fn url_list_as_a_string_or_a_list() {
         with(list(vec![b("http://w1/"), b(""), b("http://w2/")])),
         vec!["http://w1/".to_string(), "http://w2/".to_string()]
     );
+    // Other schemes, repeats, a list that is not all strings, over-long URLs: left out.
+    assert_eq!(
+        with(list(vec![
+            b("ftp://w/"),
+            b("HTTPS://w3/x"),
+            Owned::Int(5),
+            b("http://w1/"),
+            b("http://w1/"),
+            b("magnet:?xt=urn:btih:00"),
+            b(&format!("http://w/{}", "a".repeat(3000))),
+        ])),
+        vec!["HTTPS://w3/x".to_string(), "http://w1/".to_string()]
+    );
+    assert_eq!(with(b("udp://t:1")), Vec::<String>::new());
+    // At most 32 are kept, however many there are.
+    let many = (0..1000).map(|i| b(&format!("http://w{i}/"))).collect();
+    let kept = with(list(many));
+    assert_eq!(kept.len(), MAX_URL_LIST);
+    assert_eq!(kept[31], "http://w31/");
 }
 
 #[test]

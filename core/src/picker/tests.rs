@@ -542,3 +542,32 @@ fn simulated_swarms_complete_without_duplicate_requests() {
         }
     }
 }
+
+#[test]
+fn a_web_seed_claims_runs_of_unstarted_pieces_rarest_first_and_gives_them_back() {
+    let mut p = picker(10, 2, 1, cfg(0));
+    // Every piece but 6..=8 is held by a peer: the web seed starts at a piece nobody has.
+    p.peer_has_bitfield(PeerHandle(1), &bf(10, &[0, 1, 2, 3, 4, 5, 9]));
+    let ws = PeerHandle(usize::MAX);
+    let (first, count) = p.claim_run(ws, 8, |_| false).unwrap();
+    assert!((6..=8).contains(&first), "{first}");
+    assert_eq!(first + count, 10.min(first + 8));
+    assert_eq!(p.outstanding(ws), 2 * count as usize);
+    // Peers get none of the claimed blocks (outside endgame).
+    let got = pick(&mut p, 1, &bf(10, &(0..10).collect::<Vec<_>>()), 100);
+    assert!(
+        got.iter()
+            .all(|b| b.piece < first || b.piece >= first + count)
+    );
+    // A started piece is not claimed, nor one `skip` names.
+    let mut q = picker(4, 2, 1, cfg(0));
+    let _ = pick(&mut q, 1, &bf(4, &[0]), 1);
+    assert_eq!(q.claim_run(ws, 1, |p| p != 3), Some((3, 1)));
+    assert_eq!(q.claim_run(ws, 4, |_| true), None);
+    // Given back untouched, its pieces are unstarted again and can be claimed again.
+    let before = p.outstanding(ws);
+    p.drop_requests(ws);
+    assert_eq!(p.outstanding(ws), 0);
+    assert!(before > 0);
+    assert!(p.claim_run(ws, 1, |_| false).is_some());
+}

@@ -46,6 +46,7 @@ fn config(tiers: Vec<Vec<String>>) -> TorrentConfig {
         },
         trackers: ManagerConfig::default(),
         tiers,
+        web_seeds: Vec::new(),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::tracker::udp::UdpConfig;
 use super::{ActionPrint, EventPrint, ReplayError, TraceHeader, payload_hash};
 
 pub(super) const MAGIC: &[u8; 4] = b"KPTR";
-pub(super) const VERSION: u16 = 4;
+pub(super) const VERSION: u16 = 5;
 /// The oldest version still read: v3 traces lack the DHT port (read as 0, no DHT).
 pub(super) const OLDEST_VERSION: u16 = 3;
 pub(super) const FLAG_EVENTS: u8 = 1;
@@ -239,6 +239,10 @@ pub(super) fn encode_header(out: &mut Vec<u8>, h: &TraceHeader) {
         for url in tier {
             put_bytes(out, url.as_bytes());
         }
+    }
+    put_varint(out, h.config.web_seeds.len() as u64);
+    for url in &h.config.web_seeds {
+        put_bytes(out, url.as_bytes());
     }
     let Torrent {
         info_hash,
@@ -950,10 +954,21 @@ impl<'a> Cursor<'a> {
             }
             tiers.push(tier);
         }
+        let mut web_seeds = Vec::new();
+        if version >= 5 {
+            let n = self.usizev()?;
+            if n > self.remaining() {
+                return Err(self.truncated());
+            }
+            for _ in 0..n {
+                web_seeds.push(self.string()?);
+            }
+        }
         let config = TorrentConfig {
             session: config,
             trackers,
             tiers,
+            web_seeds,
         };
         let info_hash = InfoHash(self.array::<20>()?);
         let piece_length = self.varint()?;

@@ -23,6 +23,7 @@ fn task_config_dht(seed: u64, dht_port: u16) -> TorrentConfig {
         },
         trackers: Default::default(),
         tiers: Vec::new(),
+        web_seeds: Vec::new(),
     }
 }
 
@@ -664,6 +665,16 @@ fn the_dht_port_is_recorded_and_version_3_traces_still_replay() {
     let mut v3 = without.clone();
     v3.drain(at..at + 2);
     v3[4..6].copy_from_slice(&3u16.to_le_bytes());
+    // Nor the web seeds: their count (0) is the byte before the torrent's info-hash.
+    let ih = TraceReader::new(&without)
+        .unwrap()
+        .header()
+        .torrent
+        .info_hash
+        .0;
+    let ih_at = (0..v3.len() - 20).find(|&i| v3[i..i + 20] == ih).unwrap();
+    assert_eq!(v3[ih_at - 1], 0);
+    v3.remove(ih_at - 1);
     let report = replay(&v3).unwrap();
     assert!(report.finished && report.divergence.is_none(), "{report}");
     assert_eq!(

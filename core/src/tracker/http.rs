@@ -48,13 +48,73 @@ pub fn get_request(url: &TrackerUrl, query: &str) -> Vec<u8> {
         target.push(if target.contains('?') { '&' } else { '?' });
         target.push_str(query);
     }
+    request_bytes(&target, url, "Connection: close\r\n")
+}
+
+/// A `GET` for the bytes `first..=last` of the resource at `url` (a web seed's file), asking to
+/// keep the connection open for the next one.
+pub fn range_request(url: &TrackerUrl, first: u64, last: u64) -> Vec<u8> {
+    let extra = format!("Range: bytes={first}-{last}\r\nConnection: keep-alive\r\n");
+    request_bytes(&url.path, url, &extra)
+}
+
+fn request_bytes(target: &str, url: &TrackerUrl, extra_headers: &str) -> Vec<u8> {
     format!(
         "GET {target} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kp-torrent/{}\r\n\
-         Accept-Encoding: identity\r\nConnection: close\r\n\r\n",
+         Accept-Encoding: identity\r\n{extra_headers}\r\n",
         url.host_header(),
         env!("CARGO_PKG_VERSION")
     )
     .into_bytes()
+}
+
+/// The part of a response's head beyond what trackers need, for web seeds: known once the head
+/// is parsed ([`ResponseParser::head`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Length`, if given.
+    pub content_length: Option<u64>,
+    /// `Content-Range: bytes first-last/total` (`total` `None` for `*`), if given and well formed.
+    pub content_range: Option<ContentRange>,
+    /// True when a `Content-Range` header was present, well formed or not.
+    pub has_content_range: bool,
+    /// The server lets the connection carry another request: HTTP/1.1 without
+    /// `Connection: close` (HTTP/1.0 only with `Connection: keep-alive`), and a body whose end
+    /// is known without closing.
+    pub keep_alive: bool,
+}
+
+/// A `Content-Range` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    /// First byte.
+    pub first: u64,
+    /// Last byte (inclusive).
+    pub last: u64,
+    /// The resource's whole length, when the server says.
+    pub total: Option<u64>,
+}
+
+impl ContentRange {
+    /// Parses `bytes first-last/total` (or `/*`); `None` for anything else.
+    pub fn parse(v: &str) -> Option<ContentRange> {
+        let rest = v.trim().strip_prefix("bytes")?.trim_start();
+        let (range, total) = rest.split_once('/')?;
+        let (first, last) = range.trim().split_once('-')?;
+        let first = first.trim().parse::<u64>().ok()?;
+        let last = last.trim().parse::<u64>().ok()?;
+        let total = match total.trim() {
+            "*" => None,
+            t => Some(t.parse::<u64>().ok()?),
+        };
+        (first <= last && total.is_none_or(|t| last < t)).then_some(ContentRange {
+            first,
+            last,
+            total,
+        })
+    }
 }
 
 /// A parsed HTTP response: what the tracker layer needs from it.
@@ -102,6 +162,10 @@ pub struct ResponseParser {
     body: Vec<u8>,
     /// Interim (1xx) responses seen; each costs a copy of the rest of the input, so they are capped.
     interim: u8,
+    head: Option<Head>,
+    /// Bytes followed the complete response (which a connection reused for another request
+    /// cannot explain).
+    trailing: bool,
 }
 
 const CHUNK_LINE_MAX: usize = 1024;
@@ -118,7 +182,26 @@ impl ResponseParser {
             location: None,
             body: Vec::new(),
             interim: 0,
+            head: None,
+            trailing: false,
         }
+    }
+
+    /// The final response's head, once it is parsed (interim responses are skipped).
+    pub fn head(&self) -> Option<&Head> {
+        self.head.as_ref()
+    }
+
+    /// Takes the body bytes received so far: a caller that streams the body calls it after each
+    /// [`ResponseParser::feed`], and the final [`Response::body`] holds only what came after.
+    /// The body limit counts the bytes held, so a streaming caller bounds the body itself.
+    pub fn take_body(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.body)
+    }
+
+    /// True when bytes followed the complete response in the same [`ResponseParser::feed`].
+    pub fn had_trailing_bytes(&self) -> bool {
+        self.trailing
     }
 
     /// Takes the next received bytes; `Some` once the response is complete. Errors are final.
@@ -151,6 +234,7 @@ impl ResponseParser {
                     owned = leftover;
                     data = &owned;
                     if let Some(r) = self.finish_if_done() {
+                        self.trailing = !data.is_empty();
                         return Ok(Some(r));
                     }
                 }
@@ -183,9 +267,23 @@ impl ResponseParser {
         let mut length = None;
         let mut chunked = false;
         let mut location = None;
+        let mut content_range = None;
+        let mut has_content_range = false;
+        let mut close = resp.version != Some(1);
         for h in resp.headers.iter() {
             let value = std::str::from_utf8(h.value).map(str::trim);
-            if h.name.eq_ignore_ascii_case("content-length") {
+            if h.name.eq_ignore_ascii_case("content-range") {
+                has_content_range = true;
+                content_range = value.ok().and_then(ContentRange::parse);
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                let v = value.unwrap_or("");
+                let has = |t: &str| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(t));
+                if has("close") {
+                    close = true;
+                } else if has("keep-alive") {
+                    close = false;
+                }
+            } else if h.name.eq_ignore_ascii_case("content-length") {
                 let n = value
                     .ok()
                     .and_then(|v| v.parse::<u64>().ok())
@@ -202,6 +300,20 @@ impl ResponseParser {
             }
         }
         self.location = location;
+        // A redirect's body is skipped unread, so only an empty one leaves the stream in step.
+        let bodiless = (300..400).contains(&status) || status == 204 || status == 304;
+        let framed = if bodiless && status != 204 && status != 304 {
+            length == Some(0) && !chunked
+        } else {
+            bodiless || chunked || length.is_some()
+        };
+        self.head = Some(Head {
+            status,
+            content_length: length,
+            content_range,
+            has_content_range,
+            keep_alive: !close && framed,
+        });
         self.state = if (300..400).contains(&status) || status == 204 || status == 304 {
             // Redirects need only the head; their bodies are ignored.
             State::Length {
@@ -269,6 +381,7 @@ impl ResponseParser {
                     data = rest;
                     self.push_body(now)?;
                     if let Some(r) = self.finish_if_done() {
+                        self.trailing = !data.is_empty();
                         return Ok(Some(r));
                     }
                 }
@@ -360,6 +473,7 @@ impl ResponseParser {
                                         status,
                                         remaining: 0,
                                     };
+                                    self.trailing = !data.is_empty();
                                     return Ok(self.finish_if_done());
                                 }
                                 b'\n' => *line = 0,
@@ -1068,5 +1182,107 @@ mod tests {
         ));
         let q = scrape_query(&ih);
         assert_eq!(q, format!("info_hash={}", "%09".repeat(20)));
+    }
+    #[test]
+    fn range_request_bytes() {
+        let req =
+            String::from_utf8(range_request(&url("http://w.example:8080/d/a%20b"), 5, 99)).unwrap();
+        assert!(
+            req.starts_with("GET /d/a%20b HTTP/1.1\r\nHost: w.example:8080\r\n"),
+            "{req}"
+        );
+        assert!(req.contains("\r\nRange: bytes=5-99\r\nConnection: keep-alive\r\n\r\n"));
+        let get = String::from_utf8(get_request(&url("http://t/a"), "x=1")).unwrap();
+        assert!(get.contains("Connection: close\r\n\r\n") && !get.contains("Range"));
+    }
+
+    #[test]
+    fn content_range_values() {
+        let r = |first, last, total| Some(ContentRange { first, last, total });
+        assert_eq!(ContentRange::parse("bytes 0-99/1000"), r(0, 99, Some(1000)));
+        assert_eq!(ContentRange::parse(" bytes 5-5/*"), r(5, 5, None));
+        for bad in [
+            "bytes 9-5/10",
+            "bytes 0-10/10",
+            "bytes */10",
+            "items 0-1/2",
+            "bytes 0-1",
+            "",
+        ] {
+            assert_eq!(ContentRange::parse(bad), None, "{bad}");
+        }
+    }
+
+    fn head_of(raw: &[u8]) -> Head {
+        let mut p = ResponseParser::new(HttpLimits::default());
+        let _ = p.feed(raw).unwrap();
+        p.head().cloned().unwrap()
+    }
+
+    #[test]
+    fn head_fields_and_keep_alive() {
+        let h = head_of(
+            b"HTTP/1.1 206 Partial\r\nContent-Length: 3\r\nContent-Range: bytes 2-4/9\r\n\r\n",
+        );
+        assert_eq!(h.status, 206);
+        assert_eq!(h.content_length, Some(3));
+        assert_eq!(h.content_range, ContentRange::parse("bytes 2-4/9"));
+        assert!(h.has_content_range && h.keep_alive);
+        assert!(
+            !head_of(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n")
+                .keep_alive
+        );
+        assert!(!head_of(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").keep_alive);
+        assert!(
+            head_of(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n")
+                .keep_alive
+        );
+        // A body that ends with the connection cannot be followed by another response.
+        assert!(!head_of(b"HTTP/1.1 200 OK\r\n\r\n").keep_alive);
+        assert!(head_of(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").keep_alive);
+        // A redirect's body is not read: only an empty one keeps the stream usable.
+        assert!(
+            !head_of(b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 5\r\n\r\nabcde")
+                .keep_alive
+        );
+        assert!(
+            head_of(b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n").keep_alive
+        );
+        let bad = head_of(
+            b"HTTP/1.1 206 Partial\r\nContent-Range: bytes x-y/z\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(bad.has_content_range && bad.content_range.is_none());
+        // Interim responses leave no head behind.
+        let mut p = ResponseParser::new(HttpLimits::default());
+        assert_eq!(p.feed(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap(), None);
+        assert!(p.head().is_none());
+    }
+
+    #[test]
+    fn streamed_body_any_split_and_trailing_bytes() {
+        let raws: [&[u8]; 2] = [
+            b"HTTP/1.1 206 P\r\nContent-Length: 10\r\n\r\n0123456789",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n0123\r\n6\r\n456789\r\n0\r\n\r\n",
+        ];
+        for raw in raws {
+            for i in 0..raw.len() {
+                let mut p = ResponseParser::new(HttpLimits::default());
+                let mut body = Vec::new();
+                let mut done = None;
+                for part in [&raw[..i], &raw[i..]] {
+                    if let Some(r) = p.feed(part).unwrap() {
+                        done = Some(r);
+                    }
+                    body.extend(p.take_body());
+                }
+                let r = done.expect("complete");
+                body.extend(r.body);
+                assert_eq!(body, b"0123456789", "split at {i}");
+                assert!(!p.had_trailing_bytes());
+            }
+            let mut p = ResponseParser::new(HttpLimits::default());
+            assert!(p.feed(&[raw, b"HTTP/1.1"].concat()).unwrap().is_some());
+            assert!(p.had_trailing_bytes());
+        }
     }
 }

@@ -147,6 +147,11 @@ pub struct DownloadArgs {
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
 
+    /// Fetch pieces from this HTTP(S) web seed (BEP 19) too, besides the torrent's `url-list`
+    /// (repeatable). A URL ending in `/` holds the torrent's name (a file or a folder).
+    #[arg(long = "web-seed", value_name = "URL")]
+    pub web_seeds: Vec<String>,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -311,6 +316,17 @@ pub fn download(args: &DownloadArgs) -> Result<ExitCode, CliError> {
     }
     let mut opts = options(&args.torrents, &args.common, |t| {
         let mut o = torrent_options(t, Location::Download(args.dir.clone()), &args.common)?;
+        if let Some(bad) = args
+            .web_seeds
+            .iter()
+            .find(|u| !kp_torrent_core::metainfo::is_web_seed_url(u))
+        {
+            return Err(CliError::new(
+                "--web-seed",
+                format!("`{bad}` is not an http:// or https:// URL"),
+            ));
+        }
+        o.web_seeds = args.web_seeds.clone();
         if let Some(files) = &args.files {
             // A magnet link's file count is known only once its metadata arrived; the run
             // checks the selection then.
