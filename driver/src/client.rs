@@ -1347,13 +1347,18 @@ impl Client {
     }
 
     fn snapshot(&self, torrent: TorrentId) -> Snapshot {
+        let dht_nodes = self.engine.dht_nodes();
         let Some(task) = self.engine.torrent(torrent) else {
-            return Snapshot::default();
+            return Snapshot {
+                dht_nodes,
+                ..Snapshot::default()
+            };
         };
         if task.fetching_metadata() {
             return Snapshot {
                 phase: Some(Phase::Metadata),
                 peers: task.session().map_or(0, |s| s.established_count().0),
+                dht_nodes,
                 ..Snapshot::default()
             };
         }
@@ -1366,6 +1371,7 @@ impl Client {
                 phase: Some(Phase::Checking),
                 total_bytes,
                 done_bytes: done as u64,
+                dht_nodes,
                 ..Snapshot::default()
             };
         };
@@ -1385,6 +1391,7 @@ impl Client {
             uploaded: swarm.uploaded(),
             peers,
             seeds,
+            dht_nodes,
         }
     }
 

@@ -51,12 +51,18 @@ pub struct Snapshot {
     pub peers: usize,
     /// Of which seeds.
     pub seeds: usize,
+    /// Nodes in the DHT routing table (`None` when no DHT node runs).
+    pub dht_nodes: Option<usize>,
 }
 
 /// The one-line status, as printed when stderr is not a terminal.
 pub fn status_line(name: &str, s: &Snapshot) -> String {
     if s.phase == Some(Phase::Metadata) {
-        return format!("{name}: fetching metadata, peers {}", s.peers);
+        return format!(
+            "{name}: fetching metadata, peers {}{}",
+            s.peers,
+            dht_part(s)
+        );
     }
     let phase = s.phase.map_or("starting", Phase::label);
     let pct = percent(s.done_bytes, s.total_bytes);
@@ -69,11 +75,18 @@ pub fn status_line(name: &str, s: &Snapshot) -> String {
         s.peers,
         s.seeds,
     );
+    line.push_str(&dht_part(s));
     if s.phase == Some(Phase::Downloading) {
         line.push_str(" ETA ");
         line.push_str(&eta(s).map_or_else(|| "-".to_owned(), format_duration));
     }
     line
+}
+
+/// ` dht N` when a DHT node runs, else nothing.
+fn dht_part(s: &Snapshot) -> String {
+    s.dht_nodes
+        .map_or_else(String::new, |n| format!(" dht {n}"))
 }
 
 /// Time left at the current download rate, if there is one.
@@ -165,12 +178,13 @@ impl Progress {
                 bar.set_message(s.phase.map_or("starting", Phase::label));
                 let eta = eta(s).map_or_else(|| "-".to_owned(), format_duration);
                 bar.set_prefix(format!(
-                    "{} down {} up {} peers {} ({} seeds) ETA {eta}",
+                    "{} down {} up {} peers {} ({} seeds){} ETA {eta}",
                     self.name,
                     format_rate(s.download_rate),
                     format_rate(s.upload_rate),
                     s.peers,
-                    s.seeds
+                    s.seeds,
+                    dht_part(s),
                 ));
             }
             Mode::Lines { every, last } => {
@@ -220,6 +234,7 @@ mod tests {
             uploaded: 0,
             peers: 3,
             seeds: 1,
+            dht_nodes: None,
         }
     }
 
@@ -252,6 +267,29 @@ mod tests {
             status_line("empty", &s),
             "empty: seeding 100.0% 0 B/0 B down 0 B/s up 0 B/s peers 0 (seeds 0)"
         );
+    }
+
+    #[test]
+    fn status_line_shows_dht_nodes_when_a_dht_runs() {
+        let mut s = downloading();
+        s.dht_nodes = Some(42);
+        assert_eq!(
+            status_line("ubuntu.iso", &s),
+            "ubuntu.iso: downloading 25.0% 25.0 MiB/100 MiB down 5.00 MiB/s up 1.00 KiB/s \
+             peers 3 (seeds 1) dht 42 ETA 15s"
+        );
+        let fetching = Snapshot {
+            phase: Some(Phase::Metadata),
+            peers: 2,
+            dht_nodes: Some(7),
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            status_line("magnet", &fetching),
+            "magnet: fetching metadata, peers 2 dht 7"
+        );
+        s.dht_nodes = None;
+        assert!(!status_line("ubuntu.iso", &s).contains("dht"));
     }
 
     #[test]
