@@ -60,6 +60,8 @@
 //! - [`torrent`]: one torrent whole (start-up check, swarm, trackers) behind one input enum.
 //! - [`trace`]: recording a session's inputs and outputs to a compact trace, and replaying it.
 //! - [`tracker`]: HTTP(S) and UDP tracker announce and scrape, BEP 12 tiers and the announce cycle.
+//! - [`utp`]: BEP 29 uTP: packet codec, connections (selective ACK, RTO, LEDBAT), the endpoint
+//!   that routes datagrams to them.
 //! - [`wire`]: the peer-wire codec: handshake, messages (BEP 3, 6, 10), incremental decoder.
 #![forbid(unsafe_code)]
 
@@ -83,5 +85,6 @@ pub mod time;
 pub mod torrent;
 pub mod trace;
 pub mod tracker;
+pub mod utp;
 pub mod webseed;
 pub mod wire;
