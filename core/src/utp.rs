@@ -77,6 +77,9 @@ pub struct UtpConfig {
     pub max_cwnd: usize,
     /// LEDBAT's target queuing delay.
     pub target_delay: Duration,
+    /// SYNs a dial sends before it fails with [`CloseReason::ConnectTimeout`] (1 s apart, then
+    /// doubling: 3 fail at 7 s, 2 at 3 s). A client that falls back to TCP wants few.
+    pub max_syns: u32,
 }
 
 impl Default for UtpConfig {
@@ -90,6 +93,7 @@ impl Default for UtpConfig {
             recv_buffer: 1 << 20,
             max_cwnd: 1 << 20,
             target_delay: Duration::from_millis(100),
+            max_syns: conn::MAX_SYNS,
         }
     }
 }

@@ -26,7 +26,8 @@ pub const INITIAL_RTO: Duration = Duration::from_secs(1);
 pub const MAX_RTO: Duration = Duration::from_secs(30);
 /// Consecutive retransmission timeouts after which the connection is given up.
 pub const MAX_TIMEOUTS: u32 = 6;
-/// SYNs sent before a dial fails (at 0, 1 and 3 s; failure at 7 s).
+/// SYNs sent before a dial fails by default (at 0, 1 and 3 s; failure at 7 s); see
+/// [`UtpConfig::max_syns`].
 pub const MAX_SYNS: u32 = 3;
 /// An `ST_STATE` goes out after this long without sending anything (NAT bindings, and the
 /// peer's idle timer).
@@ -59,7 +60,7 @@ pub enum CloseReason {
     Reset,
     /// The peer answered our SYN with a reset.
     Refused,
-    /// No answer to [`MAX_SYNS`] SYNs.
+    /// No answer to [`UtpConfig::max_syns`] SYNs.
     ConnectTimeout,
     /// Data went unacknowledged through [`MAX_TIMEOUTS`] retransmission timeouts.
     TimedOut,
@@ -955,7 +956,7 @@ impl Connection {
         if self.rto_deadline.is_some_and(|d| d <= now) {
             self.rto_deadline = None;
             if self.state == State::SynSent {
-                if self.syns_sent >= MAX_SYNS {
+                if self.syns_sent >= self.config.max_syns.max(1) {
                     self.terminate(CloseReason::ConnectTimeout, false);
                     return;
                 }
