@@ -21,8 +21,9 @@
 mod engine;
 mod limit;
 mod peers;
+mod utp;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -48,10 +49,9 @@ use kp_torrent_core::torrent::{
     StartState, TorrentAction, TorrentConfig, TorrentEvent, TorrentInput,
 };
 use kp_torrent_core::tracker::manager::{ManagerConfig, TrackerEvent};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::conn::SendQueue;
 use crate::disk::{self, Completion, DiskPool, Job, StoreId};
 use crate::progress::{Phase, Progress, Snapshot, summary_line};
 use crate::resume::{self, Snapshot as ResumeSnapshot};
@@ -226,6 +226,9 @@ pub struct Options {
     pub upload_slots: usize,
     /// Exchange peers with peers (BEP 11; never for private torrents).
     pub pex: bool,
+    /// Speak uTP (BEP 29) on the shared UDP socket: accept uTP connections and dial peers over
+    /// uTP first (over TCP when that fails).
+    pub utp: bool,
     /// Run a DHT node (BEP 5) on the shared UDP socket, at the listening port where it is free,
     /// and find peers of public torrents through it.
     pub dht: bool,
@@ -269,6 +272,7 @@ impl Options {
             max_peers: 50,
             upload_slots: EngineConfig::default().upload_slots,
             pex: true,
+            utp: false,
             dht: false,
             dht_bootstrap: Vec::new(),
             state_dir: None,
@@ -477,6 +481,12 @@ struct Client {
     /// Turns of upload flushing, for the round-robin start.
     flush_turn: usize,
     interrupted: bool,
+    /// uTP connections, when uTP runs.
+    utp: Option<kp_torrent_core::utp::Endpoint>,
+    /// The peer socket of each uTP connection.
+    by_utp: BTreeMap<kp_torrent_core::utp::ConnectionHandle, usize>,
+    /// One datagram being sent.
+    utp_buf: Vec<u8>,
     /// Our DHT node's UDP port, when it runs.
     dht_port: Option<u16>,
     /// Bootstrap names being resolved off the loop.
@@ -528,8 +538,19 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         opts.tracker_ca.clone(),
     )
     .map_err(ClientError::Io)?;
+    // uTP and the DHT share the UDP sockets, at the listening port where it is free.
+    let udp_ports =
+        (opts.dht || opts.utp).then(|| tracker_io.open_udp(poll.registry(), listen_addr.port()));
+    if let (Some((v4, v6)), true, false) = (udp_ports, opts.utp, opts.quiet) {
+        if v4.or(v6) != Some(listen_addr.port()) {
+            eprintln!(
+                "uTP: UDP port {} is taken; uTP peers cannot reach us",
+                listen_addr.port()
+            );
+        }
+    }
     let (dht_config, dht_port, dht_resolving) = if opts.dht {
-        let (v4, v6) = tracker_io.open_udp(poll.registry(), listen_addr.port());
+        let (v4, v6) = udp_ports.unwrap_or((None, None));
         let (config, resolving) = dht_config(&opts, v4.is_some(), v6.is_some(), waker);
         (Some(config), v4.or(v6), resolving)
     } else {
@@ -545,6 +566,9 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     let upload_slots = opts.upload_slots.max(1);
     let engine_seed = opts.rng_seed ^ 0x6d73_655f_7365_6564;
     let encryption = opts.encryption;
+    let client_utp = opts
+        .utp
+        .then(|| kp_torrent_core::utp::Endpoint::new(utp::config(opts.rng_seed ^ 0x7574_7000)));
     let mut client = Client {
         down: Bucket::new(opts.download_limit, epoch),
         up: Bucket::new(opts.upload_limit, epoch),
@@ -578,6 +602,9 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         added: 0,
         flush_turn: 0,
         interrupted: false,
+        utp: client_utp,
+        by_utp: BTreeMap::new(),
+        utp_buf: Vec::new(),
         dht_port,
         dht_resolving,
         last_dht_save: Instant::now(),
@@ -981,7 +1008,7 @@ impl Client {
                         now,
                         torrent,
                         a,
-                        &mut Port(&mut self.engine),
+                        &mut Port(&mut self.engine, self.utp.as_mut()),
                     ),
                     EngineAction::Adopt {
                         conn,
@@ -1055,39 +1082,7 @@ impl Client {
         // Disk actions come only once the files are open (a magnet link's after its metadata).
         let store = run.files.as_ref().map(|f| f.store);
         match action {
-            Action::Connect { peer, addr } => {
-                let key = self.socks.vacant_key();
-                let registered = TcpStream::connect(addr).and_then(|mut stream| {
-                    self.poll.registry().register(
-                        &mut stream,
-                        Token(PEER_BASE + key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )?;
-                    Ok(stream)
-                });
-                match registered {
-                    Ok(stream) => {
-                        self.socks.insert(PeerSock {
-                            owner: Owner::Peer(torrent, peer),
-                            stream,
-                            out: SendQueue::default(),
-                            connecting: true,
-                            deferred_reads: VecDeque::new(),
-                        });
-                        self.by_peer.insert((torrent, peer), key);
-                    }
-                    Err(e) => {
-                        log::debug!("connect {addr}: {e}");
-                        self.engine.handle_input(
-                            now,
-                            EngineInput::Torrent {
-                                torrent,
-                                input: TorrentInput::Session(Input::ConnectFailed { peer }),
-                            },
-                        );
-                    }
-                }
-            }
+            Action::Connect { peer, addr } => self.dial(now, torrent, peer, addr),
             Action::Send { peer, bytes } => {
                 if let Some(&key) = self.by_peer.get(&(torrent, peer)) {
                     let p = &mut self.socks[key];
@@ -1632,6 +1627,7 @@ impl Client {
                 }
             }
             self.pump(now);
+            self.utp_service(now);
             // The snapshots walk every wanted piece and peer: a few times a second only.
             if last_progress.is_none_or(|t| wall.saturating_duration_since(t) >= PROGRESS_EVERY) {
                 last_progress = Some(wall);
@@ -1695,7 +1691,13 @@ impl Client {
             }
 
             let mut wait = Duration::from_secs(1);
-            if let Some(deadline) = self.engine.poll_timeout() {
+            // uTP's events were drained above; what it can send waits for its timers.
+            self.utp_service(now);
+            let utp_deadline = self.utp.as_ref().and_then(|ep| ep.poll_timeout());
+            for deadline in [self.engine.poll_timeout(), utp_deadline]
+                .into_iter()
+                .flatten()
+            {
                 wait = wait.min(deadline.saturating_since(now));
             }
             for refill in [self.down.next_refill(), self.up.next_refill()]
@@ -1734,7 +1736,7 @@ impl Client {
                         self.tracker_io.handle_wakeup(
                             self.poll.registry(),
                             now,
-                            &mut Port(&mut self.engine),
+                            &mut Port(&mut self.engine, self.utp.as_mut()),
                         );
                         self.pump(now);
                     }
@@ -1746,7 +1748,7 @@ impl Client {
                             self.poll.registry(),
                             now,
                             event,
-                            &mut Port(&mut self.engine),
+                            &mut Port(&mut self.engine, self.utp.as_mut()),
                         );
                         self.pump(now);
                     }

@@ -6,11 +6,16 @@ use kp_torrent_core::engine::{Engine, EngineInput, TorrentId};
 use kp_torrent_core::time::Time;
 use kp_torrent_core::torrent::{TorrentInput, TrackerInput};
 use kp_torrent_core::tracker::manager::{ConnId, TrackerId};
+use kp_torrent_core::utp::{Endpoint, is_utp};
 
 use crate::tracker_io::TrackerPort;
 
-/// Borrows the engine for one call into the tracker sockets.
-pub(super) struct Port<'a>(pub(super) &'a mut Engine);
+/// Borrows the engine (and the uTP endpoint, when uTP runs) for one call into the tracker
+/// sockets, which own the shared UDP sockets.
+pub(super) struct Port<'a>(
+    pub(super) &'a mut Engine,
+    pub(super) Option<&'a mut Endpoint>,
+);
 
 impl Port<'_> {
     fn tracker(&mut self, now: Time, torrent: TorrentId, input: TrackerInput<'_>) {
@@ -53,6 +58,14 @@ impl TrackerPort for Port<'_> {
         self.tracker(now, torrent, TrackerInput::TcpClosed { conn, error });
     }
     fn handle_udp_datagram(&mut self, now: Time, from: SocketAddr, bytes: &[u8]) {
+        // uTP packets start with 0x01, 0x11, 0x21, 0x31 or 0x41; KRPC with `d`, BEP 15
+        // replies with 0x00: the engine tells those two apart.
+        if is_utp(bytes) {
+            if let Some(ep) = self.1.as_deref_mut() {
+                ep.handle_datagram(now, from, bytes);
+            }
+            return;
+        }
         self.0
             .handle_input(now, EngineInput::Datagram { from, bytes });
     }

@@ -9,10 +9,10 @@ use kp_torrent_core::id::PeerHandle;
 use kp_torrent_core::session::Input;
 use kp_torrent_core::time::Time;
 use kp_torrent_core::torrent::TorrentInput;
-use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::limit::Limited;
+use super::utp::{Stream, StreamIo};
 use super::{Client, PEER_BASE, READ_BUDGET, SEND_QUEUE_LIMIT};
 use crate::conn::{ReadOutcome, SendQueue, read_budgeted};
 use crate::disk::{Job, WRITE_BACKLOG_LIMIT};
@@ -29,11 +29,13 @@ pub(super) enum Owner {
 /// A connection's socket and buffers.
 pub(super) struct PeerSock {
     pub(super) owner: Owner,
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     pub(super) out: SendQueue,
     pub(super) connecting: bool,
     /// Disk reads the torrent asked for while this peer's send queue was full.
     pub(super) deferred_reads: VecDeque<(u32, u32, u32)>,
+    /// A uTP dial's address, dialed over TCP if the uTP dial fails.
+    pub(super) fallback: Option<std::net::SocketAddr>,
 }
 
 impl Client {
@@ -42,7 +44,17 @@ impl Client {
         let Some(mut p) = self.socks.try_remove(key) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut p.stream);
+        match &mut p.stream {
+            Stream::Tcp(stream) => {
+                let _ = self.poll.registry().deregister(stream);
+            }
+            Stream::Utp(h) => {
+                if let Some(ep) = self.utp.as_mut() {
+                    ep.close(*h);
+                }
+                self.by_utp.remove(h);
+            }
+        }
         match p.owner {
             Owner::Pending(conn) => {
                 self.by_incoming.remove(&conn);
@@ -74,8 +86,12 @@ impl Client {
         let Some(p) = self.socks.get_mut(key) else {
             return;
         };
+        let mut io = StreamIo {
+            stream: &mut p.stream,
+            utp: self.utp.as_mut(),
+        };
         let mut w = Limited {
-            inner: &mut p.stream,
+            inner: &mut io,
             bucket: &mut self.up,
         };
         match p.out.flush_to(&mut w) {
@@ -147,7 +163,11 @@ impl Client {
         };
         let owner = p.owner;
         let mut received = Vec::new();
-        let outcome = read_budgeted(&mut p.stream, &mut self.buf, budget, |chunk| {
+        let mut io = StreamIo {
+            stream: &mut p.stream,
+            utp: self.utp.as_mut(),
+        };
+        let outcome = read_budgeted(&mut io, &mut self.buf, budget, |chunk| {
             received.extend_from_slice(chunk)
         });
         self.down.spend(received.len() as u64);
@@ -199,9 +219,13 @@ impl Client {
             return;
         };
         if p.connecting {
-            let failed = match p.stream.take_error() {
+            // Only TCP sockets have poll events; a uTP dial's answer is an endpoint event.
+            let Stream::Tcp(stream) = &p.stream else {
+                return;
+            };
+            let failed = match stream.take_error() {
                 Ok(Some(_)) | Err(_) => true,
-                Ok(None) => match p.stream.peer_addr() {
+                Ok(None) => match stream.peer_addr() {
                     Ok(_) => false,
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                     Err(_) => true,
@@ -212,7 +236,7 @@ impl Client {
                 return;
             }
             p.connecting = false;
-            let _ = p.stream.set_nodelay(true);
+            let _ = stream.set_nodelay(true);
             if let Owner::Peer(t, peer) = p.owner {
                 self.input(now, t, Input::Connected { peer });
             }
@@ -259,10 +283,11 @@ impl Client {
                     let conn = self.engine.next_incoming();
                     self.socks.insert(PeerSock {
                         owner: Owner::Pending(conn),
-                        stream,
+                        stream: Stream::Tcp(stream),
                         out: SendQueue::default(),
                         connecting: false,
                         deferred_reads: VecDeque::new(),
+                        fallback: None,
                     });
                     self.by_incoming.insert(conn, key);
                     self.feed(now, EngineInput::Incoming { addr });

@@ -72,6 +72,10 @@ pub struct Common {
     #[arg(long)]
     pub no_dht: bool,
 
+    /// Do not speak uTP (BEP 29): peers are dialed and accepted over TCP only.
+    #[arg(long)]
+    pub no_utp: bool,
+
     /// Bootstrap the DHT from this node (repeatable; replaces the saved routing table and the
     /// public routers).
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = parse_host_port)]
@@ -258,6 +262,7 @@ fn options(
         upload_slots: common.upload_slots as usize,
         pex: !common.no_pex,
         dht: !common.no_dht,
+        utp: !common.no_utp,
         dht_bootstrap: common.dht_bootstrap.clone(),
         state_dir: common.state_dir.clone().or_else(default_state_dir),
         download_limit: common.download_limit,
