@@ -598,8 +598,8 @@ fn a_peer_vanishing_mid_block_does_not_spoil_the_download() {
         &data.torrent.path,
         &dest,
         &[fake.addr.clone(), seeder.addr()],
-        // The fake peer reads a plain handshake from its one connection.
-        &["--quiet", "--encryption", "disable"],
+        // The fake peer reads a plain handshake from its one TCP connection.
+        &["--quiet", "--encryption", "disable", "--no-utp"],
         dir.path(),
     );
     let status = wait_for(DONE, || run.exit_status())

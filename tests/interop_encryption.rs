@@ -128,6 +128,7 @@ fn refused_then_downloaded_encrypted(dir: &TempDir, data: &Dataset, seeder: Sock
 fn required() -> TransmissionOptions {
     TransmissionOptions {
         encryption: TransmissionEncryption::Required,
+        ..TransmissionOptions::default()
     }
 }
 

@@ -20,11 +20,13 @@
 //! - when each node starts knowing one other node only, peer exchange (BEP 11) lets leechers
 //!   find each other: some pair of leechers that nobody introduced connects, and all finish;
 //!   when the only seeder they know leaves early, peer exchange is what lets them finish (the
-//!   same swarm without it does not).
+//!   same swarm without it does not);
+//! - swarms whose every connection is uTP, with datagrams lost, duplicated and reordered, finish
+//!   like the others (correct data, the same time bound).
 //!
 //! A failing case prints its seed and the command that reruns exactly that case:
 //! `KP_SIM_SEED=<seed> cargo test --test swarm_sim one_case -- --nocapture`
-//! (`KP_SIM_HOSTILE=1` adds a hostile seeder; `KP_SIM_KIND=magnet`, `bad-metadata` or `pex`
+//! (`KP_SIM_HOSTILE=1` adds a hostile seeder; `KP_SIM_KIND=magnet`, `bad-metadata`, `pex` or `utp`
 //! picks the other kinds of swarm). Case counts follow `KP_QC_TESTS`.
 
 mod sim;
@@ -66,6 +68,9 @@ enum Kind {
     Pex,
     /// Bad-metadata nodes that leave once they fed a piece ([`hit_and_run_config`]).
     HitAndRun,
+    /// Every connection over uTP, with datagram loss, duplication and reordering
+    /// ([`utp_config`]).
+    Utp,
     /// A swarm the named test builds itself.
     Fixed(&'static str),
 }
@@ -79,6 +84,7 @@ impl Kind {
             Kind::BadMetadata => bad_metadata_config(seed),
             Kind::Pex => pex_config(seed),
             Kind::HitAndRun => hit_and_run_config(seed),
+            Kind::Utp => utp_config(seed),
             Kind::Fixed(test) => panic!("{test} builds its own swarm (seed {seed})"),
         }
     }
@@ -92,6 +98,7 @@ impl Kind {
             Kind::BadMetadata => " KP_SIM_KIND=bad-metadata",
             Kind::Pex => " KP_SIM_KIND=pex",
             Kind::HitAndRun => " KP_SIM_KIND=hit-and-run",
+            Kind::Utp => " KP_SIM_KIND=utp",
             Kind::Fixed(test) => {
                 return format!("rerun: cargo test --test swarm_sim {test} -- --nocapture");
             }
@@ -109,12 +116,13 @@ impl Kind {
             Ok("bad-metadata") => Kind::BadMetadata,
             Ok("pex") => Kind::Pex,
             Ok("hit-and-run") => Kind::HitAndRun,
+            Ok("utp") => Kind::Utp,
             Ok("hostile") => Kind::Hostile,
             Ok("random") | Err(_) if !hostile => Kind::Random,
             Ok("random") | Err(_) => Kind::Hostile,
             Ok(other) => panic!(
-                "KP_SIM_KIND={other:?}: expected magnet, bad-metadata, hit-and-run, pex, hostile \
-                 or random"
+                "KP_SIM_KIND={other:?}: expected magnet, bad-metadata, hit-and-run, pex, utp, \
+                 hostile or random"
             ),
         }
     }
@@ -186,6 +194,15 @@ fn check(kind: Kind, config: SimConfig) -> Result<Time, String> {
         check_hostile(&sim).map_err(fail)?;
     }
     check_metadata(&sim).map_err(fail)?;
+    if sim.config.utp && sim.datagrams == 0 {
+        return Err(fail("a uTP swarm sent no datagram".to_string()));
+    }
+    if sim.config.utp {
+        eprintln!(
+            "seed {seed}: uTP, {} datagrams, loss {:.3}, done at {}",
+            sim.datagrams, sim.config.datagram_loss, outcome.finished_at
+        );
+    }
     if sim.config.discovery != Discovery::Everyone {
         check_pex(&sim).map_err(fail)?;
     }
@@ -376,6 +393,19 @@ fn hostile_case(seed: Seed) -> bool {
     case(Kind::Hostile, seed.0)
 }
 
+/// A random swarm (half the payload) whose connections are all uTP: each datagram is lost with
+/// a probability up to 3%, duplicated up to 1%, and delayed by up to 40 ms more than the link's
+/// latency (so datagrams overtake each other).
+fn utp_config(seed: u64) -> SimConfig {
+    let mut config = SimConfig::random(seed, MAX_TOTAL / 2);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0075_7470);
+    config.utp = true;
+    config.datagram_loss = rng.random_range(0.0..0.03);
+    config.datagram_dup = rng.random_range(0.0..0.01);
+    config.jitter_ms = rng.random_range(0..=40);
+    config
+}
+
 /// A random swarm where 1–4 nodes start from a magnet link, next to 0–8 ordinary leechers.
 fn magnet_config(seed: u64) -> SimConfig {
     let mut config = SimConfig::random(seed, MAX_TOTAL);
@@ -486,6 +516,18 @@ fn leechers_find_each_other_by_peer_exchange() {
     }
     kp_torrent_tests::quickcheck("leechers_find_each_other_by_peer_exchange", 60)
         .quickcheck(prop as fn(Seed) -> bool);
+}
+
+#[test]
+fn utp_swarms_finish_under_loss_duplication_and_reordering() {
+    fn prop(seed: Seed) -> bool {
+        case(Kind::Utp, seed.0)
+    }
+    kp_torrent_tests::quickcheck(
+        "utp_swarms_finish_under_loss_duplication_and_reordering",
+        30,
+    )
+    .quickcheck(prop as fn(Seed) -> bool);
 }
 
 /// A fixed hostile swarm where corruption is certain: the hostile seeder is the fastest node

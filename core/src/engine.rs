@@ -388,6 +388,9 @@ pub struct Engine {
     links: BTreeMap<(TorrentId, PeerHandle), Link>,
     /// Addresses whose encrypted handshake failed: dialed in plaintext from now on.
     plain_only: PlainMemory,
+    /// Dials that open with a plain handshake whatever the policy allows beyond it (under
+    /// [`Policy::Prefer`]; see [`Engine::plain_handshake`]); forgotten once connected or closed.
+    plain_dials: BTreeSet<(TorrentId, PeerHandle)>,
     /// Every torrent's `SKEY` hash, for incoming MSE handshakes (each holds a snapshot).
     skeys: Arc<SkeyTable>,
     rng: ChaCha8Rng,
@@ -422,6 +425,7 @@ impl Engine {
             dht_contacts: Vec::new(),
             links: BTreeMap::new(),
             plain_only: PlainMemory::default(),
+            plain_dials: BTreeSet::new(),
             skeys: Arc::new(SkeyTable::new()),
             rng,
             now,

@@ -487,6 +487,8 @@ struct Client {
     by_utp: BTreeMap<kp_torrent_core::utp::ConnectionHandle, usize>,
     /// One datagram being sent.
     utp_buf: Vec<u8>,
+    /// Peer connections established so far over TCP and over uTP (dialed or accepted).
+    connections: [u64; 2],
     /// Our DHT node's UDP port, when it runs.
     dht_port: Option<u16>,
     /// Bootstrap names being resolved off the loop.
@@ -541,13 +543,13 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     // uTP and the DHT share the UDP sockets, at the listening port where it is free.
     let udp_ports =
         (opts.dht || opts.utp).then(|| tracker_io.open_udp(poll.registry(), listen_addr.port()));
-    if let (Some((v4, v6)), true, false) = (udp_ports, opts.utp, opts.quiet) {
-        if v4.or(v6) != Some(listen_addr.port()) {
-            eprintln!(
-                "uTP: UDP port {} is taken; uTP peers cannot reach us",
-                listen_addr.port()
-            );
-        }
+    if let (Some((v4, v6)), true, false) = (udp_ports, opts.utp, opts.quiet)
+        && v4.or(v6) != Some(listen_addr.port())
+    {
+        eprintln!(
+            "uTP: UDP port {} is taken; uTP peers cannot reach us",
+            listen_addr.port()
+        );
     }
     let (dht_config, dht_port, dht_resolving) = if opts.dht {
         let (v4, v6) = udp_ports.unwrap_or((None, None));
@@ -605,6 +607,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         utp: client_utp,
         by_utp: BTreeMap::new(),
         utp_buf: Vec::new(),
+        connections: [0, 0],
         dht_port,
         dht_resolving,
         last_dht_save: Instant::now(),
@@ -614,6 +617,10 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     }
     let result = client.run_loop();
     client.save_dht();
+    if !client.opts.quiet {
+        let [tcp, utp] = client.connections;
+        eprintln!("peer connections: {tcp} over TCP, {utp} over uTP");
+    }
     result?;
     Ok(client.outcomes)
 }

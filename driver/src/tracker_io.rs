@@ -613,7 +613,9 @@ impl TrackerIo {
     pub fn send_datagram(&mut self, registry: &Registry, to: SocketAddr, data: &[u8]) {
         match self.udp_socket(registry, to) {
             Ok(sock) => {
-                let _ = sock.send_to(data, to);
+                if let Err(e) = sock.send_to(data, to) {
+                    log::trace!("UDP send of {} bytes to {to}: {e}", data.len());
+                }
             }
             Err(e) => log::debug!("UDP socket for {to}: {e}"),
         }

@@ -20,6 +20,7 @@ mod pex;
 pub mod seeds;
 mod trace;
 mod tracker;
+mod utp;
 mod wire;
 
 pub use dht::dht;
@@ -31,6 +32,7 @@ pub use peer::peer;
 pub use pex::pex;
 pub use trace::trace;
 pub use tracker::{http_tracker, udp_tracker};
+pub use utp::utp;
 pub use wire::wire;
 
 /// A target's body: takes the fuzzer's input, panics on a finding.
@@ -52,6 +54,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("magnet_session", magnet_session),
     ("krpc", krpc),
     ("dht", dht),
+    ("utp", utp),
 ];
 
 /// Reads structured choices from fuzz input. Reading past the end yields zeros, so every input is

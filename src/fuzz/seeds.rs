@@ -47,7 +47,7 @@ pub fn all(fixtures: &Path) -> Vec<Seed> {
     };
     /// The targets whose seeds need nothing from outside.
     type Seeds = fn() -> Vec<(&'static str, Vec<u8>)>;
-    let fixed: [(&'static str, Seeds); 12] = [
+    let fixed: [(&'static str, Seeds); 13] = [
         ("bencode", bencode),
         ("metainfo", torrents),
         ("magnet", || {
@@ -65,6 +65,7 @@ pub fn all(fixtures: &Path) -> Vec<Seed> {
         ("magnet_session", magnet_session),
         ("krpc", krpc),
         ("dht", dht),
+        ("utp", utp),
     ];
     for (target, seeds) in fixed {
         for (name, data) in seeds() {
@@ -953,6 +954,62 @@ fn dht() -> Vec<(&'static str, Vec<u8>)> {
     flood.extend_from_slice(&[9, 0, 0, 9, 0, 1, 11, 0, 11, 1, 11, 2, 11, 3]); // duplicates, limit
     flood.extend_from_slice(&[12, 0xff, 7, 0xff, 0xff, 8]);
     vec![("join", join), ("flood", flood)]
+}
+
+/// uTP: scripts for the `utp` body (seed, then operations: 0/1 a datagram from an address with
+/// a big-endian length, 2 time in 8 ms steps, 3 a write, 4 a read, 5 a close).
+fn utp() -> Vec<(&'static str, Vec<u8>)> {
+    use kp_torrent_core::utp::packet::{Header, PacketType, encode};
+    let packet = |ty, conn_id, seq_nr, ack_nr, sack: Option<&[u8]>, payload: &[u8]| {
+        let h = Header {
+            ty,
+            conn_id,
+            timestamp_us: 1000,
+            timestamp_diff_us: 50,
+            wnd_size: 1 << 20,
+            seq_nr,
+            ack_nr,
+        };
+        let mut out = Vec::new();
+        encode(&h, sack, payload, &mut out);
+        out
+    };
+    let datagram = |from: u8, bytes: &[u8]| {
+        let mut v = vec![0, from];
+        v.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        v.extend_from_slice(bytes);
+        v
+    };
+    let mut accept = vec![0, 0, 0, 7];
+    accept.extend(datagram(1, &packet(PacketType::Syn, 500, 40, 0, None, &[])));
+    accept.extend(datagram(
+        1,
+        &packet(PacketType::Data, 501, 41, 0, None, b"hello"),
+    ));
+    accept.extend(datagram(
+        1,
+        &packet(PacketType::Data, 501, 43, 0, Some(&[1, 0, 0, 0]), b"later"),
+    ));
+    accept.extend_from_slice(&[4, 3, 0, 0x10, 0x00, 2, 0, 100]);
+    accept.extend(datagram(
+        1,
+        &packet(PacketType::Data, 501, 42, 0, None, b"gap"),
+    ));
+    accept.extend(datagram(1, &packet(PacketType::Fin, 501, 44, 0, None, &[])));
+    accept.extend_from_slice(&[4, 2, 0x10, 0]);
+    let mut dial = vec![0, 0, 0, 9];
+    dial.extend(datagram(0, &packet(PacketType::State, 1, 9, 0, None, &[])));
+    dial.extend(datagram(0, &packet(PacketType::Reset, 1, 9, 0, None, &[])));
+    dial.extend_from_slice(&[2, 0, 200, 2, 1, 0, 5]);
+    let mut flood = vec![0, 0, 0, 11];
+    for i in 0..12u16 {
+        flood.extend(datagram(
+            i as u8,
+            &packet(PacketType::Syn, 600 + i, 1, 0, None, &[]),
+        ));
+    }
+    flood.extend_from_slice(&[2, 0x10, 0]);
+    vec![("accept", accept), ("dial", dial), ("syn-flood", flood)]
 }
 
 #[cfg(test)]

@@ -216,6 +216,19 @@ impl KpTorrent {
             .map(str::to_string)
     }
 
+    /// Peer connections over (TCP, uTP) from the `peer connections: T over TCP, U over uTP`
+    /// line printed when the process ends, if printed.
+    pub fn connections(&self) -> Option<(u64, u64)> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.starts_with("peer connections: "))?;
+        let rest = line.strip_prefix("peer connections: ")?;
+        let (tcp, utp) = rest.split_once(" over TCP, ")?;
+        Some((
+            tcp.parse().ok()?,
+            utp.strip_suffix(" over uTP")?.parse().ok()?,
+        ))
+    }
+
     /// Bytes the summary says were downloaded (to three significant digits), if it was printed.
     pub fn summary_downloaded(&self) -> Option<u64> {
         let line = self.summary()?;

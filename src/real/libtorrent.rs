@@ -66,6 +66,20 @@ pub struct LibtorrentOptions {
     /// A leecher keeps running (seeding) after it completes instead of exiting, so it can serve
     /// others (metadata, PEX); [`Libtorrent::wait_done`] then does not wait for an exit.
     pub keep_running: bool,
+    /// Which transports it dials and accepts (default TCP only).
+    pub transport: Transport,
+}
+
+/// The transports a libtorrent peer speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP only (uTP off both ways).
+    #[default]
+    Tcp,
+    /// uTP only (`enable_incoming_tcp`/`enable_outgoing_tcp` false, uTP on).
+    Utp,
+    /// Both, as libtorrent's defaults (it dials uTP first).
+    Both,
 }
 
 /// Where a peer gets its torrent.
@@ -194,6 +208,13 @@ impl Libtorrent {
             .into(),
             "--upload-limit".into(),
             opts.upload_limit.to_string(),
+            "--transport".into(),
+            match opts.transport {
+                Transport::Tcp => "tcp",
+                Transport::Utp => "utp",
+                Transport::Both => "both",
+            }
+            .into(),
         ];
         for p in &opts.peers {
             args.extend(["--peer".into(), p.to_string()]);

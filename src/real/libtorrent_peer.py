@@ -32,6 +32,7 @@ ap.add_argument(
 ap.add_argument("--upload-limit", type=int, default=0)
 ap.add_argument("--extension", action="append", default=[])
 ap.add_argument("--commands")
+ap.add_argument("--transport", choices=["tcp", "utp", "both"], default="tcp")
 args = ap.parse_args()
 
 enc = {
@@ -66,6 +67,13 @@ settings = {
     | lt.alert.category_t.peer_notification,
     "upload_rate_limit": args.upload_limit,
 }
+if args.transport != "tcp":
+    # uTP on (--transport utp: and TCP off both ways, so every byte goes over uTP).
+    settings["enable_outgoing_utp"] = True
+    settings["enable_incoming_utp"] = True
+if args.transport == "utp":
+    settings["enable_outgoing_tcp"] = False
+    settings["enable_incoming_tcp"] = False
 if args.encryption == "forced-rc4":
     # MSE only, and RC4 for the whole stream (never MSE's plaintext method).
     settings["allowed_enc_level"] = lt.enc_level.rc4

@@ -33,7 +33,9 @@ pub mod transmission;
 pub use aria2::Aria2;
 pub use dead_tracker::{SilentTcpTracker, SilentUdpTracker};
 pub use kp::{Dataset, KpTorrent};
-pub use libtorrent::{Encryption, Libtorrent, LibtorrentOptions, LibtorrentPeer, peer_source};
+pub use libtorrent::{
+    Encryption, Libtorrent, LibtorrentOptions, LibtorrentPeer, Transport, peer_source,
+};
 pub use mountns::MountNs;
 pub use nginx::Nginx;
 pub use opentracker::{Opentracker, Swarm};

@@ -60,6 +60,8 @@ impl TransmissionEncryption {
 pub struct TransmissionOptions {
     /// Connection encryption.
     pub encryption: TransmissionEncryption,
+    /// Speak uTP too (`"utp-enabled": true`); off by default.
+    pub utp: bool,
 }
 
 /// A running `transmission-cli` with a fresh config folder.
@@ -164,7 +166,7 @@ impl Transmission {
             );
             std::fs::write(
                 config.join("settings.json"),
-                settings(port, TransmissionEncryption::default())
+                settings(port, TransmissionEncryption::default(), false)
                     .replace(r#""rpc-enabled": false,"#, daemon_only.trim_start()),
             )
             .expect("write settings");
@@ -236,7 +238,7 @@ impl Transmission {
             let port = free_port();
             std::fs::write(
                 config.join("settings.json"),
-                settings(port, opts.encryption),
+                settings(port, opts.encryption, opts.utp),
             )
             .expect("write settings");
             let done_flag = dir.path().join("done");
@@ -331,14 +333,14 @@ impl Transmission {
 
 /// A `settings.json` that keeps Transmission on 127.0.0.1 and away from every peer source but the
 /// tracker.
-fn settings(port: u16, encryption: TransmissionEncryption) -> String {
+fn settings(port: u16, encryption: TransmissionEncryption, utp: bool) -> String {
     let encryption = encryption.setting();
     format!(
         r#"{{
     "dht-enabled": false,
     "lpd-enabled": false,
     "pex-enabled": false,
-    "utp-enabled": false,
+    "utp-enabled": {utp},
     "port-forwarding-enabled": false,
     "blocklist-enabled": false,
     "bind-address-ipv4": "127.0.0.1",

@@ -35,6 +35,7 @@ use kp_torrent_core::peer::OUR_METADATA_ID;
 use kp_torrent_core::session::{Action, Event, Input, Session, SessionConfig, Torrent};
 use kp_torrent_core::time::Time;
 use kp_torrent_core::torrent::TorrentInput;
+use kp_torrent_core::utp::{ConnectionHandle, Endpoint, Event as UtpEvent, UtpConfig};
 use kp_torrent_core::wire::{DEFAULT_MAX_MESSAGE_LEN, Decoder, Message};
 use rand::rngs::ChaCha8Rng;
 use rand::{Rng, RngExt, SeedableRng};
@@ -88,6 +89,17 @@ pub struct SimConfig {
     /// The first seeder (node 0) leaves the swarm at this virtual time: its connections break,
     /// it accepts no more and is given no more input.
     pub seeder_leaves_at: Option<Duration>,
+    /// Connections are uTP (BEP 29): each link carries datagrams between two core uTP
+    /// endpoints, through the same bandwidth and latency, and may lose, duplicate and reorder
+    /// them (see the `datagram_*` fields); `loss` does not apply (uTP repairs, it never breaks
+    /// a stream that way).
+    pub utp: bool,
+    /// Probability that a uTP datagram is lost.
+    pub datagram_loss: f64,
+    /// Probability that a uTP datagram arrives twice.
+    pub datagram_dup: f64,
+    /// Extra random delay of each uTP datagram, up to this many milliseconds (reordering).
+    pub jitter_ms: u64,
 }
 
 /// Whom a node learns of when it starts (the rest it can only learn by peer exchange).
@@ -127,6 +139,10 @@ impl SimConfig {
             discovery: Discovery::Everyone,
             pex: true,
             seeder_leaves_at: None,
+            utp: false,
+            datagram_loss: 0.0,
+            datagram_dup: 0.0,
+            jitter_ms: 0,
         }
     }
 
@@ -329,6 +345,21 @@ struct Link {
     dead: bool,
     /// Per receiving end: the stream to a magnet leecher, read until it has its metadata.
     sniff: [Option<Box<Sniffer>>; 2],
+    /// The two uTP endpoints of a uTP link.
+    utp: Option<Box<UtpLink>>,
+}
+
+/// A uTP link's two ends: one core endpoint each (index 0 dials), the connection on each and the
+/// bytes its session sent that the connection has not taken yet.
+#[derive(Debug)]
+struct UtpLink {
+    eps: [Endpoint; 2],
+    conns: [Option<ConnectionHandle>; 2],
+    unsent: [Vec<u8>; 2],
+    /// Each end's armed timer (a `UtpTimer` event at that time).
+    timer: [Option<Time>; 2],
+    /// The dialer's connection was answered.
+    connected: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -375,6 +406,15 @@ enum Ev {
     Leave {
         node: usize,
     },
+    Datagram {
+        link: usize,
+        to: usize,
+        bytes: Vec<u8>,
+    },
+    UtpTimer {
+        link: usize,
+        side: usize,
+    },
 }
 
 /// Observes `(node, now, input)` before each input is handed to a session, as the node's
@@ -408,6 +448,8 @@ pub struct Sim {
     rng: ChaCha8Rng,
     /// Inputs handled, to bound runaway runs.
     pub steps: u64,
+    /// uTP datagrams sent (lost ones included).
+    pub datagrams: u64,
 }
 
 /// How a run ended.
@@ -541,6 +583,7 @@ impl Sim {
             now: Time::ZERO,
             rng,
             steps: 0,
+            datagrams: 0,
         };
         for node in 0..sim.nodes.len() {
             let mut at = Time::from_millis(sim.rng.random_range(0..=sim.config.start_spread_ms));
@@ -723,9 +766,9 @@ impl Sim {
                 self.input(node, Input::ConnectFailed { peer });
             }
             Ev::Deliver { link, to, bytes } => {
-                let Some((node, peer)) = self.links[link].ends[to] else {
+                if self.links[link].ends[to].is_none() {
                     return;
-                };
+                }
                 if self.links[link].dead {
                     // A broken connection delivers nothing more: TCP never skips bytes.
                     return;
@@ -734,36 +777,10 @@ impl Sim {
                     self.break_link(link);
                     return;
                 }
-                let pieces = self.sniff(link, to, &bytes);
-                let before = self.nodes[node].session.metadata_progress();
-                let seen = self.nodes[node].events.len();
-                self.input(
-                    node,
-                    Input::Received {
-                        peer,
-                        bytes: &bytes,
-                    },
-                );
-                if !pieces.is_empty() {
-                    let from = self.links[link].nodes[1 - to];
-                    let used = self.metadata_used(node, from, before, seen);
-                    for piece in pieces {
-                        self.metadata_deliveries.push(MetadataDelivery {
-                            at: self.now,
-                            to: node,
-                            from,
-                            piece,
-                            used,
-                        });
-                    }
-                    if self.config.bad_metadata_hit_and_run
-                        && self.nodes[from].role == Role::BadMetadata
-                        && !self.links[link].dead
-                    {
-                        self.break_link(link);
-                    }
-                }
+                self.deliver(link, to, &bytes);
             }
+            Ev::Datagram { link, to, bytes } => self.utp_datagram(link, to, &bytes),
+            Ev::UtpTimer { link, side } => self.utp_timer(link, side),
             Ev::Closed { link, to } => {
                 if let Some((node, peer)) = self.links[link].ends[to].take() {
                     self.nodes[node].handles.remove(&peer);
@@ -875,6 +892,242 @@ impl Sim {
         }
     }
 
+    /// Bytes of a link reach the session at its end `to`.
+    fn deliver(&mut self, link: usize, to: usize, bytes: &[u8]) {
+        let Some((node, peer)) = self.links[link].ends[to] else {
+            return;
+        };
+        let pieces = self.sniff(link, to, bytes);
+        let before = self.nodes[node].session.metadata_progress();
+        let seen = self.nodes[node].events.len();
+        self.input(node, Input::Received { peer, bytes });
+        if !pieces.is_empty() {
+            let from = self.links[link].nodes[1 - to];
+            let used = self.metadata_used(node, from, before, seen);
+            for piece in pieces {
+                self.metadata_deliveries.push(MetadataDelivery {
+                    at: self.now,
+                    to: node,
+                    from,
+                    piece,
+                    used,
+                });
+            }
+            if self.config.bad_metadata_hit_and_run
+                && self.nodes[from].role == Role::BadMetadata
+                && !self.links[link].dead
+            {
+                self.break_link(link);
+            }
+        }
+    }
+
+    /// The address end `side` of a uTP link sees its peer at.
+    fn utp_peer_addr(&self, link: usize, side: usize) -> SocketAddr {
+        let l = &self.links[link];
+        if side == 0 {
+            self.nodes[l.nodes[1]].addr
+        } else {
+            l.dialer_addr
+        }
+    }
+
+    /// Opens a uTP link: the dialer's endpoint sends its SYN.
+    fn utp_dial(&mut self, link: usize, target: usize) {
+        let seed = self.rng.random::<u64>();
+        let config = |s| UtpConfig {
+            seed: s,
+            ..UtpConfig::default()
+        };
+        let mut eps = [Endpoint::new(config(seed)), Endpoint::new(config(seed ^ 1))];
+        let to = self.nodes[target].addr;
+        let dialed = eps[0].connect(self.now, to).ok();
+        self.links[link].utp = Some(Box::new(UtpLink {
+            eps,
+            conns: [dialed, None],
+            unsent: [Vec::new(), Vec::new()],
+            timer: [None, None],
+            connected: false,
+        }));
+        self.utp_settle(link, 0);
+    }
+
+    /// Hands end `side`'s connection as many of its session's bytes as it takes.
+    fn utp_write(&mut self, link: usize, side: usize) {
+        let Some(u) = self.links[link].utp.as_mut() else {
+            return;
+        };
+        let (Some(h), true) = (u.conns[side], !u.unsent[side].is_empty()) else {
+            return;
+        };
+        let n = u.eps[side].write(h, &u.unsent[side]);
+        u.unsent[side].drain(..n);
+    }
+
+    /// After end `side`'s endpoint changed: its events become session inputs, its datagrams go
+    /// on the link (through the node's uplink and the link's capacity, with latency, jitter,
+    /// loss and duplication), and its timer is armed.
+    fn utp_settle(&mut self, link: usize, side: usize) {
+        let mut buf = Vec::new();
+        for _ in 0..100_000 {
+            let Some(u) = self.links[link].utp.as_mut() else {
+                return;
+            };
+            if let Some(ev) = u.eps[side].poll_event() {
+                self.utp_event(link, side, ev);
+                continue;
+            }
+            let Some(_) = u.eps[side].poll_transmit(self.now, &mut buf) else {
+                break;
+            };
+            self.utp_send(link, side, &buf);
+        }
+        let Some(u) = self.links[link].utp.as_mut() else {
+            return;
+        };
+        let next = u.eps[side].poll_timeout();
+        if next.is_some() && next != u.timer[side] {
+            u.timer[side] = next;
+            if let Some(at) = next {
+                self.schedule(at, Ev::UtpTimer { link, side });
+            }
+        }
+    }
+
+    /// When `len` bytes sent now by `node` on end `side` of `link` have left: the node's uplink
+    /// carries all its connections and each link has its own capacity too; both must have
+    /// carried them (latency comes on top).
+    fn carry(&mut self, node: usize, link: usize, side: usize, len: usize) -> Time {
+        let now = self.now;
+        let len = len as u64;
+        let node_bps = self.nodes[node].upload_bps.max(1);
+        let node_done = self.nodes[node].up_busy.max(now)
+            + Duration::from_nanos(len * 1_000_000_000 / node_bps);
+        self.nodes[node].up_busy = node_done;
+        let link_bps = self.links[link].bps.max(1);
+        let link_done = self.links[link].busy[side].max(now)
+            + Duration::from_nanos(len * 1_000_000_000 / link_bps);
+        self.links[link].busy[side] = link_done;
+        node_done.max(link_done)
+    }
+
+    fn utp_send(&mut self, link: usize, side: usize, datagram: &[u8]) {
+        if self.links[link].dead {
+            return;
+        }
+        let node = self.links[link].nodes[side];
+        if self.nodes[node].left_at.is_some() {
+            return;
+        }
+        self.datagrams += 1;
+        let carried = self.carry(node, link, side, datagram.len());
+        if self.config.datagram_loss > 0.0 && self.rng.random_bool(self.config.datagram_loss) {
+            return;
+        }
+        let copies =
+            if self.config.datagram_dup > 0.0 && self.rng.random_bool(self.config.datagram_dup) {
+                2
+            } else {
+                1
+            };
+        for _ in 0..copies {
+            let jitter = Duration::from_millis(self.rng.random_range(0..=self.config.jitter_ms));
+            let at = carried + self.links[link].latency + jitter;
+            self.schedule(
+                at,
+                Ev::Datagram {
+                    link,
+                    to: 1 - side,
+                    bytes: datagram.to_vec(),
+                },
+            );
+        }
+    }
+
+    fn utp_datagram(&mut self, link: usize, to: usize, bytes: &[u8]) {
+        if self.links[link].dead || self.nodes[self.links[link].nodes[to]].left_at.is_some() {
+            return;
+        }
+        let from = self.utp_peer_addr(link, to);
+        let now = self.now;
+        if let Some(u) = self.links[link].utp.as_mut() {
+            u.eps[to].handle_datagram(now, from, bytes);
+        }
+        self.utp_settle(link, to);
+    }
+
+    fn utp_timer(&mut self, link: usize, side: usize) {
+        let now = self.now;
+        let dead = self.links[link].dead;
+        let Some(u) = self.links[link].utp.as_mut() else {
+            return;
+        };
+        if u.timer[side] != Some(now) {
+            return; // re-armed since
+        }
+        u.timer[side] = None;
+        if dead {
+            return;
+        }
+        u.eps[side].handle_timeout(now);
+        self.utp_settle(link, side);
+    }
+
+    fn utp_event(&mut self, link: usize, side: usize, ev: UtpEvent) {
+        match ev {
+            UtpEvent::Incoming { handle, .. } => {
+                let node = self.links[link].nodes[1];
+                if let Some(u) = self.links[link].utp.as_mut() {
+                    u.conns[1] = Some(handle);
+                }
+                let h = self.nodes[node].session.next_handle();
+                self.links[link].ends[1] = Some((node, h));
+                self.nodes[node].handles.insert(h, link);
+                let addr = self.links[link].dialer_addr;
+                self.input(node, Input::Incoming { addr });
+            }
+            UtpEvent::Connected(_) => {
+                if let Some(u) = self.links[link].utp.as_mut() {
+                    u.connected = true;
+                }
+                if let Some((node, peer)) = self.links[link].ends[0] {
+                    self.input(node, Input::Connected { peer });
+                }
+            }
+            UtpEvent::Readable(h) => {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                if let Some(u) = self.links[link].utp.as_mut() {
+                    loop {
+                        let n = u.eps[side].read(h, &mut buf);
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                }
+                if !got.is_empty() {
+                    self.deliver(link, side, &got);
+                }
+            }
+            UtpEvent::Writable(_) => self.utp_write(link, side),
+            UtpEvent::Closed { .. } => {
+                let connected = self.links[link].utp.as_ref().is_some_and(|u| u.connected);
+                if let Some(u) = self.links[link].utp.as_mut() {
+                    u.conns[side] = None;
+                }
+                if let Some((node, peer)) = self.links[link].ends[side].take() {
+                    self.nodes[node].handles.remove(&peer);
+                    if side == 0 && !connected {
+                        self.input(node, Input::ConnectFailed { peer });
+                    } else {
+                        self.input(node, Input::Closed { peer });
+                    }
+                }
+            }
+        }
+    }
+
     /// Both ends learn the connection broke (after their latency).
     fn break_link(&mut self, link: usize) {
         self.links[link].dead = true;
@@ -981,8 +1234,13 @@ impl Sim {
                     dialer_addr: SocketAddr::new(ip, 40000 + (link % 20000) as u16),
                     dead: false,
                     sniff,
+                    utp: None,
                 });
                 self.nodes[node].handles.insert(peer, link);
+                if self.config.utp {
+                    self.utp_dial(link, target);
+                    return;
+                }
                 self.schedule(now + latency, Ev::Incoming { link, node: target });
             }
             Action::Send { peer, bytes } => {
@@ -994,6 +1252,14 @@ impl Sim {
                 } else {
                     1
                 };
+                if self.links[link].utp.is_some() {
+                    if let Some(u) = self.links[link].utp.as_mut() {
+                        u.unsent[from].extend_from_slice(&bytes);
+                    }
+                    self.utp_write(link, from);
+                    self.utp_settle(link, from);
+                    return;
+                }
                 let to = 1 - from;
                 let latency = self.links[link].latency;
                 // Split into random chunks so decoders see arbitrary boundaries.
@@ -1006,18 +1272,7 @@ impl Sim {
                     };
                     let (chunk, tail) = rest.split_at(n);
                     rest = tail;
-                    // The node's uplink carries all its connections; each link has its own
-                    // capacity too. The chunk arrives when both have carried it, plus latency.
-                    let len = chunk.len() as u64;
-                    let node_bps = self.nodes[node].upload_bps.max(1);
-                    let node_done = self.nodes[node].up_busy.max(now)
-                        + Duration::from_nanos(len * 1_000_000_000 / node_bps);
-                    self.nodes[node].up_busy = node_done;
-                    let link_bps = self.links[link].bps.max(1);
-                    let link_done = self.links[link].busy[from].max(now)
-                        + Duration::from_nanos(len * 1_000_000_000 / link_bps);
-                    self.links[link].busy[from] = link_done;
-                    let at = node_done.max(link_done) + latency;
+                    let at = self.carry(node, link, from, chunk.len()) + latency;
                     self.schedule(
                         at,
                         Ev::Deliver {
@@ -1039,6 +1294,16 @@ impl Sim {
                 };
                 self.links[link].ends[from] = None;
                 let to = 1 - from;
+                if let Some(u) = self.links[link].utp.as_mut() {
+                    // Queued bytes still go out, then a FIN (the peer's `Closed` follows it).
+                    if let Some(h) = u.conns[from] {
+                        let rest = std::mem::take(&mut u.unsent[from]);
+                        u.eps[from].write(h, &rest);
+                        u.eps[from].close(h);
+                    }
+                    self.utp_settle(link, from);
+                    return;
+                }
                 if self.links[link].ends[to].is_some() {
                     // The close follows the bytes already sent.
                     let at = self.nodes[node]

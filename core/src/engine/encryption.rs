@@ -29,6 +29,9 @@ pub(super) const DIAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Addresses remembered as needing plaintext, at most; the oldest is forgotten first.
 pub(super) const MAX_PLAIN_ONLY: usize = 1024;
 
+/// Dials marked for a plain handshake at once ([`Engine::plain_handshake`]), at most.
+const MAX_PLAIN_DIALS: usize = 1024;
+
 /// The MSE state of one torrent connection.
 #[derive(Debug)]
 pub(super) enum Link {
@@ -112,6 +115,17 @@ impl Engine {
         self.plain_only.len()
     }
 
+    /// Under [`Policy::Prefer`], the dial of `peer` (connecting now) opens with a plain
+    /// BitTorrent handshake instead of MSE. The driver asks this for uTP dials: Transmission
+    /// 3.00 over uTP loses what follows our handshake in the same packet once an MSE handshake
+    /// selected plaintext, and under Prefer plaintext is what the stream carries anyway.
+    /// `Require` and `Disable` are unaffected.
+    pub fn plain_handshake(&mut self, torrent: TorrentId, peer: PeerHandle) {
+        if self.config.encryption == Policy::Prefer && self.plain_dials.len() < MAX_PLAIN_DIALS {
+            self.plain_dials.insert((torrent, peer));
+        }
+    }
+
     /// An input for one torrent from the driver: connection news passes through the
     /// connection's MSE state first.
     pub(super) fn torrent_input(&mut self, id: TorrentId, input: TorrentInput<'_>) {
@@ -119,6 +133,9 @@ impl Engine {
             self.feed(id, input);
             return;
         };
+        if let Input::Closed { peer } | Input::ConnectFailed { peer } = *session_input {
+            self.plain_dials.remove(&(id, peer));
+        }
         match *session_input {
             Input::Connected { peer } => self.on_dial_connected(id, peer),
             Input::Received { peer, bytes } if self.links.contains_key(&(id, peer)) => {
@@ -167,6 +184,7 @@ impl Engine {
         };
         let info_hash = task.torrent().info_hash;
         let addr = task.session().and_then(|s| s.peer_addr(peer));
+        let addr = addr.filter(|_| !self.plain_dials.remove(&(id, peer)));
         let Some((addr, policy)) = addr.and_then(|a| Some((a, self.dial_policy(&a)?))) else {
             self.feed(id, connected);
             return;

@@ -49,6 +49,10 @@ const GAIN: i64 = 1;
 const DUP_ACK_THRESHOLD: usize = 3;
 /// Initial congestion window, in packets (RFC 6817).
 const INITIAL_CWND_PACKETS: usize = 2;
+/// Slow start ends at this window (then LEDBAT's ack-clocked growth takes over): doubling
+/// further sends bursts that overflow a receiver's socket buffer (about 100 full packets with
+/// Linux's default 208 KiB) before any delay shows.
+const INITIAL_SSTHRESH: usize = 64 * MAX_PAYLOAD;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +147,9 @@ pub(crate) struct Connection {
     syn_pending: bool,
     syns_sent: u32,
     unacked: VecDeque<Sent>,
+    /// Payload bytes of `unacked`, selectively acknowledged ones included: they sit in the
+    /// peer's reorder buffer, so they count against its advertised window.
+    unacked_bytes: usize,
     unsent: VecDeque<u8>,
     /// Payload bytes sent, not acknowledged, not declared lost.
     in_flight: usize,
@@ -206,11 +213,12 @@ impl Connection {
             syn_pending: false,
             syns_sent: 0,
             unacked: VecDeque::new(),
+            unacked_bytes: 0,
             unsent: VecDeque::new(),
             in_flight: 0,
             resend_pending: 0,
             cwnd: INITIAL_CWND_PACKETS * MAX_PAYLOAD,
-            ssthresh: config.max_cwnd,
+            ssthresh: INITIAL_SSTHRESH.min(config.max_cwnd),
             slow_start: true,
             cwnd_limited: false,
             recovery_until: None,
@@ -334,8 +342,7 @@ impl Connection {
     }
 
     fn send_space(&self) -> usize {
-        let queued =
-            self.unsent.len() + self.unacked.iter().map(|p| p.payload.len()).sum::<usize>();
+        let queued = self.unsent.len() + self.unacked_bytes;
         self.config.send_buffer.saturating_sub(queued)
     }
 
@@ -544,6 +551,7 @@ impl Connection {
             let Some(p) = self.unacked.pop_front() else {
                 break;
             };
+            self.unacked_bytes -= p.payload.len();
             Self::leave_flight(&p, &mut self.in_flight);
             if p.lost {
                 self.resend_pending -= 1;
@@ -790,11 +798,22 @@ impl Connection {
         self.last_send = self.now;
     }
 
-    fn send_allowed(&mut self, len: usize) -> bool {
-        let window = self.cwnd.min(self.peer_wnd);
+    /// Whether `len` more bytes may go out: within the congestion window and, for new data,
+    /// within the peer's window less one packet. That packet of room is for a retransmission:
+    /// a receiver whose buffer is full of packets after a hole (libtorrent) drops the one that
+    /// would fill it, and the connection stalls.
+    fn send_allowed(&mut self, len: usize, new_data: bool) -> bool {
         // One packet may always be in flight: it probes a closed window and restarts after a
         // timeout.
-        if self.in_flight == 0 || self.in_flight + len <= window {
+        if self.in_flight == 0 {
+            return true;
+        }
+        let peer_room = if new_data {
+            self.peer_wnd.saturating_sub(MAX_PAYLOAD)
+        } else {
+            self.peer_wnd
+        };
+        if self.in_flight + len <= self.cwnd.min(peer_room) {
             true
         } else {
             self.cwnd_limited |= self.in_flight + len > self.cwnd;
@@ -838,7 +857,9 @@ impl Connection {
             let idx = self.unacked.iter().position(|p| p.lost);
             if let Some(i) = idx {
                 let len = self.unacked[i].payload.len();
-                if self.send_allowed(len) {
+                // The oldest packet (the hole the peer waits on) goes out at once, as in TCP's
+                // fast retransmit; later ones wait for the window.
+                if i == 0 || self.send_allowed(len, false) {
                     let payload = std::mem::take(&mut self.unacked[i].payload);
                     let (seq, fin) = (self.unacked[i].seq, self.unacked[i].fin);
                     let ty = if fin {
@@ -866,7 +887,7 @@ impl Connection {
         {
             if !self.unsent.is_empty() {
                 let len = self.unsent.len().min(MAX_PAYLOAD);
-                if self.send_allowed(len) {
+                if self.send_allowed(len, true) {
                     let payload: Vec<u8> = self.unsent.drain(..len).collect();
                     self.push_sent(PacketType::Data, payload, out);
                     self.check_writable();
@@ -892,6 +913,7 @@ impl Connection {
         self.emit(ty, seq, &payload, out);
         self.in_flight += payload.len();
         self.rto_deadline.get_or_insert(self.now + self.rto);
+        self.unacked_bytes += payload.len();
         self.unacked.push_back(Sent {
             seq,
             fin: ty == PacketType::Fin,

@@ -62,6 +62,7 @@ impl TrackerPort for Port<'_> {
         // replies with 0x00: the engine tells those two apart.
         if is_utp(bytes) {
             if let Some(ep) = self.1.as_deref_mut() {
+                super::utp::trace_packet("from", from, bytes);
                 ep.handle_datagram(now, from, bytes);
             }
             return;

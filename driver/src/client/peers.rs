@@ -237,6 +237,7 @@ impl Client {
             }
             p.connecting = false;
             let _ = stream.set_nodelay(true);
+            self.connections[0] += 1;
             if let Owner::Peer(t, peer) = p.owner {
                 self.input(now, t, Input::Connected { peer });
             }
@@ -290,6 +291,7 @@ impl Client {
                         fallback: None,
                     });
                     self.by_incoming.insert(conn, key);
+                    self.connections[0] += 1;
                     self.feed(now, EngineInput::Incoming { addr });
                     // Bytes may already be waiting; edge-triggered readiness won't repeat them.
                     self.read_pending.insert(key);

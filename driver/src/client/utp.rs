@@ -7,8 +7,8 @@
 //! go to the endpoint (see [`super::engine::Port`]); [`Client::utp_service`] fires its timers,
 //! turns its events into socket news and sends what it has to send.
 //!
-//! Dialing: a peer is dialed over uTP first (as libtorrent and Transmission do) with two SYNs;
-//! when that fails (no answer within 3 s, or a reset) the same peer handle is dialed over TCP,
+//! Dialing: a peer is dialed over uTP first (as libtorrent and Transmission do) with one SYN;
+//! when that fails (no answer within 1 s, or a reset) the same peer handle is dialed over TCP,
 //! and the torrent never notices which transport carried it.
 
 use std::collections::VecDeque;
@@ -27,8 +27,9 @@ use super::peers::{Owner, PeerSock};
 use super::{Client, PEER_BASE};
 use crate::conn::SendQueue;
 
-/// SYNs a uTP dial sends before the peer is dialed over TCP instead (fails after 3 s).
-const DIAL_SYNS: u32 = 2;
+/// SYNs a uTP dial sends before the peer is dialed over TCP instead: one, so a peer without
+/// uTP waits one initial retransmission timeout (1 s) for its TCP dial.
+const DIAL_SYNS: u32 = 1;
 
 /// The endpoint's settings in this client.
 pub(super) fn config(seed: u64) -> UtpConfig {
@@ -97,6 +98,25 @@ impl Write for StreamIo<'_> {
             Stream::Tcp(s) => s.flush(),
             Stream::Utp(_) => Ok(()),
         }
+    }
+}
+
+/// Logs a uTP packet's header at trace level (`RUST_LOG=trace`).
+pub(super) fn trace_packet(dir: &str, addr: SocketAddr, bytes: &[u8]) {
+    if log::log_enabled!(log::Level::Trace)
+        && let Ok(p) = kp_torrent_core::utp::packet::decode(bytes)
+    {
+        let h = p.header;
+        log::trace!(
+            "uTP {dir} {addr}: {:?} id {} seq {} ack {} wnd {} sack {} len {}",
+            h.ty,
+            h.conn_id,
+            h.seq_nr,
+            h.ack_nr,
+            h.wnd_size,
+            p.sack.map_or(0, <[u8]>::len),
+            p.payload.len()
+        );
     }
 }
 
@@ -183,6 +203,7 @@ impl Client {
                 .and_then(|ep| ep.poll_transmit(now, &mut out))
             {
                 worked = true;
+                trace_packet("to", to, &out);
                 self.tracker_io
                     .send_datagram(self.poll.registry(), to, &out);
             }
@@ -208,6 +229,7 @@ impl Client {
                 });
                 self.by_utp.insert(handle, key);
                 self.by_incoming.insert(conn, key);
+                self.connections[1] += 1;
                 log::debug!("uTP connection from {from}");
                 self.feed(now, EngineInput::Incoming { addr: from });
                 self.read_pending.insert(key);
@@ -221,8 +243,10 @@ impl Client {
                 };
                 p.connecting = false;
                 p.fallback = None;
+                self.connections[1] += 1;
                 if let Owner::Peer(t, peer) = p.owner {
                     log::debug!("{t} {peer}: connected over uTP");
+                    self.engine.plain_handshake(t, peer);
                     self.input(now, t, Input::Connected { peer });
                 }
                 self.flush_sock(now, key);
