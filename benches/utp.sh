@@ -53,6 +53,7 @@ stop_seeder() {
 lt_seeder() {
 	"$PY" "$LT" --torrent "$TMP/data.torrent" --save "$TMP/seed" --port 0 --encryption plaintext \
 		--transport utp --expect-complete >"$TMP/lt-seed.log" 2>&1 &
+	touch "$TMP/lt-seed.log"
 	SEEDER_PID=$!
 	for _ in $(seq 1 1200); do
 		grep -q ' done$' "$TMP/lt-seed.log" && break

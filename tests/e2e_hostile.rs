@@ -23,7 +23,9 @@ fn rss_kib(pid: u32) -> u64 {
 fn a_peer_that_requests_but_never_reads_cannot_grow_our_buffers() {
     let dir = TempDir::new("e2e-hostile");
     let data = Dataset::single(dir.path(), "file.bin", 1 << 20, 16384, 5);
-    let seeder = KpTorrent::seed("seeder", &data.torrent.path, &data.source, &[], dir.path());
+    let mut seeder = KpTorrent::seed("seeder", &data.torrent.path, &data.source, &[], dir.path());
+    // One connection, never retried: it must find the torrent past its start-up check.
+    seeder.wait_seeding(Duration::from_secs(20));
     let before = rss_kib(seeder.process().pid());
 
     let mut sock = TcpStream::connect(("127.0.0.1", seeder.port())).unwrap();

@@ -123,8 +123,22 @@ enum Mode {
     Lines {
         every: Duration,
         last: Option<Instant>,
+        /// The phase the last line showed.
+        phase: Option<Phase>,
     },
     Quiet,
+}
+
+/// Whether a status line is due: `every` after the last one, and at once when the phase
+/// changed (so a log shows when checking ended and seeding began).
+fn line_due(
+    every: Duration,
+    last: Option<Instant>,
+    last_phase: Option<Phase>,
+    now: Instant,
+    phase: Option<Phase>,
+) -> bool {
+    last.is_none_or(|t| now.saturating_duration_since(t) >= every) || phase != last_phase
 }
 
 /// Shows a torrent's progress on stderr.
@@ -159,7 +173,11 @@ impl Progress {
             bar.set_prefix(name.to_owned());
             Mode::Bar(bar)
         } else {
-            Mode::Lines { every, last: None }
+            Mode::Lines {
+                every,
+                last: None,
+                phase: None,
+            }
         };
         Progress {
             name: name.to_owned(),
@@ -187,9 +205,10 @@ impl Progress {
                     dht_part(s),
                 ));
             }
-            Mode::Lines { every, last } => {
-                if last.is_none_or(|t| now.saturating_duration_since(t) >= *every) {
+            Mode::Lines { every, last, phase } => {
+                if line_due(*every, *last, *phase, now, s.phase) {
                     *last = Some(now);
+                    *phase = s.phase;
                     eprintln!("{}", status_line(&self.name, s));
                 }
             }
@@ -223,6 +242,23 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_line_is_due_every_interval_and_at_each_phase_change() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(5);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let checking = Some(Phase::Checking);
+        let seeding = Some(Phase::Seeding);
+        assert!(line_due(every, None, None, t0, checking), "the first line");
+        assert!(!line_due(every, Some(t0), checking, at(100), checking));
+        assert!(
+            line_due(every, Some(t0), checking, at(100), seeding),
+            "checking ended"
+        );
+        assert!(!line_due(every, Some(at(100)), seeding, at(4000), seeding));
+        assert!(line_due(every, Some(at(100)), seeding, at(5100), seeding));
+    }
 
     fn downloading() -> Snapshot {
         Snapshot {

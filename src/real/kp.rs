@@ -216,6 +216,14 @@ impl KpTorrent {
             .map(str::to_string)
     }
 
+    /// Waits until a seed run's status line says it is seeding (its start-up check is done:
+    /// until then the engine turns its peers away).
+    pub fn wait_seeding(&mut self, timeout: Duration) {
+        self.wait_log(timeout, "a seeding status line", |log| {
+            log.lines().any(|l| l.contains(": seeding "))
+        });
+    }
+
     /// Peer connections over (TCP, uTP) from the `peer connections: T over TCP, U over uTP`
     /// line printed when the process ends, if printed.
     pub fn connections(&self) -> Option<(u64, u64)> {
