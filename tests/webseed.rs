@@ -2,14 +2,15 @@
 //! on 127.0.0.1, and the built `kp-torrent` binary as the leecher (and, where a peer is needed,
 //! as the seeder). A single-file and a multi-file torrent (names that need percent-encoding)
 //! come from the web seed alone; a web seed whose copy is corrupt in every piece and one that
-//! answers 404 are backed off, and a peer supplies the data instead.
+//! answers 404 are backed off, and a peer supplies the data instead. Over HTTPS, a web seed with a
+//! certificate from a test CA works once `--tracker-ca` trusts it, and is refused without.
 
 use std::path::Path;
 use std::time::Duration;
 
 use kp_torrent_core::metainfo::TorrentSpec;
-use kp_torrent_tests::TempDir;
 use kp_torrent_tests::real::{Dataset, KpTorrent, Nginx, Torrent};
+use kp_torrent_tests::{TempDir, make_test_ca};
 
 /// Bound for a few MiB over loopback, with room for a loaded machine.
 const DONE: Duration = Duration::from_secs(40);
@@ -97,6 +98,52 @@ fn single_file_from_the_web_seed_alone() {
         "ranged GETs of the file expected:\n{log}"
     );
     assert_eq!(nginx.requests_with_status(404), 0, "{log}");
+}
+
+#[test]
+fn single_file_from_an_https_web_seed_with_its_ca_trusted() {
+    let dir = TempDir::new("webseed-https");
+    let data = single(dir.path());
+    let ca_dir = dir.path().join("ca");
+    std::fs::create_dir_all(&ca_dir).expect("ca folder");
+    let Some(ca) = make_test_ca(&ca_dir) else {
+        return;
+    };
+    let Some(nginx) = Nginx::start_tls(&data.source, &ca) else {
+        return;
+    };
+    let url = nginx.url("");
+    assert!(url.starts_with("https://localhost:"), "{url}");
+    // Without the CA the certificate is not trusted: nothing comes, the run times out.
+    let untrusted = dir.path().join("untrusted");
+    let mut refused = KpTorrent::download(
+        "leecher-untrusted",
+        &data.torrent.path,
+        &untrusted,
+        &["--web-seed", &url, "--timeout", "5"],
+        dir.path(),
+    );
+    let status = refused.wait_exit(DONE);
+    assert!(!status.success(), "an untrusted certificate was accepted");
+    assert_eq!(nginx.requests_with_status(206), 0, "{}", nginx.access_log());
+    // With it, the whole file comes over TLS in ranged GETs.
+    let dest = dir.path().join("dest");
+    let ca_pem = ca.ca_pem.to_string_lossy().into_owned();
+    let mut leecher = KpTorrent::download(
+        "leecher",
+        &data.torrent.path,
+        &dest,
+        &["--web-seed", &url, "--tracker-ca", &ca_pem],
+        dir.path(),
+    );
+    leecher.wait_success(DONE);
+    assert_clean(&leecher);
+    data.assert_same(&dest);
+    let log = nginx.access_log();
+    assert!(
+        log.contains("GET /data%20file.bin HTTP/1.1 206 "),
+        "ranged GETs over TLS expected:\n{log}"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{RealProcess, free_port, wait_for, work_dir};
-use crate::{TempDir, require_tool};
+use crate::{TempDir, TestCa, require_tool};
 
 /// How long nginx gets to accept its first connection.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -21,6 +21,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Nginx {
     process: RealProcess,
     port: u16,
+    tls: bool,
     dir: TempDir,
 }
 
@@ -28,6 +29,16 @@ impl Nginx {
     /// Serves `root` at `http://127.0.0.1:PORT/` on a free port and waits until it answers;
     /// `None` (skip) when nginx is missing outside CI.
     pub fn start(root: &Path) -> Option<Nginx> {
+        Nginx::start_with(root, None)
+    }
+
+    /// [`Nginx::start`] over HTTPS with `ca`'s server certificate (valid for `localhost` and
+    /// `127.0.0.1`): [`Nginx::url`] then gives `https://localhost:PORT/…`.
+    pub fn start_tls(root: &Path, ca: &TestCa) -> Option<Nginx> {
+        Nginx::start_with(root, Some(ca))
+    }
+
+    fn start_with(root: &Path, tls: Option<&TestCa>) -> Option<Nginx> {
         let program = if Path::new("/usr/sbin/nginx").is_file() {
             PathBuf::from("/usr/sbin/nginx")
         } else {
@@ -38,7 +49,7 @@ impl Nginx {
         for attempt in 0..5 {
             let port = free_port();
             let conf = dir.path().join("nginx.conf");
-            std::fs::write(&conf, config(dir.path(), &root, port)).expect("write nginx.conf");
+            std::fs::write(&conf, config(dir.path(), &root, port, tls)).expect("write nginx.conf");
             // `-e` so that not even the start-up log goes to a system path.
             let args: Vec<String> = vec![
                 "-e".into(),
@@ -54,10 +65,22 @@ impl Nginx {
                 if process.exit_status().is_some() {
                     return Some(false);
                 }
-                answers(port).then_some(true)
+                let up = if tls.is_some() {
+                    accepts(port)
+                } else {
+                    answers(port)
+                };
+                up.then_some(true)
             });
             match up {
-                Some(true) => return Some(Nginx { process, port, dir }),
+                Some(true) => {
+                    return Some(Nginx {
+                        process,
+                        port,
+                        tls: tls.is_some(),
+                        dir,
+                    });
+                }
                 // Most likely the port was taken between free_port and bind: try another.
                 Some(false) => continue,
                 None => process.fail("did not answer within 15 s"),
@@ -66,9 +89,13 @@ impl Nginx {
         panic!("nginx exited at start 5 times (ports taken?)");
     }
 
-    /// `http://127.0.0.1:PORT/` followed by `path`.
+    /// `http://127.0.0.1:PORT/` (over TLS `https://localhost:PORT/`) followed by `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{path}", self.port)
+        if self.tls {
+            format!("https://localhost:{}/{path}", self.port)
+        } else {
+            format!("http://127.0.0.1:{}/{path}", self.port)
+        }
     }
 
     /// The port it listens on.
@@ -97,8 +124,18 @@ impl Nginx {
 }
 
 /// The configuration: one server, static files from `root`, everything else inside `dir`.
-fn config(dir: &Path, root: &Path, port: u16) -> String {
+fn config(dir: &Path, root: &Path, port: u16, tls: Option<&TestCa>) -> String {
     let d = dir.display();
+    let listen = match tls {
+        Some(ca) => format!(
+            "listen 127.0.0.1:{port} ssl;\n\
+             \x20   ssl_certificate {};\n\
+             \x20   ssl_certificate_key {};",
+            ca.cert_pem.display(),
+            ca.key_pem.display()
+        ),
+        None => format!("listen 127.0.0.1:{port};"),
+    };
     format!(
         "daemon off;\n\
          master_process off;\n\
@@ -118,12 +155,18 @@ fn config(dir: &Path, root: &Path, port: u16) -> String {
          \x20 sendfile on;\n\
          \x20 keepalive_requests 1000;\n\
          \x20 server {{\n\
-         \x20   listen 127.0.0.1:{port};\n\
+         \x20   {listen}\n\
          \x20   root {root};\n\
          \x20 }}\n\
          }}\n",
         root = root.display()
     )
+}
+
+/// True when something on `port` accepts a connection.
+fn accepts(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
 /// True when something on `port` answers an HTTP request.
