@@ -39,6 +39,9 @@ pub const MAX_WEB_SEEDS: usize = 32;
 pub const CONN_BASE: usize = 1 << 30;
 /// First wait after a failure; doubles with each failure in a row.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` honoured (a busy server's 503 or 429 asks for its wait; a longer
+/// one is cut to this).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Failures in a row (or hash failures in all) after which a web seed is dropped.
 pub const MAX_FAILURES: u32 = 5;
 /// Redirects followed for one file request at most.
@@ -205,6 +208,14 @@ pub enum WebSeedError {
     Http(TrackerError),
     /// A status other than 206, 200 for a whole file, or a redirect.
     Status(u16),
+    /// 503 or 429 with `Retry-After`: the server is busy; the next try waits at least that
+    /// long (at most [`MAX_RETRY_AFTER`]).
+    Busy {
+        /// The status.
+        status: u16,
+        /// Seconds the server asked for.
+        retry_after: u64,
+    },
     /// The server sent the whole file (200) where a part was asked for: it ignores ranges.
     RangeIgnored,
     /// The `Content-Range` is missing or is not the range asked for (or the file's size differs
@@ -248,6 +259,12 @@ impl fmt::Display for WebSeedError {
             WebSeedError::Closed(Some(why)) => write!(f, "connection broke: {why}"),
             WebSeedError::Http(e) => e.fmt(f),
             WebSeedError::Status(code) => write!(f, "HTTP status {code}"),
+            WebSeedError::Busy {
+                status,
+                retry_after,
+            } => {
+                write!(f, "HTTP status {status}, retry after {retry_after} s")
+            }
             WebSeedError::RangeIgnored => {
                 f.write_str("the server ignores byte ranges (it sent the whole file)")
             }
@@ -745,7 +762,11 @@ impl WebSeed {
         self.failures += 1;
         self.dropped = self.failures >= MAX_FAILURES || self.hash_failures >= MAX_FAILURES;
         let doublings = self.failures.saturating_sub(1).min(10);
-        self.retry_at = self.now + BACKOFF_BASE * (1u32 << doublings);
+        let mut wait = BACKOFF_BASE * (1u32 << doublings);
+        if let WebSeedError::Busy { retry_after, .. } = error {
+            wait = wait.max(Duration::from_secs(retry_after).min(MAX_RETRY_AFTER));
+        }
+        self.retry_at = self.now + wait;
         self.events.push_back(WebSeedEvent::Failed {
             error,
             dropped: self.dropped,
@@ -988,6 +1009,12 @@ fn check_head(head: &Head, start: u64, length: u64, file_length: u64) -> Result<
         200 if start == 0 && length == file_length => {}
         200 => return Err(WebSeedError::RangeIgnored),
         300..=399 => return Ok(()),
+        code @ (429 | 503) if head.retry_after.is_some() => {
+            return Err(WebSeedError::Busy {
+                status: code,
+                retry_after: head.retry_after.unwrap_or(0),
+            });
+        }
         code => return Err(WebSeedError::Status(code)),
     }
     match head.content_length {

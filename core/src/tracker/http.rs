@@ -84,6 +84,8 @@ pub struct Head {
     /// `Connection: close` (HTTP/1.0 only with `Connection: keep-alive`), and a body whose end
     /// is known without closing.
     pub keep_alive: bool,
+    /// `Retry-After` in seconds (the delta-seconds form; an HTTP date is ignored), if given.
+    pub retry_after: Option<u64>,
 }
 
 /// A `Content-Range` value.
@@ -267,6 +269,7 @@ impl ResponseParser {
         let mut length = None;
         let mut chunked = false;
         let mut location = None;
+        let mut retry_after = None;
         let mut content_range = None;
         let mut has_content_range = false;
         let mut close = resp.version != Some(1);
@@ -297,6 +300,8 @@ impl ResponseParser {
                 });
             } else if h.name.eq_ignore_ascii_case("location") {
                 location = value.ok().map(str::to_string);
+            } else if h.name.eq_ignore_ascii_case("retry-after") {
+                retry_after = value.ok().and_then(|v| v.parse::<u64>().ok());
             }
         }
         self.location = location;
@@ -313,6 +318,7 @@ impl ResponseParser {
             content_range,
             has_content_range,
             keep_alive: !close && framed,
+            retry_after,
         });
         self.state = if (300..400).contains(&status) || status == 204 || status == 304 {
             // Redirects need only the head; their bodies are ignored.

@@ -593,6 +593,42 @@ fn failures_back_off_doubling_and_drop_the_seed() {
 }
 
 #[test]
+fn a_busy_server_is_waited_for_as_long_as_it_asks_within_an_hour() {
+    let l = single("f", 10);
+    let mut h = Harness::new("http://w/f");
+    // (status, Retry-After) -> the wait: the normal backoff (30 s, then 60 s, ...) or the
+    // server's wish when longer, cut at an hour; an HTTP date is not read.
+    let cases: [(&str, &str, u64); 4] = [
+        ("503", "Retry-After: 300\r\n", 300),
+        ("429", "Retry-After: 5\r\n", 60),
+        ("503", "Retry-After: 86400\r\n", 3600),
+        ("503", "Retry-After: Fri, 31 Dec 1999 23:59:59 GMT\r\n", 240),
+    ];
+    for (round, (status, header, wait)) in cases.into_iter().enumerate() {
+        assert!(h.ws.is_ready(h.now), "round {round}");
+        h.start(&l, 0, 4);
+        h.connect();
+        h.reply(
+            format!("HTTP/1.1 {status} Busy\r\n{header}Content-Length: 0\r\n\r\n").as_bytes(),
+            7,
+        );
+        let (err, dropped) = h.failed.last().cloned().unwrap();
+        assert!(!dropped);
+        match (round, &err) {
+            (3, WebSeedError::Status(503)) => {}
+            (_, WebSeedError::Busy { retry_after, .. }) => {
+                assert!(err.to_string().contains("retry after"), "{err}");
+                assert!(*retry_after > 0);
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+        let at = h.ws.poll_timeout().unwrap();
+        assert_eq!(at.saturating_since(h.now).as_secs(), wait, "round {round}");
+        h.now = at;
+    }
+}
+
+#[test]
 fn a_completed_range_resets_the_count_but_hash_failures_add_up() {
     let l = single("f", 10);
     let mut h = Harness::new("http://w/f");
