@@ -281,6 +281,10 @@ pub fn magnet(data: &[u8]) {
         uri.push_str("&x.pe=");
         percent_encode(p.as_bytes(), &mut uri);
     }
+    for w in &m.web_seeds {
+        uri.push_str("&ws=");
+        percent_encode(w.as_bytes(), &mut uri);
+    }
     assert_eq!(
         Magnet::parse(&uri).as_ref(),
         Ok(&m),
