@@ -941,7 +941,11 @@ impl Connection {
         match self.state {
             State::SynRecv => at(self.last_recv + SYN_RECV_TIMEOUT),
             State::Connected => {
-                at(self.last_send + KEEPALIVE);
+                // Once the keepalive is owed (`ack_pending`), it waits for `poll_transmit`, not
+                // for a timer: a deadline left in the past would have a driver spin.
+                if !self.ack_pending {
+                    at(self.last_send + KEEPALIVE);
+                }
                 at(self.last_recv + IDLE_TIMEOUT);
             }
             _ => {}
