@@ -74,6 +74,9 @@ pub fn utp(data: &[u8]) {
             }
             _ => {
                 if let Some(&h) = open.iter().next() {
+                    if std::env::var_os("UTP_FUZZ_DEBUG").is_some() {
+                        eprintln!("step {steps} close {h}");
+                    }
                     ep.close(h);
                     open.remove(&h);
                     closed.insert(h);
@@ -91,6 +94,9 @@ pub fn utp(data: &[u8]) {
             packet::decode(&buf).expect("our own packet decodes");
         }
         while let Some(ev) = ep.poll_event() {
+            if std::env::var_os("UTP_FUZZ_DEBUG").is_some() {
+                eprintln!("step {steps} event {ev:?}");
+            }
             match ev {
                 Event::Incoming { handle, .. } => {
                     assert!(!closed.contains(&handle), "{handle} came back");

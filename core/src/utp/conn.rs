@@ -746,7 +746,9 @@ impl Connection {
             self.begin_close();
             return;
         }
-        if !bytes.is_empty() {
+        // Bytes of a connection whose application is gone (held out of order when it closed)
+        // are dropped: nobody reads them, and no event may name the dead handle.
+        if !bytes.is_empty() && !self.app_gone {
             self.readable.extend(bytes);
             if !self.readable_notified {
                 self.readable_notified = true;
