@@ -336,7 +336,7 @@ fi
 if has_part idle; then
 	echo "idle: $IDLE_CONNS idle connections to a kp-torrent seeder"
 	ulimit -n $((IDLE_CONNS + 1024))
-	start_kp_seeder "$ST" "$TMP/swarm" --quiet --max-peers $((IDLE_CONNS + 100))
+	start_kp_seeder "$ST" "$TMP/swarm" --quiet --max-peers $((IDLE_CONNS + 100)) --max-connections $((IDLE_CONNS + 100))
 	INFO_HASH=$("$PY" -c 'import libtorrent as lt, sys; print(lt.torrent_info(sys.argv[1]).info_hashes().v1)' "$ST")
 	"$IDLE_BIN" --addr "127.0.0.1:$KP_PORT" --info-hash "$INFO_HASH" --pid "$KP_PID" \
 		--conns "$IDLE_CONNS" --probes 20 >"$TMP/idle.txt"

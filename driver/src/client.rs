@@ -221,6 +221,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// Most peer connections per torrent.
     pub max_peers: usize,
+    /// Most peer connections in the process (incoming ones beyond it are refused).
+    pub max_connections: usize,
     /// Peers unchoked at once in all torrents (each torrent also has one optimistic unchoke);
     /// shared among the torrents that have peers to serve.
     pub upload_slots: usize,
@@ -267,6 +269,7 @@ impl Options {
             add: None,
             listen,
             max_peers: 50,
+            max_connections: EngineConfig::default().max_connections,
             upload_slots: EngineConfig::default().upload_slots,
             pex: true,
             dht: false,
@@ -545,6 +548,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     let upload_slots = opts.upload_slots.max(1);
     let engine_seed = opts.rng_seed ^ 0x6d73_655f_7365_6564;
     let encryption = opts.encryption;
+    let max_connections = opts.max_connections.max(1);
     let mut client = Client {
         down: Bucket::new(opts.download_limit, epoch),
         up: Bucket::new(opts.upload_limit, epoch),
@@ -554,6 +558,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         engine: Engine::new(
             EngineConfig {
                 upload_slots,
+                max_connections,
                 dht: dht_config,
                 encryption,
                 seed: engine_seed,
