@@ -431,22 +431,49 @@ impl Peer {
             return;
         }
         self.last_recv = now;
-        // Whole messages are decoded straight from `bytes`; only a partial one is kept, and later
-        // bytes are appended to it, so a message trickling in byte by byte costs linear time.
-        let mut held = std::mem::take(&mut self.inbuf);
-        let from_held = !held.is_empty();
-        if from_held {
-            held.extend_from_slice(bytes);
+        // Whole messages are decoded straight from `bytes`; only a partial one is kept. Later
+        // bytes complete it with just what it lacks (so a message trickling in byte by byte
+        // costs linear time), and the rest is decoded in place again: apart from the message
+        // that straddles two reads, no byte is copied here.
+        let mut rest = bytes;
+        while !self.inbuf.is_empty() && !rest.is_empty() && self.state != PeerState::Closed {
+            let take = self.held_lacks().min(rest.len());
+            let (now_part, later) = rest.split_at(take);
+            rest = later;
+            let mut held = std::mem::take(&mut self.inbuf);
+            held.extend_from_slice(now_part);
+            let pos = self.decode_from(now, &held);
+            held.drain(..pos.min(held.len()));
+            self.inbuf = held;
         }
-        let pos = self.decode_from(now, if from_held { &held } else { bytes });
-        if self.state != PeerState::Closed {
-            if from_held {
-                held.drain(..pos.min(held.len()));
-                self.inbuf = held;
-            } else {
-                self.inbuf = bytes.get(pos..).unwrap_or(&[]).to_vec();
+        if self.state == PeerState::Closed {
+            self.inbuf = Vec::new();
+            return;
+        }
+        if self.inbuf.is_empty() {
+            let pos = self.decode_from(now, rest);
+            if self.state != PeerState::Closed {
+                self.inbuf = rest.get(pos..).unwrap_or(&[]).to_vec();
             }
+        } else {
+            // Only reached with `rest` empty: everything went into the held message.
+            debug_assert!(rest.is_empty());
         }
+    }
+
+    /// How many more bytes the held partial unit (handshake, length prefix or message) needs
+    /// before it can be decoded (at least 1): feeding more than that would copy bytes that can
+    /// be decoded where they are.
+    fn held_lacks(&self) -> usize {
+        let have = self.inbuf.len();
+        let whole = match self.state {
+            PeerState::Handshaking => Handshake::LEN,
+            _ => match self.inbuf.first_chunk::<4>() {
+                Some(prefix) => 4 + u32::from_be_bytes(*prefix) as usize,
+                None => 4,
+            },
+        };
+        whole.saturating_sub(have).max(1)
     }
 
     /// Decodes the handshake (while handshaking) and whole messages from `buf`; returns how many

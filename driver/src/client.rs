@@ -221,6 +221,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// Most peer connections per torrent.
     pub max_peers: usize,
+    /// Most peer connections in the process (incoming ones beyond it are refused).
+    pub max_connections: usize,
     /// Peers unchoked at once in all torrents (each torrent also has one optimistic unchoke);
     /// shared among the torrents that have peers to serve.
     pub upload_slots: usize,
@@ -270,6 +272,7 @@ impl Options {
             add: None,
             listen,
             max_peers: 50,
+            max_connections: EngineConfig::default().max_connections,
             upload_slots: EngineConfig::default().upload_slots,
             pex: true,
             utp: false,
@@ -571,6 +574,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     let client_utp = opts
         .utp
         .then(|| kp_torrent_core::utp::Endpoint::new(utp::config(opts.rng_seed ^ 0x7574_7000)));
+    let max_connections = opts.max_connections.max(1);
     let mut client = Client {
         down: Bucket::new(opts.download_limit, epoch),
         up: Bucket::new(opts.upload_limit, epoch),
@@ -580,6 +584,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         engine: Engine::new(
             EngineConfig {
                 upload_slots,
+                max_connections,
                 dht: dht_config,
                 encryption,
                 seed: engine_seed,

@@ -17,6 +17,14 @@
 //! order. One guarantee matters to the core: a [`Job::Hash`] of a piece waits until every
 //! [`Job::Write`] to that piece submitted before it has completed, so the hash sees the data.
 //!
+//! Hashing from memory: a worker that has written a block feeds it to a running SHA-1 of its
+//! piece ([`RunningHashes`]), in piece order (a block that arrives early waits in a small,
+//! bounded stash). A [`Job::Hash`] of a piece whose every byte was written exactly once, in
+//! full, since its last hash gets that digest without reading the piece back; any other piece
+//! (the start-up check, a failed or repeated write, a stash that overflowed) is read back from
+//! the files as before. Either way the digest is of the bytes the files hold, and the core
+//! compares it with the torrent's: the pool only saves the read.
+//!
 //! Bounded memory: every submitted job yields exactly one final completion, and the pool counts
 //! what is queued on the loop's side (counters change in `submit` and `poll_completion`, both on
 //! the loop thread). The loop keeps the queues bounded by looking before it submits:
@@ -28,11 +36,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use kp_torrent_core::id::PeerHandle;
 use mio::Waker;
+use sha1::{Digest, Sha1};
 
 use crate::resume::{self, ResumeError, Snapshot};
 use crate::storage::{Storage, StorageError};
@@ -47,6 +56,11 @@ pub const WRITE_BACKLOG_LIMIT: u64 = 4 << 20;
 
 /// A suggested limit for [`DiskPool::queued_read_bytes`] of one peer (a few blocks ahead).
 pub const READ_QUEUE_PER_PEER: u64 = 256 << 10;
+
+/// Most bytes of blocks written ahead of their piece's running hash, kept until the blocks
+/// before them are written (two workers finish neighbouring blocks in either order; several
+/// peers fill one piece in any order). Past it, the piece is read back to be hashed instead.
+pub const EARLY_BLOCK_LIMIT: usize = 1 << 20;
 
 /// Work for the pool.
 #[derive(Debug)]
@@ -71,7 +85,8 @@ pub enum Job {
         /// Bytes to read.
         length: u32,
     },
-    /// Read a whole piece and SHA-1 it (after its writes, see the module doc).
+    /// SHA-1 a whole piece (after its writes): from memory when its writes allow it, else read
+    /// back (module doc).
     Hash {
         /// Piece index.
         piece: u32,
@@ -172,6 +187,101 @@ struct Envelope {
     job: Job,
 }
 
+/// The SHA-1 of a piece's blocks written so far, in piece order.
+struct Running {
+    sha: Sha1,
+    /// Bytes of the piece hashed (the next block must begin here).
+    next: u32,
+    /// Blocks written ahead of `next`, by offset.
+    early: BTreeMap<u32, Vec<u8>>,
+    /// A write failed, overlapped bytes already hashed or overflowed the stash: read it back.
+    broken: bool,
+}
+
+/// Running hashes of the pieces being written, shared by the workers.
+#[derive(Default)]
+pub struct RunningHashes {
+    inner: Mutex<RunningInner>,
+}
+
+#[derive(Default)]
+struct RunningInner {
+    pieces: BTreeMap<(StoreId, u32), Running>,
+    early_bytes: usize,
+}
+
+impl RunningHashes {
+    fn lock(&self) -> MutexGuard<'_, RunningInner> {
+        // A worker that panicked while holding the lock left at worst a piece half-fed; such a
+        // piece fails its hash check and is fetched again, so the data is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A block of `piece` reached the files (`ok`) or failed to (`!ok`).
+    fn written(&self, store: StoreId, piece: u32, begin: u32, data: Vec<u8>, ok: bool) {
+        let mut g = self.lock();
+        let RunningInner {
+            pieces,
+            early_bytes,
+        } = &mut *g;
+        let r = pieces.entry((store, piece)).or_insert_with(|| Running {
+            sha: Sha1::new(),
+            next: 0,
+            early: BTreeMap::new(),
+            broken: false,
+        });
+        if r.broken {
+            return;
+        }
+        let fits = *early_bytes + data.len() <= EARLY_BLOCK_LIMIT;
+        if !ok || begin < r.next || r.early.contains_key(&begin) || (begin > r.next && !fits) {
+            r.broken = true;
+            *early_bytes -= r.early.values().map(Vec::len).sum::<usize>();
+            r.early.clear();
+            return;
+        }
+        if begin > r.next {
+            *early_bytes += data.len();
+            r.early.insert(begin, data);
+            return;
+        }
+        r.sha.update(&data);
+        r.next += data.len() as u32;
+        while let Some(block) = r.early.remove(&r.next) {
+            *early_bytes -= block.len();
+            r.sha.update(&block);
+            r.next += block.len() as u32;
+        }
+    }
+
+    /// The digest of `piece` when exactly its `size` bytes were written through the pool since
+    /// its last hash; forgets the piece either way.
+    fn take(&self, store: StoreId, piece: u32, size: u64) -> Option<[u8; 20]> {
+        let mut g = self.lock();
+        let r = g.pieces.remove(&(store, piece))?;
+        g.early_bytes -= r.early.values().map(Vec::len).sum::<usize>();
+        (!r.broken && r.early.is_empty() && u64::from(r.next) == size)
+            .then(|| r.sha.finalize().into())
+    }
+
+    fn forget_store(&self, store: StoreId) {
+        let mut g = self.lock();
+        let gone: usize = g
+            .pieces
+            .range((store, 0)..=(store, u32::MAX))
+            .map(|(_, r)| r.early.values().map(Vec::len).sum::<usize>())
+            .sum();
+        g.early_bytes -= gone;
+        g.pieces.retain(|(s, _), _| *s != store);
+    }
+
+    /// Bytes of blocks waiting in the stash (for tests).
+    #[cfg(test)]
+    fn early_bytes(&self) -> usize {
+        self.lock().early_bytes
+    }
+}
+
 /// A pool of disk worker threads over the storages of every torrent.
 pub struct DiskPool {
     jobs: Option<Sender<Envelope>>,
@@ -186,6 +296,7 @@ pub struct DiskPool {
     deferred_hashes: BTreeMap<(StoreId, u32), u32>,
     in_flight: usize,
     in_flight_per_store: BTreeMap<StoreId, usize>,
+    hashes: Arc<RunningHashes>,
 }
 
 struct Worker {
@@ -193,6 +304,7 @@ struct Worker {
     done: Sender<(StoreId, Completion)>,
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
+    hashes: Arc<RunningHashes>,
 }
 
 impl DiskPool {
@@ -202,6 +314,7 @@ impl DiskPool {
         let (done_tx, done_rx) = mpsc::channel();
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let stop = Arc::new(AtomicBool::new(false));
+        let hashes = Arc::new(RunningHashes::default());
         let mut workers = Vec::new();
         for n in 0..threads.max(1) {
             let w = Worker {
@@ -209,6 +322,7 @@ impl DiskPool {
                 done: done_tx.clone(),
                 waker: waker.clone(),
                 stop: stop.clone(),
+                hashes: hashes.clone(),
             };
             workers.push(
                 std::thread::Builder::new()
@@ -228,6 +342,7 @@ impl DiskPool {
             deferred_hashes: BTreeMap::new(),
             in_flight: 0,
             in_flight_per_store: BTreeMap::new(),
+            hashes,
         })
     }
 
@@ -240,6 +355,7 @@ impl DiskPool {
     /// submitted for it afterwards are dropped.
     pub fn remove_store(&mut self, store: StoreId) {
         self.stores.try_remove(store.0);
+        self.hashes.forget_store(store);
     }
 
     /// Queues a job for `store`. Check the queue sizes first (module doc): this never refuses
@@ -390,7 +506,7 @@ impl Worker {
             {
                 continue;
             }
-            let c = execute(&storage, job);
+            let c = execute(&storage, store, &self.hashes, job);
             self.complete(store, c);
         }
     }
@@ -404,11 +520,20 @@ impl Worker {
     }
 }
 
-fn execute(s: &Storage, job: Job) -> Completion {
+fn execute(s: &Storage, store: StoreId, hashes: &RunningHashes, job: Job) -> Completion {
     match job {
-        Job::Write { piece, begin, data } => {
+        Job::Write {
+            piece,
+            begin,
+            mut data,
+        } => {
             let length = data.len() as u32;
-            match s.write(piece, begin, &data) {
+            let result = s.write(piece, begin, &data);
+            // Hash what a read would give back.
+            s.layout().zero_padding(piece, begin, &mut data);
+            // Before the completion is sent: a hash job for the piece waits for that completion.
+            hashes.written(store, piece, begin, data, result.is_ok());
+            match result {
                 Ok(()) => Completion::Written {
                     piece,
                     begin,
@@ -458,10 +583,13 @@ fn execute(s: &Storage, job: Job) -> Completion {
                 },
             }
         }
-        Job::Hash { piece } => match s.hash_piece(piece) {
-            Ok(digest) => Completion::Hashed { piece, digest },
-            Err(error) => Completion::HashFailed { piece, error },
-        },
+        Job::Hash { piece } => {
+            let from_memory = hashes.take(store, piece, s.layout().piece_size(piece));
+            match from_memory.map_or_else(|| s.hash_piece(piece), Ok) {
+                Ok(digest) => Completion::Hashed { piece, digest },
+                Err(error) => Completion::HashFailed { piece, error },
+            }
+        }
         Job::SaveResume { path, snapshot } => match resume::save(&path, &snapshot, s) {
             Ok(()) => Completion::ResumeSaved { path },
             Err(error) => Completion::ResumeFailed { path, error },

@@ -192,6 +192,21 @@ impl Layout {
             .then(|| u64::from(piece) * self.piece_length + u64::from(begin))
     }
 
+    /// Zeroes the bytes of the block `data` at `begin` in `piece` that fall in padding files:
+    /// the bytes a read gives back after a write of `data` (writes drop padding). Does nothing to
+    /// a block outside the piece.
+    pub fn zero_padding(&self, piece: u32, begin: u32, data: &mut [u8]) {
+        let Some(start) = self.block_offset(piece, begin, data.len()) else {
+            return;
+        };
+        let _ = self.for_each_span(start, data.len(), |index, _, range| {
+            if self.files[index].padding {
+                data[range].fill(0);
+            }
+            Ok::<(), ()>(())
+        });
+    }
+
     /// Calls `f(file index, offset in file, range of the buffer)` for each file piece of the
     /// data range `start..start + len`, in order; zero-length files are skipped.
     fn for_each_span<E>(

@@ -583,6 +583,54 @@ fn bytes_split_anywhere_give_the_same_events() {
     }
 }
 
+#[test]
+fn blocks_split_into_reads_of_any_size_give_the_same_events() {
+    // Several reads per message and several messages per read: the held partial message is
+    // completed with just what it lacks and the rest decoded in place; the events must not see it.
+    let mut stream = handshake(INFO, THEM, true, false);
+    stream.extend(msg(Message::Bitfield(&[0xff, 0xc0])));
+    stream.extend(msg(Message::Unchoke));
+    let data: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+    for k in 0..3u32 {
+        stream.extend(msg(Message::Piece {
+            index: k,
+            begin: 100 * k,
+            data: &data[..100 + 100 * k as usize],
+        }));
+    }
+    stream.extend(msg(Message::KeepAlive));
+    stream.extend(msg(Message::Have(3)));
+    let whole = {
+        let mut p = Peer::new(config(), true, t(0));
+        p.handle_bytes(t(0), &stream);
+        events(&mut p)
+    };
+    assert_eq!(
+        whole
+            .iter()
+            .filter(|e| matches!(e, PeerEvent::Block { .. }))
+            .count(),
+        3,
+        "{whole:?}"
+    );
+    for size in 1..=80 {
+        let mut p = Peer::new(config(), true, t(0));
+        for chunk in stream.chunks(size) {
+            p.handle_bytes(t(0), chunk);
+        }
+        assert_eq!(events(&mut p), whole, "reads of {size} bytes");
+    }
+    for a in (1..stream.len()).step_by(7) {
+        for b in (a..stream.len()).step_by(11) {
+            let mut p = Peer::new(config(), true, t(0));
+            p.handle_bytes(t(0), &stream[..a]);
+            p.handle_bytes(t(0), &stream[a..b]);
+            p.handle_bytes(t(0), &stream[b..]);
+            assert_eq!(events(&mut p), whole, "cuts at {a} and {b}");
+        }
+    }
+}
+
 /// One length-prefixed frame with message id `id` and `payload`, whatever the id's size rule.
 fn frame(id: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 5);

@@ -33,6 +33,11 @@ pub struct Common {
     #[arg(long, default_value_t = 50)]
     pub max_peers: usize,
 
+    /// Most peer connections at once in the process, all torrents together (incoming ones
+    /// beyond it are refused).
+    #[arg(long, default_value_t = 500)]
+    pub max_connections: usize,
+
     /// Peers we upload to at once, in all torrents together (shared among the torrents that
     /// have peers to serve; each torrent also unchokes one peer optimistically).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -259,6 +264,7 @@ fn options(
     let ip = common.bind.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     Ok(Options {
         max_peers: common.max_peers.max(1),
+        max_connections: common.max_connections.max(1),
         upload_slots: common.upload_slots as usize,
         pex: !common.no_pex,
         dht: !common.no_dht,

@@ -22,7 +22,6 @@ struct Rig {
 
 /// A single-file torrent of `pieces` pieces of `piece_length` bytes, allocated, with a pool.
 fn rig(label: &str, piece_length: u64, pieces: u64, threads: usize) -> Rig {
-    let dir = TestDir::new(label);
     let layout = Layout::new(
         "data",
         false,
@@ -30,6 +29,12 @@ fn rig(label: &str, piece_length: u64, pieces: u64, threads: usize) -> Rig {
         [(vec!["data".to_string()], piece_length * pieces, false)],
     )
     .unwrap();
+    rig_with(label, layout, threads)
+}
+
+/// Storage for `layout` in a fresh folder, allocated, with a pool of `threads`.
+fn rig_with(label: &str, layout: Layout, threads: usize) -> Rig {
+    let dir = TestDir::new(label);
     let storage = Arc::new(Storage::new(layout, Location::Download(dir.path().into()), 4).unwrap());
     storage.allocate().unwrap();
     let poll = Poll::new().unwrap();
@@ -264,4 +269,137 @@ fn dropping_the_pool_finishes_queued_writes() {
     }
     drop(r.pool);
     assert_eq!(std::fs::read(r.dir.join("data")).unwrap(), data);
+}
+
+/// Writes `blocks` (offset, bytes) of piece 0 through the pool, then changes the file behind the
+/// pool's back to `on_disk`, and returns the digest of a hash job: the written bytes' digest when
+/// the piece was hashed from memory, `on_disk`'s when it was read back.
+fn digest_after_writes(
+    label: &str,
+    threads: usize,
+    blocks: &[(u32, Vec<u8>)],
+    on_disk: &[u8],
+) -> [u8; 20] {
+    let mut r = rig(label, on_disk.len() as u64, 1, threads);
+    for (begin, data) in blocks {
+        r.pool.submit(
+            r.store,
+            Job::Write {
+                piece: 0,
+                begin: *begin,
+                data: data.clone(),
+            },
+        );
+    }
+    r.run_until_idle();
+    std::fs::write(r.dir.join("data"), on_disk).unwrap();
+    r.pool.submit(r.store, Job::Hash { piece: 0 });
+    let done = r.run_until_idle();
+    assert_eq!(
+        r.pool.hashes.early_bytes(),
+        0,
+        "the stash is empty afterwards"
+    );
+    match &done[..] {
+        [Completion::Hashed { piece: 0, digest }] => *digest,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Blocks of piece 0 as (offset, bytes).
+type Blocks = Vec<(u32, Vec<u8>)>;
+
+fn blocks_of(data: &[u8], size: usize) -> Blocks {
+    data.chunks(size)
+        .enumerate()
+        .map(|(i, b)| ((i * size) as u32, b.to_vec()))
+        .collect()
+}
+
+/// A 256 KiB piece as sent (in 16 KiB blocks) and other bytes of its size, with their digests.
+fn sent_and_other(seed: u8) -> (Blocks, [u8; 20], Vec<u8>, [u8; 20]) {
+    let data = bytes(1 << 18, seed);
+    let other = bytes(1 << 18, seed.wrapping_add(1));
+    let (a, b) = (Sha1::digest(&data).into(), Sha1::digest(&other).into());
+    (blocks_of(&data, 1 << 14), a, other, b)
+}
+
+#[test]
+fn a_piece_written_once_in_any_order_is_hashed_from_memory() {
+    let (mut blocks, written, other, _) = sent_and_other(21);
+    assert_eq!(
+        digest_after_writes("mem-order", 4, &blocks, &other),
+        written,
+        "in order, four workers"
+    );
+    blocks.reverse();
+    assert_eq!(
+        digest_after_writes("mem-reverse", 1, &blocks, &other),
+        written,
+        "last block first: all but one wait in the stash"
+    );
+}
+
+#[test]
+fn a_piece_not_written_whole_and_once_is_read_back() {
+    let (sent, _, on_disk, disk) = sent_and_other(31);
+    // A block written twice: the file holds the second copy, the running hash saw the first.
+    let mut blocks = sent.clone();
+    blocks.push((0, bytes(1 << 14, 33)));
+    assert_eq!(digest_after_writes("twice", 1, &blocks, &on_disk), disk);
+    // A block missing: the running hash never covers the piece.
+    let mut blocks = sent;
+    blocks.remove(3);
+    assert_eq!(digest_after_writes("gap", 2, &blocks, &on_disk), disk);
+    // No writes at all (the start-up check).
+    assert_eq!(digest_after_writes("none", 2, &[], &on_disk), disk);
+}
+
+#[test]
+fn early_blocks_past_the_stash_limit_fall_back_to_reading() {
+    let size = EARLY_BLOCK_LIMIT + (1 << 16);
+    let data = bytes(size, 41);
+    let on_disk = bytes(size, 42);
+    let mut blocks = blocks_of(&data, 1 << 14);
+    blocks.rotate_left(1); // block 0 comes last: everything else waits, more than the stash holds
+    assert_eq!(
+        digest_after_writes("overflow", 1, &blocks, &on_disk),
+        <[u8; 20]>::from(Sha1::digest(&on_disk))
+    );
+}
+
+#[test]
+fn padding_is_hashed_as_zeros_like_a_read_back() {
+    // Two files, the second a padding file: the running hash must see zeros where the peer sent
+    // bytes into the padding, as the read-back hash (and the torrent) does.
+    let layout = Layout::new(
+        "t",
+        true,
+        1 << 15,
+        [
+            (vec!["a".to_string()], 1 << 14, false),
+            (vec![".pad".to_string(), "16384".to_string()], 1 << 14, true),
+        ],
+    )
+    .unwrap();
+    let mut r = rig_with("mem-pad", layout, 1);
+    let sent = bytes(1 << 15, 51);
+    r.pool.submit(
+        r.store,
+        Job::Write {
+            piece: 0,
+            begin: 0,
+            data: sent.clone(),
+        },
+    );
+    r.pool.submit(r.store, Job::Hash { piece: 0 });
+    let done = r.run_until_idle();
+    let mut expected = sent.clone();
+    expected[1 << 14..].fill(0);
+    let read_back = r.storage.hash_piece(0).unwrap();
+    assert_eq!(read_back, <[u8; 20]>::from(Sha1::digest(&expected)));
+    match &done[..] {
+        [.., Completion::Hashed { piece: 0, digest }] => assert_eq!(*digest, read_back),
+        other => panic!("{other:?}"),
+    }
 }
