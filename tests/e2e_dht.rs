@@ -10,21 +10,24 @@ use kp_torrent_tests::real::{Dataset, KpTorrent};
 
 const DONE: Duration = Duration::from_secs(60);
 
-/// The UDP port the process's DHT node said it runs on.
-fn dht_port(p: &mut KpTorrent) -> u16 {
-    p.wait_log(Duration::from_secs(10), "its DHT port", |log| {
-        log.contains("DHT node on UDP port ")
-    });
-    let log = p.log();
-    let line = log
-        .lines()
-        .find_map(|l| l.split("DHT node on UDP port ").nth(1))
-        .expect("the DHT line");
-    line.trim().parse().expect("a port")
-}
-
 fn state_dir(dir: &Path, name: &str) -> String {
     dir.join(name).to_str().unwrap().to_owned()
+}
+
+/// The hub: a kp-torrent seeding a small torrent (content from `seed`) in `dir`, a DHT node
+/// whose one contact never answers, so it only answers others. Returns it and its DHT address.
+fn start_hub(dir: &Path, seed: u64) -> (KpTorrent, String) {
+    let other = Dataset::single(dir, "other", 50_000, 16 * 1024, seed);
+    let hub_state = state_dir(dir, "hub-state");
+    let mut hub = KpTorrent::seed(
+        "hub",
+        &other.torrent.path,
+        &other.source,
+        &["--dht-bootstrap", "127.0.0.1:9", "--state-dir", &hub_state],
+        dir,
+    );
+    let hub_dht = hub.dht_addr().to_string();
+    (hub, hub_dht)
 }
 
 /// Hub: a DHT node (a kp-torrent seeding something else). Seeder: announces the torrent to the
@@ -32,18 +35,8 @@ fn state_dir(dir: &Path, name: &str) -> String {
 #[test]
 fn a_trackerless_magnet_is_found_through_the_dht_and_the_table_is_saved() {
     let dir = TempDir::new("e2e-dht");
-    let other = Dataset::single(dir.path(), "other", 50_000, 16 * 1024, 3);
     let data = Dataset::single(dir.path(), "wanted", 700_000, 32 * 1024, 4);
-    let hub_state = state_dir(dir.path(), "hub-state");
-    let mut hub = KpTorrent::seed(
-        "hub",
-        &other.torrent.path,
-        &other.source,
-        // A contact that never answers: the hub only answers others.
-        &["--dht-bootstrap", "127.0.0.1:9", "--state-dir", &hub_state],
-        dir.path(),
-    );
-    let hub_dht = format!("127.0.0.1:{}", dht_port(&mut hub));
+    let (mut hub, hub_dht) = start_hub(dir.path(), 3);
 
     let seeder_state = state_dir(dir.path(), "seeder-state");
     let mut seeder = KpTorrent::seed(
@@ -53,7 +46,7 @@ fn a_trackerless_magnet_is_found_through_the_dht_and_the_table_is_saved() {
         &["--dht-bootstrap", &hub_dht, "--state-dir", &seeder_state],
         dir.path(),
     );
-    dht_port(&mut seeder);
+    seeder.dht_addr();
 
     let dest = dir.path().join("dest");
     let leecher_state = dir.path().join("leecher-state");
@@ -84,6 +77,72 @@ fn a_trackerless_magnet_is_found_through_the_dht_and_the_table_is_saved() {
     let hub_addr: std::net::SocketAddr = hub_dht.parse().unwrap();
     assert!(state.nodes.contains(&hub_addr), "{state:?}");
     seeder.kill();
+    hub.kill();
+}
+
+/// A first run learns the hub through `--dht-bootstrap` and saves its table in `--state-dir`; a
+/// second run with the same `--state-dir` and no `--dht-bootstrap` (so no public router either:
+/// a saved table replaces them) finds the seeder of another trackerless magnet link through the
+/// saved nodes alone, and keeps its node id.
+#[test]
+fn a_second_run_bootstraps_from_the_saved_table_alone() {
+    let dir = TempDir::new("e2e-dht-restart");
+    let first = Dataset::single(dir.path(), "first", 300_000, 32 * 1024, 7);
+    let second = Dataset::single(dir.path(), "second", 400_000, 32 * 1024, 8);
+    let (mut hub, hub_dht) = start_hub(dir.path(), 6);
+
+    // Two seeders announce to the hub: one torrent for each run of the leecher.
+    let mut seeders = Vec::new();
+    for (name, data) in [("seeder-1", &first), ("seeder-2", &second)] {
+        let state = state_dir(dir.path(), &format!("{name}-state"));
+        let mut s = KpTorrent::seed(
+            name,
+            &data.torrent.path,
+            &data.source,
+            &["--dht-bootstrap", &hub_dht, "--state-dir", &state],
+            dir.path(),
+        );
+        s.dht_addr();
+        seeders.push(s);
+    }
+
+    let state = dir.path().join("leecher-state");
+    let state_arg = state.to_str().unwrap();
+    let magnet = |d: &Dataset| format!("magnet:?xt=urn:btih:{}", d.torrent.info_hash.to_hex());
+    let dest1 = dir.path().join("dest1");
+    let uri = magnet(&first);
+    let mut run1 = KpTorrent::download_magnet(
+        "run1",
+        &uri,
+        &dest1,
+        &["--dht-bootstrap", &hub_dht, "--state-dir", state_arg],
+        dir.path(),
+    );
+    run1.wait_success(DONE);
+    first.assert_same(&dest1);
+    let saved = SavedState::decode(&std::fs::read(state.join("dht.dat")).expect("dht.dat"))
+        .expect("a valid state file");
+    let hub_addr: std::net::SocketAddr = hub_dht.parse().unwrap();
+    assert!(saved.nodes.contains(&hub_addr), "{saved:?}");
+
+    let dest2 = dir.path().join("dest2");
+    let uri = magnet(&second);
+    let dest2_arg = dest2.to_str().unwrap();
+    let mut run2 = KpTorrent::start_with_dht(
+        "run2",
+        &["download", &uri, "-d", dest2_arg, "--state-dir", state_arg],
+        dir.path(),
+    );
+    run2.dht_addr();
+    run2.wait_success(DONE);
+    second.assert_same(&dest2);
+    assert!(run2.log().contains("second: done, "), "{}", run2.log());
+    let again = SavedState::decode(&std::fs::read(state.join("dht.dat")).expect("dht.dat"))
+        .expect("a valid state file");
+    assert_eq!(again.node_id, saved.node_id, "the node id is kept");
+    for mut s in seeders {
+        s.kill();
+    }
     hub.kill();
 }
 

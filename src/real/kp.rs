@@ -90,6 +90,16 @@ impl KpTorrent {
     /// # Panics
     /// When the binary is missing, exits for another reason, or does not listen within 15 s.
     pub fn start(name: &str, args: &[&str], log_dir: &Path) -> KpTorrent {
+        KpTorrent::launch(name, args, log_dir, true)
+    }
+
+    /// As [`KpTorrent::start`], but a download or seed without `--dht-bootstrap` keeps its DHT
+    /// node: for a run that bootstraps from the table saved in its `--state-dir`.
+    pub fn start_with_dht(name: &str, args: &[&str], log_dir: &Path) -> KpTorrent {
+        KpTorrent::launch(name, args, log_dir, false)
+    }
+
+    fn launch(name: &str, args: &[&str], log_dir: &Path, default_no_dht: bool) -> KpTorrent {
         let bin = binary();
         for attempt in 0..5 {
             let port = free_port();
@@ -97,7 +107,8 @@ impl KpTorrent {
             all.extend(["--bind", "127.0.0.1", "--port"].map(String::from));
             all.push(port.to_string());
             // Tests reach no public DHT router: the DHT runs only where a test bootstraps it.
-            if matches!(args.first(), Some(&"download" | &"seed"))
+            if default_no_dht
+                && matches!(args.first(), Some(&"download" | &"seed"))
                 && !args.contains(&"--dht-bootstrap")
             {
                 all.push("--no-dht".to_string());
@@ -133,6 +144,24 @@ impl KpTorrent {
     /// `127.0.0.1:PORT`, for another peer's `--peer`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Its DHT node's UDP address on 127.0.0.1, from its `DHT node on UDP port N` line.
+    ///
+    /// # Panics
+    /// When it prints no such line within 10 s (it runs no DHT).
+    pub fn dht_addr(&mut self) -> std::net::SocketAddr {
+        const LINE: &str = "DHT node on UDP port ";
+        self.wait_log(Duration::from_secs(10), "its DHT port", |log| {
+            log.contains(LINE)
+        });
+        let log = self.log();
+        let port: u16 = log
+            .lines()
+            .find_map(|l| l.split(LINE).nth(1))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| self.fail("no DHT port in its log"));
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
     }
 
     /// The process (pid, log).
