@@ -448,11 +448,19 @@ impl World {
         let addrs: Vec<SocketAddr> = (0..n)
             .map(|i| v4((i / 200) as u8 + 1, (i % 200) as u8 + 1, 6881))
             .collect();
-        let nodes = (0..n)
+        World::on(addrs, seed)
+    }
+
+    /// Nodes at `addrs` (all of one family), each bootstrapping from the first.
+    fn on(addrs: Vec<SocketAddr>, seed: u64) -> World {
+        let v6 = addrs[0].is_ipv6();
+        let nodes = (0..addrs.len())
             .map(|i| {
                 Dht::new(
                     DhtConfig {
                         seed: seed * 1000 + i as u64,
+                        ipv4: !v6,
+                        ipv6: v6,
                         bootstrap: if i == 0 { vec![] } else { vec![addrs[0]] },
                         ..DhtConfig::default()
                     },
@@ -885,4 +893,64 @@ fn dht_added_bootstrap_addresses_and_a_saved_state_rejoin_the_network() {
         _ => None,
     });
     assert_eq!(answered, Some(8));
+}
+
+/// Every node on one address, told apart by port, as on a machine's loopback: hub, seeder and
+/// leecher on `[::1]` (or `127.0.0.1`). The leecher announces first (a magnet download does),
+/// then the seeder; each finds the other's peer through the hub, not only its own.
+#[test]
+fn dht_nodes_sharing_one_ip_find_each_others_peers() {
+    for ip in [
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    ] {
+        let addrs = (0..3).map(|i| SocketAddr::new(ip, 40_000 + i)).collect();
+        let mut w = World::on(addrs, 21);
+        let ih = InfoHash([0x66; 20]);
+        let family = Family::of(&w.addrs[0]);
+        for (node, port, id) in [(2, 5002, 1), (1, 5001, 2)] {
+            w.input(
+                node,
+                Input::Bootstrap {
+                    id: LookupId(10 + id),
+                },
+            );
+            let deadline = w.now + Duration::from_secs(30);
+            w.run(deadline, |w| w.finished(node, LookupId(10 + id)));
+            let announce = Input::Announce {
+                id: LookupId(id),
+                info_hash: ih,
+                port,
+                implied_port: false,
+            };
+            w.input(node, announce);
+            let deadline = w.now + Duration::from_secs(30);
+            w.run(deadline, |w| w.finished(node, LookupId(id)));
+        }
+        for (node, other) in [(2, 5001), (1, 5002)] {
+            let id = LookupId(20 + node as u64);
+            w.input(node, Input::GetPeers { id, info_hash: ih });
+            let deadline = w.now + Duration::from_secs(30);
+            w.run(deadline, |w| w.finished(node, id));
+            let found: BTreeSet<SocketAddr> = w
+                .events
+                .iter()
+                .filter_map(|(i, e)| match e {
+                    DhtEvent::Peers { id: x, peers, .. } if *i == node && *x == id => {
+                        Some(peers.clone())
+                    }
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            assert!(
+                found.contains(&SocketAddr::new(ip, other)),
+                "{ip}: node {node} found {found:?}; tables {:?}",
+                w.nodes
+                    .iter()
+                    .map(|d| d.table(family).unwrap().len())
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
 }
