@@ -63,7 +63,16 @@ fn main() {
     for n in sizes {
         let before = LIVE.load(Ordering::Relaxed);
         let t0 = Instant::now();
-        let mut sim = DhtSim::build(SimConfig::new(n, 1));
+        let mut last = Instant::now();
+        let mut sim = DhtSim::build_with_progress(SimConfig::new(n, 1), |joined, now| {
+            if last.elapsed().as_secs() >= 10 {
+                eprintln!(
+                    "{n} nodes: {joined} joined, virtual time {now}, {:?}",
+                    t0.elapsed()
+                );
+                last = Instant::now();
+            }
+        });
         let build = t0.elapsed();
         let bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before) / n;
         let sent_per_join = sim.stats().sent as f64 / n as f64;
@@ -74,7 +83,7 @@ fn main() {
         let table = table as f64 / sim.len() as f64;
         sim.announce(ANNOUNCES);
         sim.churn(n / 10, n / 10);
-        let reports: Vec<LookupReport> = (0..LOOKUPS).map(|i| sim.measure_lookup(i)).collect();
+        let reports: Vec<LookupReport> = sim.measure_lookups(LOOKUPS);
         let found = reports.iter().filter(|r| r.found).count();
         let mut hops: Vec<u32> = reports.iter().filter_map(|r| r.hops).collect();
         hops.sort_unstable();

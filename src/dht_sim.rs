@@ -4,8 +4,9 @@
 //! [`DhtSim::build`] lets `nodes` nodes join one batch after another, each bootstrapping from a
 //! node that joined before it; [`DhtSim::announce`] has some nodes announce info-hashes;
 //! [`DhtSim::churn`] takes nodes down (their datagrams are lost) and lets fresh ones join;
-//! [`DhtSim::measure_lookup`] runs one `get_peers` lookup and reports whether it found the
-//! announced peer, how many hops that took and how many messages it cost.
+//! [`DhtSim::measure_lookups`] runs `get_peers` lookups from random nodes at once and reports
+//! for each whether it found the announced peer, how many hops that took and how many messages
+//! it cost.
 //!
 //! Hops: a node the looker knew (its table, its bootstrap contacts) is at depth 1; a node first
 //! named in a reply of a node at depth `d` is at depth `d + 1`. A lookup's hops are the depth of
@@ -44,7 +45,7 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// `nodes` nodes, 1% loss, 10–150 ms latency, joining in batches of a fiftieth of the
+    /// `nodes` nodes, 1% loss, 10–150 ms latency, joining in batches of a twentieth of the
     /// network (at least 10).
     pub fn new(nodes: usize, seed: u64) -> SimConfig {
         SimConfig {
@@ -52,7 +53,7 @@ impl SimConfig {
             seed,
             loss: 0.01,
             latency: (Duration::from_millis(10), Duration::from_millis(150)),
-            join_batch: (nodes / 50).max(10),
+            join_batch: (nodes / 20).max(10),
         }
     }
 }
@@ -81,10 +82,10 @@ pub struct NetStats {
     pub lost: u64,
 }
 
-/// The looker being measured.
+/// One looker being measured.
 #[derive(Debug)]
 struct Watch {
-    node: usize,
+    id: LookupId,
     info_hash: InfoHash,
     peer: SocketAddr,
     depth: BTreeMap<SocketAddr, u32>,
@@ -93,6 +94,8 @@ struct Watch {
     hops: Option<u32>,
     queries: u64,
     replies: u64,
+    found: bool,
+    done_at: Option<Time>,
 }
 
 /// The simulated network (see the module doc).
@@ -112,7 +115,8 @@ pub struct DhtSim {
     events: Vec<(usize, DhtEvent)>,
     next_lookup: u64,
     stats: NetStats,
-    watch: Option<Watch>,
+    /// The lookers being measured, by node.
+    watches: BTreeMap<usize, Watch>,
     /// Announced info-hashes and the peer address each announcer gave.
     announced: Vec<(InfoHash, SocketAddr)>,
 }
@@ -130,6 +134,11 @@ impl DhtSim {
     /// # Panics
     /// When a batch does not finish its bootstraps within 120 s of virtual time.
     pub fn build(config: SimConfig) -> DhtSim {
+        DhtSim::build_with_progress(config, |_, _| {})
+    }
+
+    /// As [`DhtSim::build`], calling `progress(nodes joined, virtual time)` after each batch.
+    pub fn build_with_progress(config: SimConfig, mut progress: impl FnMut(usize, Time)) -> DhtSim {
         let mut sim = DhtSim {
             config,
             nodes: Vec::with_capacity(config.nodes),
@@ -145,7 +154,7 @@ impl DhtSim {
             events: Vec::new(),
             next_lookup: 1,
             stats: NetStats::default(),
-            watch: None,
+            watches: BTreeMap::new(),
             announced: Vec::new(),
         };
         sim.add_node(None);
@@ -154,6 +163,7 @@ impl DhtSim {
             let batch = config.join_batch.min(config.nodes - joined);
             sim.join(batch, joined);
             joined += batch;
+            progress(joined, sim.now);
         }
         sim
     }
@@ -247,49 +257,83 @@ impl DhtSim {
         }
     }
 
-    /// Runs one `get_peers` lookup of announced info-hash number `which` from a random live node
-    /// and reports on it.
+    /// Runs `count` `get_peers` lookups at once, each from another random live node, lookup `i`
+    /// for announced info-hash number `i` (modulo their number), and reports on each.
     ///
     /// # Panics
-    /// When nothing was announced, or the lookup does not finish within 120 s of virtual time.
-    pub fn measure_lookup(&mut self, which: usize) -> LookupReport {
-        let (info_hash, peer) = self.announced[which % self.announced.len()];
-        let node = self.random_live();
-        let mut depth = BTreeMap::new();
-        if let Some(t) = self.nodes[node].table(Family::V4) {
-            for e in t.entries() {
-                depth.insert(e.info().addr, 1);
-            }
-        }
-        self.watch = Some(Watch {
-            node,
-            info_hash,
-            peer,
-            depth,
-            asked: BTreeSet::new(),
-            hops: None,
-            queries: 0,
-            replies: 0,
-        });
-        let id = self.lookup_id();
+    /// When nothing was announced, there are fewer live nodes than `count`, or the lookups do
+    /// not finish within 120 s of virtual time.
+    pub fn measure_lookups(&mut self, count: usize) -> Vec<LookupReport> {
+        assert!(!self.announced.is_empty(), "nothing announced");
+        assert!(self.live() >= count, "fewer live nodes than lookups");
         let start = self.now;
-        self.input(node, Input::GetPeers { id, info_hash });
-        let deadline = self.now + STEP;
-        let done = self.run_until(deadline, |s| s.lookup_done(node, id));
-        assert!(done, "lookup from node {node} did not finish in {STEP:?}");
-        let found = self.events.iter().any(|(i, e)| {
-            *i == node
-                && matches!(e, DhtEvent::Peers { id: x, peers, .. } if *x == id && peers.contains(&peer))
-        });
-        let w = self.watch.take().expect("watching");
-        self.events.clear();
-        LookupReport {
-            found,
-            hops: w.hops,
-            queries: w.queries,
-            replies: w.replies,
-            duration: self.now.saturating_since(start),
+        let mut order = Vec::with_capacity(count);
+        for which in 0..count {
+            let (info_hash, peer) = self.announced[which % self.announced.len()];
+            let node = loop {
+                let n = self.random_live();
+                if !self.watches.contains_key(&n) {
+                    break n;
+                }
+            };
+            let mut depth = BTreeMap::new();
+            if let Some(t) = self.nodes[node].table(Family::V4) {
+                for e in t.entries() {
+                    depth.insert(e.info().addr, 1);
+                }
+            }
+            let id = self.lookup_id();
+            self.watches.insert(
+                node,
+                Watch {
+                    id,
+                    info_hash,
+                    peer,
+                    depth,
+                    asked: BTreeSet::new(),
+                    hops: None,
+                    queries: 0,
+                    replies: 0,
+                    found: false,
+                    done_at: None,
+                },
+            );
+            order.push(node);
+            self.input(node, Input::GetPeers { id, info_hash });
         }
+        let deadline = self.now + STEP;
+        let done = self.run_until(deadline, |s| {
+            let now = s.now;
+            for (i, e) in s.events.drain(..) {
+                let Some(w) = s.watches.get_mut(&i) else {
+                    continue;
+                };
+                match e {
+                    DhtEvent::Peers { id, peers, .. } if id == w.id => {
+                        w.found |= peers.contains(&w.peer);
+                    }
+                    DhtEvent::LookupDone { id, .. } if id == w.id => w.done_at = Some(now),
+                    _ => {}
+                }
+            }
+            s.watches.values().all(|w| w.done_at.is_some())
+        });
+        assert!(done, "lookups did not finish in {STEP:?}");
+        let reports = order
+            .iter()
+            .map(|n| {
+                let w = self.watches.remove(n).expect("watched");
+                LookupReport {
+                    found: w.found,
+                    hops: w.hops,
+                    queries: w.queries,
+                    replies: w.replies,
+                    duration: w.done_at.unwrap_or(start).saturating_since(start),
+                }
+            })
+            .collect();
+        self.events.clear();
+        reports
     }
 
     /// Lets virtual time pass (timers fire, refreshes run) for `d`.
@@ -311,12 +355,6 @@ impl DhtSim {
             DhtEvent::Announced { id: x, acked, .. } if *i == node && *x == id => Some(*acked),
             _ => None,
         })
-    }
-
-    fn lookup_done(&self, node: usize, id: LookupId) -> bool {
-        self.events
-            .iter()
-            .any(|(i, e)| *i == node && matches!(e, DhtEvent::LookupDone { id: x, .. } if *x == id))
     }
 
     /// A random live node among the first `n`.
@@ -410,7 +448,7 @@ impl DhtSim {
     fn collect(&mut self, i: usize) {
         while let Some(t) = self.nodes[i].poll_transmit() {
             self.stats.sent += 1;
-            if let Some(w) = self.watch.as_mut().filter(|w| w.node == i) {
+            if let Some(w) = self.watches.get_mut(&i) {
                 w.outgoing(&t.to, &t.data);
             }
             if self.rng.random_bool(self.config.loss) {
@@ -465,6 +503,14 @@ impl DhtSim {
                 let Reverse((_, i)) = self.timers.pop().expect("a timer");
                 self.next_timer[i] = None;
                 self.input(i, Input::Timeout);
+                // A node still due after its timeout would have its driver spin.
+                if let Some(t) = self.nodes[i].poll_timeout().filter(|t| *t <= self.now) {
+                    panic!(
+                        "node {i} still asks to be woken at {t} after its timeout at {}: {:?}",
+                        self.now,
+                        self.nodes[i].stats()
+                    );
+                }
             }
         }
     }
@@ -479,7 +525,7 @@ impl DhtSim {
             return;
         }
         let from = self.addrs[from];
-        if let Some(w) = self.watch.as_mut().filter(|w| w.node == j) {
+        if let Some(w) = self.watches.get_mut(&j) {
             w.incoming(&from, &data);
         }
         self.input(j, Input::Datagram { from, data });

@@ -21,7 +21,7 @@ fn run(nodes: usize, seed: u64) -> (Vec<usize>, Vec<LookupReport>) {
     let mut sim = DhtSim::build(SimConfig::new(nodes, seed));
     let acks = sim.announce(ANNOUNCES);
     sim.churn(nodes / 10, nodes / 10);
-    let reports = (0..LOOKUPS).map(|i| sim.measure_lookup(i)).collect();
+    let reports = sim.measure_lookups(LOOKUPS);
     (acks, reports)
 }
 
