@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod dht_sim;
 pub mod fuzz;
 pub mod real;
 

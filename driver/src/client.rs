@@ -95,6 +95,8 @@ pub const DEFAULT_DHT_ROUTERS: &[&str] = &[
 const DHT_SAVE_EVERY: Duration = Duration::from_secs(5 * 60);
 /// The DHT state file in the state folder.
 const DHT_STATE_FILE: &str = "dht.dat";
+/// The lock file that makes one process at a time the owner of the state folder.
+const DHT_LOCK_FILE: &str = "dht.lock";
 
 /// Where a torrent's description comes from.
 #[derive(Debug, Clone)]
@@ -238,7 +240,9 @@ pub struct Options {
     /// [`DEFAULT_DHT_ROUTERS`].
     pub dht_bootstrap: Vec<String>,
     /// Folder for state kept across runs (the DHT's node id and routing table, `dht.dat`);
-    /// `None`: nothing is saved.
+    /// `None`: nothing is saved. One process at a time owns it (a lock on `dht.lock`): a second
+    /// one running meanwhile bootstraps from the saved nodes but takes a fresh node id, since two
+    /// nodes with one id would refuse each other, and saves nothing.
     pub state_dir: Option<PathBuf>,
     /// Download limit for the whole process, bytes per second.
     pub download_limit: Option<u64>,
@@ -497,6 +501,9 @@ struct Client {
     /// Bootstrap names being resolved off the loop.
     dht_resolving: Option<mpsc::Receiver<Vec<SocketAddr>>>,
     last_dht_save: Instant,
+    /// The lock on the state folder, held while running; `None`: another process owns the
+    /// folder (or there is none), so nothing is saved.
+    dht_lock: Option<File>,
 }
 
 /// Runs the torrents until each is done (downloaded, or seeding stopped), interrupted, or
@@ -554,9 +561,15 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
             listen_addr.port()
         );
     }
+    let dht_lock = if opts.dht {
+        opts.state_dir.as_deref().and_then(lock_state_dir)
+    } else {
+        None
+    };
     let (dht_config, dht_port, dht_resolving) = if opts.dht {
         let (v4, v6) = udp_ports.unwrap_or((None, None));
-        let (config, resolving) = dht_config(&opts, v4.is_some(), v6.is_some(), waker);
+        let own_state = dht_lock.is_some();
+        let (config, resolving) = dht_config(&opts, own_state, v4.is_some(), v6.is_some(), waker);
         (Some(config), v4.or(v6), resolving)
     } else {
         (None, None, None)
@@ -616,6 +629,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         dht_port,
         dht_resolving,
         last_dht_save: Instant::now(),
+        dht_lock,
     };
     for t in torrents {
         client.add(t);
@@ -630,11 +644,46 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
     Ok(client.outcomes)
 }
 
-/// The DHT node's settings: the saved node id and nodes, the bootstrap contacts (literal
-/// addresses at once; names are resolved on a thread, whose answer the returned receiver
-/// brings, waking the loop).
+/// Takes the state folder's lock (creating the folder), or `None` when another process holds
+/// it or it cannot be made (then nothing is saved).
+fn lock_state_dir(dir: &Path) -> Option<File> {
+    let path = dir.join(DHT_LOCK_FILE);
+    let file = std::fs::create_dir_all(dir).and_then(|()| {
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+    });
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("{}: {e}; the DHT state will not be saved", path.display());
+            return None;
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Some(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            log::warn!(
+                "{} is in use by another kp-torrent: this DHT node takes a fresh id and saves nothing",
+                dir.display()
+            );
+            None
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            log::warn!("{}: {e}; the DHT state will not be saved", path.display());
+            None
+        }
+    }
+}
+
+/// The DHT node's settings: the saved node id (when `own_state`: this process holds the state
+/// folder's lock) and nodes, the bootstrap contacts (literal addresses at once; names are
+/// resolved on a thread, whose answer the returned receiver brings, waking the loop).
 fn dht_config(
     opts: &Options,
+    own_state: bool,
     ipv4: bool,
     ipv6: bool,
     waker: Arc<Waker>,
@@ -683,7 +732,7 @@ fn dht_config(
         rx
     });
     let config = DhtConfig {
-        node_id: saved.map(|s| s.node_id),
+        node_id: saved.filter(|_| own_state).map(|s| s.node_id),
         seed: opts.rng_seed ^ 0x6468_745f_7365_6564,
         ipv4,
         ipv6,
@@ -1536,6 +1585,9 @@ impl Client {
     /// Writes the DHT's node id and nodes to the state folder (atomically), when both exist.
     fn save_dht(&mut self) {
         self.last_dht_save = Instant::now();
+        if self.dht_lock.is_none() {
+            return;
+        }
         let (Some(dir), Some(state)) = (&self.opts.state_dir, self.engine.dht_state()) else {
             return;
         };

@@ -6,6 +6,7 @@
 //! `KP_KEEP_LOGS=DIR` (e.g. with `RUST_LOG=debug`) copies each run's whole log into `DIR` when it
 //! is dropped, since a panic message holds only the tail and the log folder is usually temporary.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
@@ -19,9 +20,13 @@ use crate::kp_torrent_bin;
 /// How long a start may take before `listening on` shows (the check of existing data included).
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The address a run listens on unless started with [`KpTorrent::start_on`].
+const LOOPBACK_V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
 /// One run of the `kp-torrent` binary.
 pub struct KpTorrent {
     process: RealProcess,
+    ip: IpAddr,
     port: u16,
 }
 
@@ -83,24 +88,50 @@ impl KpTorrent {
     }
 
     /// Runs `kp-torrent ARGS --bind 127.0.0.1 --port P` with a free `P` (and `--no-dht` for a
-    /// download or seed that names no `--dht-bootstrap`) and waits for its
+    /// download or seed that names no `--dht-bootstrap`; one with a DHT and no `--state-dir` gets
+    /// `--state-dir LOG_DIR/NAME-state`, never the user's) and waits for its
     /// `listening on` line; a start that failed because the port was taken meanwhile is retried
     /// with another port.
     ///
     /// # Panics
     /// When the binary is missing, exits for another reason, or does not listen within 15 s.
     pub fn start(name: &str, args: &[&str], log_dir: &Path) -> KpTorrent {
+        KpTorrent::launch(name, args, log_dir, LOOPBACK_V4, true)
+    }
+
+    /// As [`KpTorrent::start`], but bound to `ip` (`::1` for a test over IPv6): it listens, and
+    /// runs its DHT node, on that address's family only.
+    pub fn start_on(ip: IpAddr, name: &str, args: &[&str], log_dir: &Path) -> KpTorrent {
+        KpTorrent::launch(name, args, log_dir, ip, true)
+    }
+
+    /// As [`KpTorrent::start`], but a download or seed without `--dht-bootstrap` keeps its DHT
+    /// node: for a run that bootstraps from the table saved in its `--state-dir`.
+    pub fn start_with_dht(name: &str, args: &[&str], log_dir: &Path) -> KpTorrent {
+        KpTorrent::launch(name, args, log_dir, LOOPBACK_V4, false)
+    }
+
+    fn launch(
+        name: &str,
+        args: &[&str],
+        log_dir: &Path,
+        ip: IpAddr,
+        default_no_dht: bool,
+    ) -> KpTorrent {
         let bin = binary();
         for attempt in 0..5 {
             let port = free_port();
             let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-            all.extend(["--bind", "127.0.0.1", "--port"].map(String::from));
+            all.extend(["--bind".to_string(), ip.to_string(), "--port".to_string()]);
             all.push(port.to_string());
             // Tests reach no public DHT router: the DHT runs only where a test bootstraps it.
-            if matches!(args.first(), Some(&"download" | &"seed"))
-                && !args.contains(&"--dht-bootstrap")
-            {
+            let transfer = matches!(args.first(), Some(&"download" | &"seed"));
+            if default_no_dht && transfer && !args.contains(&"--dht-bootstrap") {
                 all.push("--no-dht".to_string());
+            } else if transfer && !args.contains(&"--state-dir") {
+                // Not the user's own state folder: runs at once would share a node id there.
+                let state = log_dir.join(format!("{name}-state"));
+                all.extend(["--state-dir".to_string(), path_arg(&state)]);
             }
             let label = if attempt == 0 {
                 name.to_string()
@@ -108,7 +139,7 @@ impl KpTorrent {
                 format!("{name}-retry{attempt}")
             };
             let mut process = RealProcess::spawn(&label, &bin, &all, log_dir);
-            let listening = format!("listening on 127.0.0.1:{port}");
+            let listening = format!("listening on {}", SocketAddr::new(ip, port));
             let up = wait_for(LISTEN_TIMEOUT, || {
                 if process.log().contains(&listening) {
                     return Some(true);
@@ -116,7 +147,7 @@ impl KpTorrent {
                 process.exit_status().map(|_| false)
             });
             match up {
-                Some(true) => return KpTorrent { process, port },
+                Some(true) => return KpTorrent { process, ip, port },
                 Some(false) if process.log().contains("port in use") => continue,
                 Some(false) => process.fail("exited before listening"),
                 None => process.fail("did not listen within 15 s"),
@@ -130,9 +161,28 @@ impl KpTorrent {
         self.port
     }
 
-    /// `127.0.0.1:PORT`, for another peer's `--peer`.
+    /// `127.0.0.1:PORT` (or `[::1]:PORT`, as it was started), for another peer's `--peer`.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        SocketAddr::new(self.ip, self.port).to_string()
+    }
+
+    /// Its DHT node's UDP address (on the address it is bound to), from its
+    /// `DHT node on UDP port N` line.
+    ///
+    /// # Panics
+    /// When it prints no such line within 10 s (it runs no DHT).
+    pub fn dht_addr(&mut self) -> SocketAddr {
+        const LINE: &str = "DHT node on UDP port ";
+        self.wait_log(Duration::from_secs(10), "its DHT port", |log| {
+            log.contains(LINE)
+        });
+        let log = self.log();
+        let port: u16 = log
+            .lines()
+            .find_map(|l| l.split(LINE).nth(1))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| self.fail("no DHT port in its log"));
+        SocketAddr::new(self.ip, port)
     }
 
     /// The process (pid, log).

@@ -1,12 +1,13 @@
 //! libtorrent-rasterbar 2.0.8 through its Python bindings: one peer seeding or downloading one
-//! torrent (from a `.torrent` file or a magnet link) on 127.0.0.1.
+//! torrent (from a `.torrent` file or a magnet link) on 127.0.0.1, or a bare DHT node
+//! ([`Libtorrent::dht_node`]).
 //!
 //! The peer is `libtorrent_peer.py` (embedded here, written to the harness's temp folder) run with
 //! Debian's `/usr/bin/python3`, the only Python that has the module. It prints one fact per line,
 //! each prefixed with seconds since its start: `port N`, `progress HAVE TOTAL STATE PEERS`,
 //! `metadata`, `peers IP:PORT/SOURCE ...`, `encryption IP:PORT/KIND ...`, `alert KIND: TEXT`,
 //! `done` (all pieces verified),
-//! `error TEXT`. The harness talks back through a commands file in its temp folder
+//! `error TEXT`, and with [`LibtorrentOptions::dht`] `udp-port N` and `dht NODES`. The harness talks back through a commands file in its temp folder
 //! ([`Libtorrent::connect_peer`]).
 //!
 //! Its session is made with no plugins: name the ones a test needs in
@@ -66,6 +67,14 @@ pub struct LibtorrentOptions {
     /// A leecher keeps running (seeding) after it completes instead of exiting, so it can serve
     /// others (metadata, PEX); [`Libtorrent::wait_done`] then does not wait for an exit.
     pub keep_running: bool,
+    /// Run libtorrent's DHT (BEP 5) on its UDP port with the settings a DHT on loopback needs:
+    /// no public routers, no checks against 127.0.0.1 nodes or ids that do not match their IP,
+    /// no rate ban of a busy IP, and a 5 s announce interval. Off by default, like LSD, UPnP and
+    /// NAT-PMP (always off).
+    pub dht: bool,
+    /// DHT nodes to bootstrap from (`add_dht_node`, repeated every second while its table is
+    /// empty); needs [`LibtorrentOptions::dht`].
+    pub dht_contacts: Vec<SocketAddr>,
     /// Which transports it dials and accepts (default TCP only).
     pub transport: Transport,
 }
@@ -86,6 +95,8 @@ pub enum Transport {
 enum Source<'a> {
     File(&'a Torrent),
     Magnet(&'a str),
+    /// No torrent: a bare DHT node.
+    Nothing,
 }
 
 /// A peer source bit of [`LibtorrentPeer::source`] (libtorrent's `peer_info.source`).
@@ -165,6 +176,18 @@ impl Libtorrent {
         Libtorrent::start(Source::Magnet(uri), dest, opts, true)
     }
 
+    /// A libtorrent DHT node with no torrent (its [`LibtorrentOptions::dht`] forced on), for a
+    /// DHT test's bootstrap node; returns once it listens. `None` (skip) when python3-libtorrent
+    /// is missing outside CI.
+    pub fn dht_node(opts: &LibtorrentOptions) -> Option<Libtorrent> {
+        let opts = LibtorrentOptions {
+            dht: true,
+            ..opts.clone()
+        };
+        // With no torrent there is nothing to save: the folder is never written.
+        Libtorrent::start(Source::Nothing, Path::new("."), &opts, false)
+    }
+
     fn start(
         source: Source<'_>,
         save: &Path,
@@ -181,17 +204,17 @@ impl Libtorrent {
             std::path::absolute(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
         };
         let commands = dir.path().join("commands");
-        let (source_flag, source_arg) = match source {
-            Source::File(torrent) => (
-                "--torrent",
+        let mut args = vec![script.to_string_lossy().into_owned()];
+        let bare = matches!(source, Source::Nothing);
+        match source {
+            Source::File(torrent) => args.extend([
+                "--torrent".into(),
                 abs(&torrent.path).to_string_lossy().into_owned(),
-            ),
-            Source::Magnet(uri) => ("--magnet", uri.to_string()),
-        };
-        let mut args = vec![
-            script.to_string_lossy().into_owned(),
-            source_flag.into(),
-            source_arg,
+            ]),
+            Source::Magnet(uri) => args.extend(["--magnet".into(), uri.to_string()]),
+            Source::Nothing => {}
+        }
+        args.extend([
             "--commands".into(),
             commands.to_string_lossy().into_owned(),
             "--save".into(),
@@ -215,7 +238,13 @@ impl Libtorrent {
                 Transport::Both => "both",
             }
             .into(),
-        ];
+        ]);
+        if opts.dht {
+            args.push("--dht".into());
+        }
+        for c in &opts.dht_contacts {
+            args.extend(["--dht-node".into(), c.to_string()]);
+        }
         for p in &opts.peers {
             args.extend(["--peer".into(), p.to_string()]);
         }
@@ -228,11 +257,13 @@ impl Libtorrent {
         let exits_when_done = leecher && !opts.keep_running;
         if exits_when_done {
             args.push("--exit-when-done".into());
-        } else if !leecher {
+        } else if !leecher && !bare {
             // A seeder whose data fails the check would otherwise quietly start downloading.
             args.push("--expect-complete".into());
         }
-        let name = if leecher {
+        let name = if bare {
+            "libtorrent-dht"
+        } else if leecher {
             "libtorrent-leecher"
         } else {
             "libtorrent-seeder"
@@ -261,6 +292,67 @@ impl Libtorrent {
     /// Its address, for another peer to dial.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its DHT's UDP address (127.0.0.1), once it reported it.
+    ///
+    /// # Panics
+    /// When it runs no DHT or does not report the port within 20 s.
+    pub fn dht_addr(&mut self) -> SocketAddr {
+        let port = self.wait_line(START_TIMEOUT, "udp-port", "did not report its DHT port");
+        let port: u16 = port
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| self.process.fail(&format!("bad udp-port line {port:?}")));
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The size of its DHT routing table, as it last reported it.
+    pub fn dht_nodes(&self) -> Option<usize> {
+        let log = self.process.log();
+        let rest = facts(&log).filter(|(k, _)| *k == "dht").last()?.1;
+        rest.trim().parse().ok()
+    }
+
+    /// Waits until its DHT routing table holds at least `min` nodes and returns the count.
+    ///
+    /// # Panics
+    /// After `timeout`, or when the process ends first, with the peer's log.
+    pub fn wait_dht_nodes(&mut self, timeout: Duration, min: usize) -> usize {
+        let found = wait_for(timeout, || {
+            if let Some(n) = self.dht_nodes().filter(|&n| n >= min) {
+                return Some(Some(n));
+            }
+            self.process.exit_status().map(|_| None)
+        });
+        match found {
+            Some(Some(n)) => n,
+            Some(None) => self
+                .process
+                .fail(&format!("exited before its DHT knew {min} nodes")),
+            None => self.process.fail(&format!(
+                "its DHT knew fewer than {min} nodes after {timeout:?} (last {:?})",
+                self.dht_nodes()
+            )),
+        }
+    }
+
+    /// Waits until its log satisfies `pred` (an `alert dht_announce: ...` line, say).
+    ///
+    /// # Panics
+    /// After `timeout`, or when the process ends first, naming `what` was awaited.
+    pub fn wait_log(&mut self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) {
+        let seen = wait_for(timeout, || {
+            if pred(&self.process.log()) {
+                return Some(true);
+            }
+            self.process.exit_status().map(|_| false)
+        });
+        match seen {
+            Some(true) => {}
+            Some(false) => self.process.fail(&format!("exited before {what}")),
+            None => self.process.fail(&format!("no {what} within {timeout:?}")),
+        }
     }
 
     /// The running process (log, pid).

@@ -1,5 +1,5 @@
 # One libtorrent peer for kp-torrent's tests: seeds or downloads a single torrent (a .torrent file
-# or a magnet URI) on 127.0.0.1.
+# or a magnet URI) on 127.0.0.1, or (with neither, and --dht) is a bare DHT node.
 # Written to a temp dir and run with Debian's /usr/bin/python3 by src/real/libtorrent.rs.
 # Output lines (stdout, flushed), each "SECONDS_SINCE_START KEYWORD ...": "infohash HEX",
 # "port N", "progress HAVE TOTAL STATE PEERS" (TOTAL is 0 while a magnet has no metadata),
@@ -7,17 +7,20 @@
 # peers, whenever that set changes; SOURCE is libtorrent's peer_source_flags bitmask),
 # "encryption [IP:PORT/KIND ...]" (the same peers, KIND "rc4", "plaintext" (an MSE handshake,
 # then clear text) or "none", whenever that changes),
-# "alert KIND: TEXT", "done" (every piece verified), "error TEXT" (then exit status 2 or 3).
+# "alert KIND: TEXT", "done" (every piece verified), "error TEXT" (then exit status 2 or 3),
+# and with --dht "udp-port N" (the DHT's port) and "dht NODES" (its routing table's size,
+# whenever that changes).
 # With --commands FILE it reads lines appended to FILE: "connect IP:PORT" dials that peer (and
 # keeps redialling it like a --peer), acknowledged with "command connect IP:PORT".
 import argparse
 import sys
 import time
+import warnings
 
 import libtorrent as lt
 
 ap = argparse.ArgumentParser()
-src = ap.add_mutually_exclusive_group(required=True)
+src = ap.add_mutually_exclusive_group()
 src.add_argument("--torrent")
 src.add_argument("--magnet")
 ap.add_argument("--save", required=True)
@@ -33,7 +36,11 @@ ap.add_argument("--upload-limit", type=int, default=0)
 ap.add_argument("--extension", action="append", default=[])
 ap.add_argument("--commands")
 ap.add_argument("--transport", choices=["tcp", "utp", "both"], default="tcp")
+ap.add_argument("--dht", action="store_true")
+ap.add_argument("--dht-node", action="append", default=[])
 args = ap.parse_args()
+if not (args.torrent or args.magnet or args.dht):
+    ap.error("nothing to do: no --torrent, --magnet or --dht")
 
 enc = {
     "plaintext": lt.enc_policy.pe_disabled,
@@ -74,6 +81,26 @@ if args.transport != "tcp":
 if args.transport == "utp":
     settings["enable_outgoing_tcp"] = False
     settings["enable_incoming_tcp"] = False
+if args.dht:
+    # A DHT on loopback: no public routers, and none of the checks that reject or ban nodes
+    # whose address is 127.0.0.1 (all of them here), whose id does not match their IP (BEP 42),
+    # or that send many packets from one IP (every node in a test shares it).
+    settings.update(
+        {
+            "enable_dht": True,
+            "dht_bootstrap_nodes": "",
+            "dht_restrict_routing_ips": False,
+            "dht_restrict_search_ips": False,
+            "dht_enforce_node_id": False,
+            "dht_prefer_verified_node_ids": False,
+            "dht_ignore_dark_internet": False,
+            "dht_block_ratelimit": 1000000,
+            "dht_upload_rate_limit": 1000000,
+            # A torrent added while the table was empty announces again only after this.
+            "dht_announce_interval": 5,
+        }
+    )
+    settings["alert_mask"] |= lt.alert.category_t.dht_notification
 if args.encryption == "forced-rc4":
     # MSE only, and RC4 for the whole stream (never MSE's plaintext method).
     settings["allowed_enc_level"] = lt.enc_level.rc4
@@ -91,18 +118,21 @@ if args.upload_limit:
     everyone.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
     ses.set_peer_class_filter(everyone)
 
+h = None
+info_hash = None
 if args.torrent:
     ti = lt.torrent_info(args.torrent)
     atp = lt.add_torrent_params()
     atp.ti = ti
     info_hash = ti.info_hashes().v1
-else:
+elif args.magnet:
     ti = None
     atp = lt.parse_magnet_uri(args.magnet)
     info_hash = atp.info_hashes.v1
-atp.save_path = args.save
-h = ses.add_torrent(atp)
-if args.tracker:
+if info_hash is not None:
+    atp.save_path = args.save
+    h = ses.add_torrent(atp)
+if h is not None and args.tracker:
     # Before the first announce, which waits for the file check.
     h.replace_trackers([{"url": u, "tier": 0} for u in args.tracker])
 
@@ -115,12 +145,13 @@ def out(line):
     sys.stdout.flush()
 
 
-out("infohash %s" % str(info_hash))
+if info_hash is not None:
+    out("infohash %s" % str(info_hash))
 
 
 def total_pieces():
     """Pieces in the torrent; 0 while a magnet link has no metadata yet."""
-    t = h.torrent_file()
+    t = h.torrent_file() if h is not None else None
     return t.num_pieces() if t is not None else 0
 
 
@@ -139,6 +170,9 @@ own_port = 0
 last_peers = None
 last_encryption = None
 commands_read = 0
+dht_contacts = [parse_peer(p) for p in args.dht_node]
+last_dht_add = 0.0
+last_dht_nodes = None
 
 
 def read_commands():
@@ -163,6 +197,9 @@ while True:
         if verb == "connect":
             p = parse_peer(arg)
             peers.append(p)
+            if h is None:
+                out("error connect needs a torrent")
+                sys.exit(2)
             h.connect_peer(p)
             out("command connect %s:%d" % p)
         else:
@@ -174,6 +211,8 @@ while True:
                 out("port %d" % a.port)
                 own_port = a.port
                 port_printed = True
+            elif a.socket_type == lt.socket_type_t.udp and args.dht:
+                out("udp-port %d" % a.port)
         elif isinstance(a, lt.listen_failed_alert):
             out("error listen: %s" % a.message())
             sys.exit(2)
@@ -197,8 +236,27 @@ while True:
             ):
                 continue
             out("alert %s: %s" % (a.what(), msg))
-    s = h.status()
     now = time.monotonic()
+    if args.dht:
+        with warnings.catch_warnings():
+            # session.status() is deprecated, but the bindings have no other direct count.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dht_nodes = ses.status().dht_nodes
+        if dht_nodes != last_dht_nodes:
+            out("dht %d" % dht_nodes)
+            if h is not None and dht_nodes > 0 and not last_dht_nodes:
+                # The announce made while the table was empty went nowhere.
+                h.force_dht_announce()
+            last_dht_nodes = dht_nodes
+        if dht_contacts and dht_nodes == 0 and now - last_dht_add > 1.0:
+            # A first ping to a node that is not up yet empties the table: add it again.
+            for c in dht_contacts:
+                ses.add_dht_node(c)
+            last_dht_add = now
+    if h is None:
+        time.sleep(0.1)
+        continue
+    s = h.status()
     if peers and now - last_dial > 2.0 and s.num_peers < len(peers):
         # connect_peer is a hint that libtorrent may drop after one refusal: repeat it.
         for p in peers:

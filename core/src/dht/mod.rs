@@ -8,6 +8,7 @@
 //! - [`lookup`]: one iterative lookup (find_node or get_peers) as its own state machine.
 //! - [`ratelimit`]: per-address token buckets for the queries we answer.
 //! - [`state`]: what a node saves across restarts (its id and its nodes' addresses).
+//! - [`secure_id`]: node ids bound to the external IP (BEP 42).
 //! - [`Dht`] (here): one node tying them together.
 //!
 //! Nothing here reads a clock or draws from a global RNG: time is an argument, randomness comes
@@ -42,6 +43,7 @@ pub mod krpc;
 pub mod lookup;
 pub mod node_id;
 pub mod ratelimit;
+pub mod secure_id;
 pub mod state;
 pub mod store;
 pub mod table;
@@ -76,7 +78,9 @@ pub const VERSION: &[u8; 4] = b"KP\x00\x01";
 /// Settings of a [`Dht`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DhtConfig {
-    /// Our node id; `None` draws one from the seed.
+    /// Our node id; `None` draws one from the seed. Either way, once the nodes we query agree
+    /// on our external IP (the `ip` of their replies, BEP 42) and the id does not fit it, the
+    /// node takes an id that does ([`secure_id`]); local addresses never ask for that.
     pub node_id: Option<NodeId>,
     /// Everything random (ids, transaction ids, secrets, samples) derives from this.
     pub seed: u64,
@@ -183,6 +187,11 @@ pub enum Input {
         addrs: Vec<SocketAddr>,
     },
 }
+
+/// Replies that must name the same external IP, from distinct nodes, before we believe it.
+pub const EXTERNAL_IP_VOTES: usize = 3;
+/// The latest reported external IPs kept for the vote (one per replying address).
+const MAX_IP_VOTES: usize = 16;
 
 /// Bootstrap addresses kept at most ([`DhtConfig::bootstrap`] and [`Input::AddBootstrap`]).
 pub const MAX_BOOTSTRAP: usize = 64;
@@ -295,6 +304,10 @@ pub struct Dht {
     transmits: VecDeque<Transmit>,
     events: VecDeque<DhtEvent>,
     stats: DhtStats,
+    /// The latest `(replying node, our IP as it saw it)` of replies to our queries.
+    ip_votes: VecDeque<(SocketAddr, core::net::IpAddr)>,
+    /// Our external IP, once [`EXTERNAL_IP_VOTES`] replies agreed on it.
+    external_ip: Option<core::net::IpAddr>,
     now: Time,
 }
 
@@ -329,8 +342,15 @@ impl Dht {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: DhtStats::default(),
+            ip_votes: VecDeque::new(),
+            external_ip: None,
             now,
         }
+    }
+
+    /// Our external IP as the nodes we query report it (BEP 42), once enough agree.
+    pub fn external_ip(&self) -> Option<core::net::IpAddr> {
+        self.external_ip
     }
 
     /// Our node id.
@@ -515,7 +535,10 @@ impl Dht {
                     }
                     self.answer(now, from, msg.tid, &q, data.len());
                 }
-                Body::Response(r) => self.handle_response(now, from, msg.tid, &r, msg.read_only),
+                Body::Response(r) => {
+                    let seen_as = msg.ip;
+                    self.handle_response(now, from, msg.tid, &r, msg.read_only, seen_as);
+                }
                 Body::Error(_) => {
                     match self.transactions.get(&msg.tid) {
                         Some(t) if t.to == from => {
@@ -553,6 +576,7 @@ impl Dht {
         tid: TransactionId,
         r: &Response,
         read_only: bool,
+        seen_as: Option<SocketAddr>,
     ) {
         let Some(t) = self.transactions.get(&tid) else {
             self.stats.unexpected += 1;
@@ -563,6 +587,9 @@ impl Dht {
             return;
         }
         let t = self.transactions.remove(&tid).expect("present");
+        if let Some(ip) = seen_as {
+            self.vote_external_ip(now, from, ip.ip());
+        }
         let id_ok = t.expect.is_none_or(|id| id == r.id);
         if id_ok
             && !read_only
@@ -590,6 +617,41 @@ impl Dht {
                     *pending = pending.saturating_sub(1);
                     *acked += 1;
                 }
+            }
+        }
+    }
+
+    /// Counts one reply's view of our IP; when [`EXTERNAL_IP_VOTES`] distinct nodes among the
+    /// latest agree on a public IP our id does not fit, takes an id for it (BEP 42) and re-files
+    /// the routing table's nodes under it.
+    fn vote_external_ip(&mut self, now: Time, from: SocketAddr, ip: core::net::IpAddr) {
+        let ip = match ip {
+            core::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, core::net::IpAddr::V4),
+            v4 => v4,
+        };
+        if ip.is_unspecified() || ip.is_multicast() {
+            return;
+        }
+        self.ip_votes.retain(|(voter, _)| *voter != from);
+        if self.ip_votes.len() >= MAX_IP_VOTES {
+            self.ip_votes.pop_front();
+        }
+        self.ip_votes.push_back((from, ip));
+        let agreeing = self.ip_votes.iter().filter(|(_, v)| *v == ip).count();
+        if agreeing < EXTERNAL_IP_VOTES || self.external_ip == Some(ip) {
+            return;
+        }
+        self.external_ip = Some(ip);
+        if secure_id::is_valid(&self.own_id, ip) {
+            return;
+        }
+        self.own_id = secure_id::id_for(ip, &mut self.rng);
+        let own_id = self.own_id;
+        for (family, table) in self.tables.iter_mut() {
+            let seed = self.rng.random();
+            let old = std::mem::replace(table, RoutingTable::new(own_id, *family, seed, now));
+            for e in old.entries() {
+                let _ = table.handle_response(now, e.info().id, e.info().addr);
             }
         }
     }

@@ -87,7 +87,8 @@ pub struct Common {
     pub dht_bootstrap: Vec<String>,
 
     /// Folder for state kept across runs (the DHT's node id and routing table); default
-    /// $XDG_STATE_HOME/kp-torrent, or ~/.local/state/kp-torrent.
+    /// $XDG_STATE_HOME/kp-torrent, or ~/.local/state/kp-torrent. One process at a time owns it;
+    /// another one meanwhile takes a fresh DHT node id and saves nothing.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 

@@ -8,6 +8,7 @@ use rand::{RngExt, SeedableRng};
 use super::krpc::AnyMessage;
 use super::*;
 use crate::dht::krpc::*;
+use crate::dht::lookup::LookupConfig;
 use crate::dht::table::Family;
 use crate::dht::*;
 use crate::id::InfoHash;
@@ -448,11 +449,19 @@ impl World {
         let addrs: Vec<SocketAddr> = (0..n)
             .map(|i| v4((i / 200) as u8 + 1, (i % 200) as u8 + 1, 6881))
             .collect();
-        let nodes = (0..n)
+        World::on(addrs, seed)
+    }
+
+    /// Nodes at `addrs` (all of one family), each bootstrapping from the first.
+    fn on(addrs: Vec<SocketAddr>, seed: u64) -> World {
+        let v6 = addrs[0].is_ipv6();
+        let nodes = (0..addrs.len())
             .map(|i| {
                 Dht::new(
                     DhtConfig {
                         seed: seed * 1000 + i as u64,
+                        ipv4: !v6,
+                        ipv6: v6,
                         bootstrap: if i == 0 { vec![] } else { vec![addrs[0]] },
                         ..DhtConfig::default()
                     },
@@ -885,4 +894,140 @@ fn dht_added_bootstrap_addresses_and_a_saved_state_rejoin_the_network() {
         _ => None,
     });
     assert_eq!(answered, Some(8));
+}
+
+/// Every node on one address, told apart by port, as on a machine's loopback: hub, seeder and
+/// leecher on `[::1]` (or `127.0.0.1`). The leecher announces first (a magnet download does),
+/// then the seeder; each finds the other's peer through the hub, not only its own.
+#[test]
+fn dht_nodes_sharing_one_ip_find_each_others_peers() {
+    for ip in [
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    ] {
+        let addrs = (0..3).map(|i| SocketAddr::new(ip, 40_000 + i)).collect();
+        let mut w = World::on(addrs, 21);
+        let ih = InfoHash([0x66; 20]);
+        let family = Family::of(&w.addrs[0]);
+        for (node, port, id) in [(2, 5002, 1), (1, 5001, 2)] {
+            w.input(
+                node,
+                Input::Bootstrap {
+                    id: LookupId(10 + id),
+                },
+            );
+            let deadline = w.now + Duration::from_secs(30);
+            w.run(deadline, |w| w.finished(node, LookupId(10 + id)));
+            let announce = Input::Announce {
+                id: LookupId(id),
+                info_hash: ih,
+                port,
+                implied_port: false,
+            };
+            w.input(node, announce);
+            let deadline = w.now + Duration::from_secs(30);
+            w.run(deadline, |w| w.finished(node, LookupId(id)));
+        }
+        for (node, other) in [(2, 5001), (1, 5002)] {
+            let id = LookupId(20 + node as u64);
+            w.input(node, Input::GetPeers { id, info_hash: ih });
+            let deadline = w.now + Duration::from_secs(30);
+            w.run(deadline, |w| w.finished(node, id));
+            let found: BTreeSet<SocketAddr> = w
+                .events
+                .iter()
+                .filter_map(|(i, e)| match e {
+                    DhtEvent::Peers { id: x, peers, .. } if *i == node && *x == id => {
+                        Some(peers.clone())
+                    }
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            assert!(
+                found.contains(&SocketAddr::new(ip, other)),
+                "{ip}: node {node} found {found:?}; tables {:?}",
+                w.nodes
+                    .iter()
+                    .map(|d| d.table(family).unwrap().len())
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// The reply of `id` to the query in `t`, saying it saw us at `seen_as`.
+fn reply_seeing(t: &Transmit, id: NodeId, seen_as: SocketAddr) -> Message {
+    let q = Message::decode(&t.data).unwrap();
+    Message {
+        tid: q.tid,
+        body: Body::Response(Response {
+            id,
+            ..Response::default()
+        }),
+        version: None,
+        ip: Some(seen_as),
+        read_only: false,
+    }
+}
+
+/// BEP 42: once three nodes we queried agree on our public IP and our id does not fit it, the
+/// node takes an id that does, and keeps the nodes it knew; two votes, a local IP, or replies to
+/// no query of ours change nothing.
+#[test]
+fn dht_node_takes_an_id_bound_to_its_external_ip_once_three_replies_agree() {
+    let public = |x: u8| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, x)), 6881);
+    let routers: Vec<SocketAddr> = (1..=5).map(public).collect();
+    let start = NodeId([0x11; 20]);
+    let mut d = node(DhtConfig {
+        seed: 42,
+        node_id: Some(start),
+        bootstrap: routers.clone(),
+        lookup: LookupConfig {
+            alpha: 5,
+            ..LookupConfig::default()
+        },
+        ..DhtConfig::default()
+    });
+    d.handle_input(T0, Input::Bootstrap { id: LookupId(1) });
+    let queries = transmits(&mut d);
+    assert_eq!(queries.len(), 5, "{queries:?}");
+    let ours = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)), 40_000);
+    // An unsolicited reply claiming an IP is not a vote.
+    let stray = reply_seeing(&queries[0], NodeId([0x77; 20]), ours);
+    let mut stray = stray;
+    stray.tid = TransactionId::new(b"zz").unwrap();
+    let _ = send(&mut d, T0, public(9), &stray);
+    // A local address is no reason to change ids, whoever reports it.
+    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 5)), 40_000);
+    for (i, q) in queries.iter().enumerate().take(2) {
+        let id = NodeId([0x20 + i as u8; 20]);
+        let _ = send(&mut d, T0, q.to, &reply_seeing(q, id, ours));
+        assert_eq!(d.node_id(), start, "after {} votes", i + 1);
+    }
+    assert_eq!(d.external_ip(), None);
+    let q = &queries[2];
+    let _ = send(
+        &mut d,
+        T0,
+        q.to,
+        &reply_seeing(q, NodeId([0x30; 20]), local),
+    );
+    assert_eq!(d.node_id(), start, "a dissenting local vote");
+    let q = &queries[3];
+    let _ = send(&mut d, T0, q.to, &reply_seeing(q, NodeId([0x40; 20]), ours));
+    assert_eq!(d.external_ip(), Some(ours.ip()));
+    let new = d.node_id();
+    assert_ne!(new, start);
+    assert!(secure_id::is_valid(&new, ours.ip()));
+    // The four nodes that answered are still in the table, under the new id.
+    let t = d.table(Family::V4).unwrap();
+    t.check_invariants();
+    assert_eq!(t.len(), 4);
+    assert_eq!(t.own_id(), new);
+    assert_eq!(d.saved_state().node_id, new);
+    // More votes for the same IP keep the id.
+    let q = &queries[4];
+    let _ = send(&mut d, T0, q.to, &reply_seeing(q, NodeId([0x50; 20]), ours));
+    assert_eq!(d.node_id(), new);
 }
