@@ -27,7 +27,9 @@
 # MiB/s = file size / wall time of the whole downloading command (start-up and final flush
 # included); CPU s = user + sys of that process (/usr/bin/time -v), RSS its peak. The tables show
 # the median of RUNS runs (and the spread). Everything stays on 127.0.0.1: libtorrent plaintext,
-# no uTP; DHT, LSD, UPnP, NAT-PMP and PEX off in every client. The temporary folder (under
+# TCP only (kp-torrent with --no-utp, so it does not first spend a second on a uTP dial that
+# libtorrent leaves unanswered; benches/utp.sh measures uTP); DHT, LSD, UPnP, NAT-PMP and PEX
+# off in every client. The temporary folder (under
 # $TMPDIR, default /tmp) is removed on exit. Other work on the machine changes the figures: the
 # load average is printed with them.
 set -euo pipefail
@@ -130,7 +132,7 @@ start_kp_seeder() {
 	KP_PORT=$(free_port)
 	KP_LOG=$TMP/kp-seed-$KP_PORT.log
 	RUST_LOG=info "$BIN" seed "$torrent" -s "$dir" --port "$KP_PORT" --bind 127.0.0.1 \
-		--no-dht --no-pex "$@" >"$KP_LOG" 2>&1 &
+		--no-dht --no-pex --no-utp "$@" >"$KP_LOG" 2>&1 &
 	KP_PID=$!
 	PIDS+=("$KP_PID")
 	wait_listen "$KP_PORT"
@@ -238,7 +240,7 @@ if has_part leech; then
 	for run in $(seq 1 "$RUNS"); do
 		timed leech kp-torrent "$TMP/dl" "$LT_PID" "$SIZE_MIB" -- \
 			"$BIN" download "$T" -d "$TMP/dl" --peer "127.0.0.1:$LT_PORT" --bind 127.0.0.1 --port 0 \
-			--no-dht --no-pex --quiet
+			--no-dht --no-pex --no-utp --quiet
 		timed leech libtorrent "$TMP/dl" "$LT_PID" "$SIZE_MIB" -- \
 			"$PY" "$ROOT/src/real/libtorrent_peer.py" --torrent "$T" --save "$TMP/dl" --port 0 \
 			--encryption plaintext --peer "127.0.0.1:$LT_PORT" --exit-when-done
@@ -284,7 +286,7 @@ if has_part swarm; then
 	SEED_ADDR=127.0.0.1:$KP_PORT
 	timed single kp-torrent "$TMP/dl" "$KP_PID" "$SWARM_MIB" -- \
 		"$BIN" download "$ST" -d "$TMP/dl" --peer "$SEED_ADDR" --bind 127.0.0.1 --port 0 \
-		--no-dht --no-pex --quiet
+		--no-dht --no-pex --no-utp --quiet
 	stop "$KP_PID"
 	SINGLE_UPLOADED=$(sed -n 's/.*uploaded .* (\([0-9]*\) bytes).*/\1/p' "$KP_LOG" | tail -1)
 	start_kp_seeder "$ST" "$TMP/swarm"
@@ -303,7 +305,7 @@ if has_part swarm; then
 		mkdir -p "$TMP/swarm-dl/$i"
 		# --seed: a finished leecher keeps serving the others, as in a real swarm.
 		RUST_LOG=info "$BIN" download "$ST" -d "$TMP/swarm-dl/$i" --seed --peer "$SEED_ADDR" \
-			"${others[@]}" --bind 127.0.0.1 --port "${ports[$i]}" --no-dht --no-pex \
+			"${others[@]}" --bind 127.0.0.1 --port "${ports[$i]}" --no-dht --no-pex --no-utp \
 			>"$TMP/swarm-dl/$i.log" 2>&1 &
 		lpids+=("$!")
 		PIDS+=("$!")
