@@ -1252,7 +1252,10 @@ impl TrackerManager {
                 .min(self.config.max_reannounce);
             let interval = secs(reply.interval)
                 .unwrap_or(self.config.default_interval)
-                .clamp(self.config.min_reannounce, self.config.max_reannounce)
+                // Not `clamp`: a configuration (a trace's header, say) with its bounds the wrong
+                // way round must not panic; the upper bound wins.
+                .max(self.config.min_reannounce)
+                .min(self.config.max_reannounce)
                 .max(t.min_interval);
             if job.event == AnnounceEvent::Completed {
                 self.completed_pending = false;
