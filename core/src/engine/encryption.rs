@@ -54,13 +54,16 @@ pub(super) enum Link {
     },
     /// The encrypted attempt failed; a plain connection is opening with the torrent's bytes
     /// queued on it. Its `Connected` is the engine's, not news for the torrent.
-    Redialing,
+    Redialing { addr: SocketAddr },
     /// RC4 in both directions.
     Rc4(Cipher),
 }
 
 /// Addresses dialed in plaintext because an encrypted handshake with them failed (bounded,
-/// first in first out).
+/// first in first out). An address leaves again when a plaintext dial to it is closed before
+/// the peer sent a byte: a failed encrypted handshake can be a slow one, and a peer that
+/// requires encryption must not be locked out by it for good. Such a peer is then dialed
+/// encrypted and plain by turns.
 #[derive(Debug, Default)]
 pub(super) struct PlainMemory {
     set: BTreeSet<SocketAddr>,
@@ -76,6 +79,12 @@ impl PlainMemory {
             {
                 self.set.remove(&old);
             }
+        }
+    }
+
+    pub(super) fn remove(&mut self, addr: &SocketAddr) {
+        if self.set.remove(addr) {
+            self.order.retain(|a| a != addr);
         }
     }
 
@@ -105,7 +114,7 @@ pub(super) fn outgoing(
             cipher.encrypt(&mut bytes);
             Some(bytes)
         }
-        Some(Link::Redialing) | None => Some(bytes),
+        Some(Link::Redialing { .. }) | None => Some(bytes),
     }
 }
 
@@ -133,8 +142,18 @@ impl Engine {
             self.feed(id, input);
             return;
         };
-        if let Input::Closed { peer } | Input::ConnectFailed { peer } = *session_input {
-            self.plain_dials.remove(&(id, peer));
+        match *session_input {
+            Input::Closed { peer } | Input::ConnectFailed { peer } => {
+                self.plain_dials.remove(&(id, peer));
+                if let Some(addr) = self.plain_probes.remove(&(id, peer)) {
+                    // Plaintext got no answer either: try encryption again next time.
+                    self.plain_only.remove(&addr);
+                }
+            }
+            Input::Received { peer, bytes } if !bytes.is_empty() => {
+                self.plain_probes.remove(&(id, peer));
+            }
+            _ => {}
         }
         match *session_input {
             Input::Connected { peer } => self.on_dial_connected(id, peer),
@@ -152,7 +171,7 @@ impl Engine {
             },
             Input::ConnectFailed { peer } => match self.links.remove(&(id, peer)) {
                 // The torrent's connection was open already: to it, it closed.
-                Some(Link::Redialing) => {
+                Some(Link::Redialing { .. }) => {
                     self.feed(id, TorrentInput::Session(Input::Closed { peer }))
                 }
                 _ => self.feed(id, input),
@@ -173,8 +192,9 @@ impl Engine {
 
     fn on_dial_connected(&mut self, id: TorrentId, peer: PeerHandle) {
         let connected = TorrentInput::Session(Input::Connected { peer });
-        if matches!(self.links.get(&(id, peer)), Some(Link::Redialing)) {
+        if let Some(Link::Redialing { addr }) = self.links.get(&(id, peer)) {
             // The plain redial opened; the torrent's bytes are queued on it already.
+            self.plain_probes.insert((id, peer), *addr);
             self.links.remove(&(id, peer));
             self.half_open.remove(&(id, peer));
             return;
@@ -186,6 +206,9 @@ impl Engine {
         let addr = task.session().and_then(|s| s.peer_addr(peer));
         let addr = addr.filter(|_| !self.plain_dials.remove(&(id, peer)));
         let Some((addr, policy)) = addr.and_then(|a| Some((a, self.dial_policy(&a)?))) else {
+            if let Some(a) = addr.filter(|a| self.plain_only.contains(a)) {
+                self.plain_probes.insert((id, peer), a);
+            }
             self.feed(id, connected);
             return;
         };
@@ -348,7 +371,7 @@ impl Engine {
                 action: TorrentAction::Session(Action::Send { peer, bytes: sent }),
             });
         }
-        self.links.insert((id, peer), Link::Redialing);
+        self.links.insert((id, peer), Link::Redialing { addr });
     }
 
     /// When the oldest encrypted dial's handshake times out.

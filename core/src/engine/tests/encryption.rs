@@ -730,3 +730,70 @@ fn split_and_hostile_handshake_bytes_never_panic() {
         );
     }
 }
+
+#[test]
+fn a_plaintext_dial_that_hears_nothing_sends_the_address_back_to_encryption() {
+    let mut e = engine(Policy::Prefer);
+    let (t, peer, remote) = dialing_leecher(&mut e, 9, 7006);
+    // The encrypted handshake times out (a slow peer, a loaded machine) ...
+    connected(&mut e, Time::ZERO, t, peer);
+    let mut wire = Wire::new(Route::Peer(t, peer));
+    assert!(!wire.sent(&mut e).starts_with(&PROTOCOL[..]));
+    e.handle_input(Time::ZERO + DIAL_TIMEOUT_FOR_TESTS, EngineInput::Timeout);
+    handshake_of(&wire.sent(&mut e), 9);
+    assert_eq!(wire.dials, vec![remote], "redialed in plaintext");
+    assert_eq!(e.plaintext_fallbacks(), 1);
+    // ... and the peer, which wants encryption, hangs up on the plain handshake unanswered.
+    let at = Time::ZERO + DIAL_TIMEOUT_FOR_TESTS + Duration::from_millis(10);
+    connected(&mut e, at, t, peer);
+    closed(&mut e, at + Duration::from_millis(10), t, peer);
+    assert_eq!(e.plaintext_fallbacks(), 0, "the address is forgotten");
+    wire.sent(&mut e);
+    // The next dial is encrypted again.
+    let (now, redial) = next_dial(&mut e, at, t, remote);
+    connected(&mut e, now, t, redial);
+    let mut wire = Wire::new(Route::Peer(t, redial));
+    let first = wire.sent(&mut e);
+    assert!(
+        first.len() >= 96 && !first.starts_with(&PROTOCOL[..]),
+        "an MSE key, not a plain handshake: {first:?}"
+    );
+}
+
+#[test]
+fn a_plaintext_dial_that_is_answered_keeps_the_address_plain() {
+    let mut e = engine(Policy::Prefer);
+    let (t, peer, remote) = dialing_leecher(&mut e, 10, 7007);
+    connected(&mut e, Time::ZERO, t, peer);
+    let mut wire = Wire::new(Route::Peer(t, peer));
+    wire.sent(&mut e);
+    closed(&mut e, Time::from_millis(10), t, peer);
+    let again = wire.sent(&mut e);
+    connected(&mut e, Time::from_millis(20), t, peer);
+    // The peer answers in plaintext, then the connection ends.
+    let mut far = Far::plain();
+    far.receive(&again);
+    far.send(&handshake(10));
+    exchange(&mut e, Time::from_millis(30), &mut wire, &mut far, 68);
+    closed(&mut e, Time::from_secs(1), t, peer);
+    assert_eq!(e.plaintext_fallbacks(), 1, "plaintext worked: remembered");
+    wire.sent(&mut e);
+    // A later plain dial that hears nothing and is given up by the torrent itself (its own
+    // handshake time) forgets the address as well.
+    let (now, redial) = next_dial(&mut e, Time::from_secs(1), t, remote);
+    connected(&mut e, now, t, redial);
+    let mut wire = Wire::new(Route::Peer(t, redial));
+    handshake_of(&wire.sent(&mut e), 10);
+    let mut later = now;
+    while e.plaintext_fallbacks() == 1 {
+        later += Duration::from_secs(1);
+        assert!(later < now + Duration::from_secs(60), "never given up");
+        e.handle_input(later, EngineInput::Timeout);
+        wire.sent(&mut e);
+    }
+    assert!(
+        wire.closes.len() == 1,
+        "the torrent closed it: {:?}",
+        wire.closes
+    );
+}
