@@ -17,6 +17,10 @@
 //! writes are more than [`WRITE_BACKLOG_LIMIT`](disk::WRITE_BACKLOG_LIMIT) behind; a socket
 //! that had more to give than one turn's budget is read again next turn, so one fast peer
 //! cannot starve the rest (all three in `peers::read_budget`).
+//!
+//! Batching: what the engine asks to send is queued and written once the turn's inputs are done
+//! (one `writev` per socket, blocks never copied into the queue), and disk reads a peer asked
+//! for one after the other are submitted as one job at the same point (`peers::flush_unflushed`).
 
 mod engine;
 mod limit;
@@ -62,8 +66,11 @@ use engine::Port;
 use limit::Bucket;
 use peers::{Owner, PeerSock};
 
-/// Bytes queued for one peer's socket beyond which no more disk reads are queued for it.
-pub const SEND_QUEUE_LIMIT: usize = 1 << 20;
+/// Bytes queued for one peer's socket (and read for it) beyond which no more disk reads are
+/// queued for it. Small on purpose: seeding 1 GiB to one libtorrent leecher over 127.0.0.1 took
+/// 2.4–2.7 s with 128–256 KiB here, 3.1–3.5 s with 1 MiB and 4.1–4.6 s with 4 MiB (the blocks
+/// in flight stay in the CPU's cache between the disk read and the socket write).
+pub const SEND_QUEUE_LIMIT: usize = 256 << 10;
 /// Bytes read from one socket per loop turn at most.
 const READ_BUDGET: usize = 256 * 1024;
 /// How often the progress display is refreshed.
@@ -477,6 +484,10 @@ struct Client {
     by_incoming: BTreeMap<kp_torrent_core::engine::IncomingId, usize>,
     /// Sockets with bytes left after their read budget, or paused by a limit.
     read_pending: BTreeSet<usize>,
+    /// Sockets with bytes queued since their last flush (flushed before the loop waits).
+    unflushed: BTreeSet<usize>,
+    /// Sockets holding a run of disk reads not yet submitted (submitted before the loop waits).
+    read_runs: BTreeSet<usize>,
     down: Bucket,
     up: Bucket,
     buf: Vec<u8>,
@@ -614,6 +625,8 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         by_peer: BTreeMap::new(),
         by_incoming: BTreeMap::new(),
         read_pending: BTreeSet::new(),
+        unflushed: BTreeSet::new(),
+        read_runs: BTreeSet::new(),
         buf: vec![0; 64 * 1024],
         runs: BTreeMap::new(),
         stores: BTreeMap::new(),
@@ -1149,13 +1162,16 @@ impl Client {
                     let p = &mut self.socks[key];
                     p.out.push(bytes);
                     if !p.connecting {
-                        self.flush_sock(now, key);
+                        // Written once this batch of inputs is done: one `writev` for all.
+                        self.unflushed.insert(key);
                     }
                 }
             }
             Action::Close { peer, reason } => {
                 log::debug!("closing {torrent} {peer}: {reason}");
                 if let Some(key) = self.by_peer.remove(&(torrent, peer)) {
+                    // What it sent last (a reject, say) goes first, if the socket takes it.
+                    self.flush_quietly(key);
                     self.drop_sock(key);
                 }
             }
@@ -1173,20 +1189,15 @@ impl Client {
                 let (Some(&key), Some(store)) = (self.by_peer.get(&(torrent, peer)), store) else {
                     return;
                 };
-                let p = &mut self.socks[key];
+                let p = &self.socks[key];
                 let queued = p.out.len() as u64 + self.disk.queued_read_bytes(store, peer);
+                let queued = queued + p.read_run.as_ref().map_or(0, |r| disk::run_bytes(&r.2));
                 if queued > SEND_QUEUE_LIMIT as u64 {
-                    p.deferred_reads.push_back((piece, begin, length));
+                    self.socks[key]
+                        .deferred_reads
+                        .push_back((piece, begin, length));
                 } else {
-                    self.disk.submit(
-                        store,
-                        Job::Read {
-                            peer,
-                            piece,
-                            begin,
-                            length,
-                        },
-                    );
+                    self.queue_read(key, store, piece, begin, length);
                 }
             }
             Action::HashPiece { piece } => {
@@ -1335,31 +1346,44 @@ impl Client {
                     peer,
                     piece,
                     begin,
+                    lengths,
                     data,
                 } => {
-                    let read = Input::ReadDone {
-                        peer,
-                        piece,
-                        begin,
-                        data: &data,
-                    };
-                    self.input(now, t, read);
+                    let (mut at, mut offset) = (begin, 0usize);
+                    for length in lengths {
+                        let Some(block) = data.get(offset..offset + length as usize) else {
+                            break;
+                        };
+                        let read = Input::ReadDone {
+                            peer,
+                            piece,
+                            begin: at,
+                            data: block,
+                        };
+                        self.input(now, t, read);
+                        offset += length as usize;
+                        at = at.wrapping_add(length);
+                    }
                 }
                 Completion::ReadFailed {
                     peer,
                     piece,
                     begin,
+                    lengths,
                     error,
-                    ..
                 } => {
                     let error = error.to_string();
-                    let failed = Input::ReadFailed {
-                        peer,
-                        piece,
-                        begin,
-                        error,
-                    };
-                    self.input(now, t, failed);
+                    let mut at = begin;
+                    for length in lengths {
+                        let failed = Input::ReadFailed {
+                            peer,
+                            piece,
+                            begin: at,
+                            error: error.clone(),
+                        };
+                        self.input(now, t, failed);
+                        at = at.wrapping_add(length);
+                    }
                 }
                 Completion::Hashed { piece, digest } => {
                     self.input(now, t, Input::PieceHashed { piece, digest });
@@ -1755,6 +1779,7 @@ impl Client {
             }
 
             let mut wait = Duration::from_secs(1);
+            self.flush_unflushed(now);
             // uTP's events were drained above; what it can send waits for its timers.
             self.utp_service(now);
             let utp_deadline = self.utp.as_ref().and_then(|ep| ep.poll_timeout());
@@ -1822,6 +1847,7 @@ impl Client {
             }
             // Completions can arrive without a wake-up being seen in this batch.
             self.disk_completions(now);
+            self.flush_unflushed(now);
         }
     }
 }

@@ -54,8 +54,9 @@ pub const DEFAULT_WORKERS: usize = 2;
 /// the peak RSS near 14 MiB where 32 MiB let it reach 42 MiB, at the same rate.
 pub const WRITE_BACKLOG_LIMIT: u64 = 4 << 20;
 
-/// A suggested limit for [`DiskPool::queued_read_bytes`] of one peer (a few blocks ahead).
-pub const READ_QUEUE_PER_PEER: u64 = 256 << 10;
+/// A suggested size for one [`Job::Read`]: blocks a peer asked for one after the other are
+/// read together up to this many bytes (one `pread`, one job, one completion instead of eight).
+pub const READ_RUN_LIMIT: u64 = 128 << 10;
 
 /// Most bytes of blocks written ahead of their piece's running hash, kept until the blocks
 /// before them are written (two workers finish neighbouring blocks in either order; several
@@ -74,16 +75,16 @@ pub enum Job {
         /// The block.
         data: Vec<u8>,
     },
-    /// Read a block a peer asked for.
+    /// Read blocks a peer asked for that follow each other in one piece, with one `pread`.
     Read {
-        /// The peer to send it to.
+        /// The peer to send them to.
         peer: PeerHandle,
         /// Piece index.
         piece: u32,
-        /// Offset in the piece.
+        /// Offset in the piece of the first block.
         begin: u32,
-        /// Bytes to read.
-        length: u32,
+        /// The blocks' lengths, in order (the next block begins where one ends).
+        lengths: Vec<u32>,
     },
     /// SHA-1 a whole piece (after its writes): from memory when its writes allow it, else read
     /// back (module doc).
@@ -124,27 +125,29 @@ pub enum Completion {
         /// Why (see [`StorageError::is_disk_full`]).
         error: StorageError,
     },
-    /// A block is read for `peer`.
+    /// Blocks are read for `peer`.
     Read {
         /// The peer that asked.
         peer: PeerHandle,
         /// Piece index.
         piece: u32,
-        /// Offset in the piece.
+        /// Offset in the piece of the first block.
         begin: u32,
-        /// The block.
+        /// The blocks' lengths, as asked.
+        lengths: Vec<u32>,
+        /// The blocks, one after the other.
         data: Vec<u8>,
     },
-    /// A block could not be read.
+    /// Blocks could not be read.
     ReadFailed {
         /// The peer that asked.
         peer: PeerHandle,
         /// Piece index.
         piece: u32,
-        /// Offset in the piece.
+        /// Offset in the piece of the first block.
         begin: u32,
-        /// Bytes asked.
-        length: u32,
+        /// The blocks' lengths, as asked.
+        lengths: Vec<u32>,
         /// Why.
         error: StorageError,
     },
@@ -297,12 +300,16 @@ pub struct DiskPool {
     in_flight: usize,
     in_flight_per_store: BTreeMap<StoreId, usize>,
     hashes: Arc<RunningHashes>,
+    /// Set by the worker that wakes the loop, cleared by the loop before it drains: a batch of
+    /// completions costs one wake-up, not one each.
+    woken: Arc<AtomicBool>,
 }
 
 struct Worker {
     jobs: Arc<Mutex<Receiver<Envelope>>>,
     done: Sender<(StoreId, Completion)>,
     waker: Arc<Waker>,
+    woken: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     hashes: Arc<RunningHashes>,
 }
@@ -315,12 +322,14 @@ impl DiskPool {
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let stop = Arc::new(AtomicBool::new(false));
         let hashes = Arc::new(RunningHashes::default());
+        let woken = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for n in 0..threads.max(1) {
             let w = Worker {
                 jobs: jobs_rx.clone(),
                 done: done_tx.clone(),
                 waker: waker.clone(),
+                woken: woken.clone(),
                 stop: stop.clone(),
                 hashes: hashes.clone(),
             };
@@ -343,6 +352,7 @@ impl DiskPool {
             in_flight: 0,
             in_flight_per_store: BTreeMap::new(),
             hashes,
+            woken,
         })
     }
 
@@ -370,8 +380,8 @@ impl DiskPool {
                 self.write_bytes += data.len() as u64;
                 *self.writes_per_piece.entry((store, *piece)).or_default() += 1;
             }
-            Job::Read { peer, length, .. } => {
-                *self.read_bytes.entry((store, *peer)).or_default() += u64::from(*length);
+            Job::Read { peer, lengths, .. } => {
+                *self.read_bytes.entry((store, *peer)).or_default() += run_bytes(lengths);
             }
             Job::Hash { piece } if self.writes_per_piece.contains_key(&(store, *piece)) => {
                 self.count_in(store);
@@ -407,6 +417,9 @@ impl DiskPool {
     /// The next completion and its store, if one arrived. Drain until `None` after the waker
     /// fires.
     pub fn poll_completion(&mut self) -> Option<(StoreId, Completion)> {
+        // Cleared before looking: a completion sent after this is either seen below or wakes
+        // the loop again.
+        self.woken.store(false, Ordering::SeqCst);
         let (store, c) = self.done.try_recv().ok()?;
         match &c {
             Completion::Written { piece, length, .. }
@@ -426,8 +439,8 @@ impl DiskPool {
             Completion::Read { peer, data, .. } => {
                 self.read_done((store, *peer), data.len() as u64)
             }
-            Completion::ReadFailed { peer, length, .. } => {
-                self.read_done((store, *peer), u64::from(*length))
+            Completion::ReadFailed { peer, lengths, .. } => {
+                self.read_done((store, *peer), run_bytes(lengths))
             }
             _ => {}
         }
@@ -512,7 +525,10 @@ impl Worker {
     }
 
     fn complete(&self, store: StoreId, c: Completion) {
+        // Sent before the flag is looked at, so a loop that cleared it and drained before this
+        // send is woken.
         if self.done.send((store, c)).is_ok()
+            && !self.woken.swap(true, Ordering::SeqCst)
             && let Err(e) = self.waker.wake()
         {
             log::error!("cannot wake the event loop: {e}");
@@ -551,34 +567,34 @@ fn execute(s: &Storage, store: StoreId, hashes: &RunningHashes, job: Job) -> Com
             peer,
             piece,
             begin,
-            length,
+            lengths,
         } => {
+            let length = run_bytes(&lengths);
             // The core only asks for blocks inside a piece; a bad length fails in `read`
             // before this buffer is used, but cap it so it cannot allocate wildly either.
-            let mut data = vec![0; (length as u64).min(s.layout().piece_length()) as usize];
-            match s.read(piece, begin, &mut data) {
-                Ok(()) if data.len() == length as usize => Completion::Read {
+            let mut data = vec![0; length.min(s.layout().piece_length()) as usize];
+            let result = match s.read(piece, begin, &mut data) {
+                Ok(()) if data.len() as u64 == length => Ok(()),
+                Ok(()) => Err(StorageError::OutOfRange {
+                    piece,
+                    begin,
+                    length: usize::try_from(length).unwrap_or(usize::MAX),
+                }),
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(()) => Completion::Read {
                     peer,
                     piece,
                     begin,
+                    lengths,
                     data,
-                },
-                Ok(()) => Completion::ReadFailed {
-                    peer,
-                    piece,
-                    begin,
-                    length,
-                    error: StorageError::OutOfRange {
-                        piece,
-                        begin,
-                        length: length as usize,
-                    },
                 },
                 Err(error) => Completion::ReadFailed {
                     peer,
                     piece,
                     begin,
-                    length,
+                    lengths,
                     error,
                 },
             }
@@ -595,6 +611,11 @@ fn execute(s: &Storage, store: StoreId, hashes: &RunningHashes, job: Job) -> Com
             Err(error) => Completion::ResumeFailed { path, error },
         },
     }
+}
+
+/// Bytes of a run of blocks.
+pub fn run_bytes(lengths: &[u32]) -> u64 {
+    lengths.iter().map(|&l| u64::from(l)).sum()
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Rate limits as token buckets, and a writer that spends tokens.
 
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
+
+use crate::conn::MAX_IOVECS;
 use std::time::{Duration, Instant};
 
 /// A token bucket: `rate` bytes per second, holding at most a tenth of a second's worth (and at
@@ -76,6 +78,28 @@ impl<W: Write> Write for Limited<'_, W> {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = self.inner.write(&buf[..allowed])?;
+        self.bucket.spend(n as u64);
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut allowed = self.bucket.available();
+        if allowed == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        // The slices up to the tokens left, the last one cut short.
+        let mut within = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        for buf in bufs.iter().take(MAX_IOVECS) {
+            if allowed == 0 {
+                break;
+            }
+            let take = allowed.min(buf.len() as u64) as usize;
+            within[count] = IoSlice::new(&buf[..take]);
+            count += 1;
+            allowed -= take as u64;
+        }
+        let n = self.inner.write_vectored(&within[..count])?;
         self.bucket.spend(n as u64);
         Ok(n)
     }

@@ -15,7 +15,7 @@ use super::limit::Limited;
 use super::utp::{Stream, StreamIo};
 use super::{Client, PEER_BASE, READ_BUDGET, SEND_QUEUE_LIMIT};
 use crate::conn::{ReadOutcome, SendQueue, read_budgeted};
-use crate::disk::{Job, WRITE_BACKLOG_LIMIT};
+use crate::disk::{self, Job, READ_RUN_LIMIT, StoreId, WRITE_BACKLOG_LIMIT};
 
 /// Who a socket belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,10 @@ pub(super) struct PeerSock {
     pub(super) connecting: bool,
     /// Disk reads the torrent asked for while this peer's send queue was full.
     pub(super) deferred_reads: VecDeque<(u32, u32, u32)>,
+    /// Blocks asked for this turn that follow each other in one piece: piece, first offset,
+    /// lengths. Submitted as one read when the run breaks, reaches [`READ_RUN_LIMIT`], or the
+    /// turn ends.
+    pub(super) read_run: Option<(u32, u32, Vec<u32>)>,
     /// A uTP dial's address, dialed over TCP if the uTP dial fails.
     pub(super) fallback: Option<std::net::SocketAddr>,
 }
@@ -66,6 +70,8 @@ impl Client {
             }
         }
         self.read_pending.remove(&key);
+        self.unflushed.remove(&key);
+        self.read_runs.remove(&key);
     }
 
     /// The socket failed or closed: tell its owner.
@@ -103,6 +109,38 @@ impl Client {
         }
     }
 
+    /// Ends a turn's batch: submits the runs of disk reads gathered, and flushes the sockets
+    /// that were sent bytes since their last flush (flushing can gather more reads, and a lost
+    /// socket's news can make the engine send elsewhere: a few rounds, then the next turn).
+    pub(super) fn flush_unflushed(&mut self, now: Time) {
+        for _ in 0..8 {
+            self.submit_read_runs();
+            if self.unflushed.is_empty() {
+                return;
+            }
+            for key in std::mem::take(&mut self.unflushed) {
+                self.flush_sock(now, key);
+            }
+        }
+        self.submit_read_runs();
+    }
+
+    /// Writes what the socket takes of its queue now, ignoring errors (it is about to close).
+    pub(super) fn flush_quietly(&mut self, key: usize) {
+        let Some(p) = self.socks.get_mut(key).filter(|p| !p.connecting) else {
+            return;
+        };
+        let mut io = StreamIo {
+            stream: &mut p.stream,
+            utp: self.utp.as_mut(),
+        };
+        let mut w = Limited {
+            inner: &mut io,
+            bucket: &mut self.up,
+        };
+        let _ = p.out.flush_to(&mut w);
+    }
+
     /// Queues deferred disk reads for a peer whose send queue has room again.
     pub(super) fn resume_reads(&mut self, key: usize) {
         let Some(p) = self.socks.get_mut(key) else {
@@ -120,21 +158,88 @@ impl Client {
             return;
         };
         let queued = self.disk.queued_read_bytes(store, peer);
-        let mut budget = (SEND_QUEUE_LIMIT as u64).saturating_sub(p.out.len() as u64 + queued);
+        let run = p.read_run.as_ref().map_or(0, |r| disk::run_bytes(&r.2));
+        let mut budget =
+            (SEND_QUEUE_LIMIT as u64).saturating_sub(p.out.len() as u64 + queued + run);
         while budget > 0 {
+            let Some(p) = self.socks.get_mut(key) else {
+                return;
+            };
             let Some((piece, begin, length)) = p.deferred_reads.pop_front() else {
                 break;
             };
             budget = budget.saturating_sub(u64::from(length));
+            self.queue_read(key, store, piece, begin, length);
+        }
+    }
+
+    /// Adds a block to the socket's run of reads, submitting the run first when the block does
+    /// not continue it, and the run once it is [`READ_RUN_LIMIT`] long.
+    pub(super) fn queue_read(
+        &mut self,
+        key: usize,
+        store: StoreId,
+        piece: u32,
+        begin: u32,
+        length: u32,
+    ) {
+        let Some(p) = self.socks.get_mut(key) else {
+            return;
+        };
+        let continues = p.read_run.as_ref().is_some_and(|(rp, rb, lengths)| {
+            *rp == piece && u64::from(*rb) + disk::run_bytes(lengths) == u64::from(begin)
+        });
+        if !continues {
+            self.submit_read_run(key, store);
+        }
+        let Some(p) = self.socks.get_mut(key) else {
+            return;
+        };
+        let run = p.read_run.get_or_insert_with(|| (piece, begin, Vec::new()));
+        run.2.push(length);
+        if disk::run_bytes(&run.2) >= READ_RUN_LIMIT {
+            self.submit_read_run(key, store);
+        } else {
+            self.read_runs.insert(key);
+        }
+    }
+
+    /// Submits the socket's run of reads, if it has one.
+    fn submit_read_run(&mut self, key: usize, store: StoreId) {
+        let Some(p) = self.socks.get_mut(key) else {
+            return;
+        };
+        let Owner::Peer(_, peer) = p.owner else {
+            return;
+        };
+        if let Some((piece, begin, lengths)) = p.read_run.take() {
             self.disk.submit(
                 store,
                 Job::Read {
                     peer,
                     piece,
                     begin,
-                    length,
+                    lengths,
                 },
             );
+        }
+        self.read_runs.remove(&key);
+    }
+
+    /// Submits every run of reads gathered this turn.
+    pub(super) fn submit_read_runs(&mut self) {
+        for key in std::mem::take(&mut self.read_runs) {
+            let Some(Owner::Peer(t, _)) = self.socks.get(key).map(|p| p.owner) else {
+                continue;
+            };
+            if let Some(store) = self
+                .runs
+                .get(&t)
+                .and_then(|r| r.files.as_ref())
+                .map(|f| f.store)
+            {
+                self.submit_read_run(key, store);
+            }
         }
     }
 
@@ -288,6 +393,7 @@ impl Client {
                         out: SendQueue::default(),
                         connecting: false,
                         deferred_reads: VecDeque::new(),
+                        read_run: None,
                         fallback: None,
                     });
                     self.by_incoming.insert(conn, key);
@@ -321,7 +427,7 @@ pub(super) fn read_budget(send_queued: usize, writes_behind: u64, rate_tokens: u
 
 #[cfg(test)]
 mod tests {
-    use super::read_budget;
+    use super::{SEND_QUEUE_LIMIT, read_budget};
 
     #[test]
     fn a_socket_is_read_within_its_budget_and_not_while_the_disk_or_its_send_queue_is_behind() {
@@ -333,8 +439,8 @@ mod tests {
         // Disk writes 4 MiB behind are still read; one byte more and no socket is.
         assert_eq!(read_budget(0, 4096 * KIB, u64::MAX), 256 * 1024);
         assert_eq!(read_budget(0, 4096 * KIB + 1, u64::MAX), 0);
-        // A send queue of 1 MiB is still read; beyond it the peer is not.
-        assert_eq!(read_budget(1 << 20, 0, u64::MAX), 256 * 1024);
-        assert_eq!(read_budget((1 << 20) + 1, 0, u64::MAX), 0);
+        // A send queue at the limit is still read; beyond it the peer is not.
+        assert_eq!(read_budget(SEND_QUEUE_LIMIT, 0, u64::MAX), 256 * 1024);
+        assert_eq!(read_budget(SEND_QUEUE_LIMIT + 1, 0, u64::MAX), 0);
     }
 }

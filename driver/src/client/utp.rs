@@ -93,6 +93,28 @@ impl Write for StreamIo<'_> {
         }
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match &mut *self.stream {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Utp(h) => {
+                let h = *h;
+                let ep = self.endpoint()?;
+                let mut total = 0;
+                for buf in bufs {
+                    let n = ep.write(h, buf);
+                    total += n;
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                if total == 0 && bufs.iter().any(|b| !b.is_empty()) {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(total)
+            }
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         match &mut *self.stream {
             Stream::Tcp(s) => s.flush(),
@@ -162,6 +184,7 @@ impl Client {
                     out: SendQueue::default(),
                     connecting: true,
                     deferred_reads: VecDeque::new(),
+                    read_run: None,
                     fallback,
                 });
                 self.by_peer.insert((torrent, peer), key);
@@ -225,6 +248,7 @@ impl Client {
                     out: SendQueue::default(),
                     connecting: false,
                     deferred_reads: VecDeque::new(),
+                    read_run: None,
                     fallback: None,
                 });
                 self.by_utp.insert(handle, key);

@@ -143,7 +143,7 @@ fn reads_are_counted_per_peer_until_polled() {
                 peer,
                 piece,
                 begin: 1024,
-                length: 4096,
+                lengths: vec![4096],
             },
         );
     }
@@ -173,7 +173,7 @@ fn reads_are_counted_per_peer_until_polled() {
             peer: a,
             piece: 0,
             begin: 1 << 14,
-            length: 1 << 15,
+            lengths: vec![1 << 15],
         },
     );
     let done = r.run_until_idle();
@@ -181,6 +181,61 @@ fn reads_are_counted_per_peer_until_polled() {
         matches!(done[..], [Completion::ReadFailed { .. }]),
         "{done:?}"
     );
+    assert!(r.pool.read_bytes.is_empty());
+}
+
+#[test]
+fn a_run_of_blocks_is_one_read_counted_until_polled() {
+    let mut r = rig("runs", 1 << 15, 2, DEFAULT_WORKERS);
+    let data = bytes(2 << 15, 3);
+    for (p, chunk) in data.chunks(1 << 15).enumerate() {
+        r.storage.write(p as u32, 0, chunk).unwrap();
+    }
+    let peer = PeerHandle(4);
+    r.pool.submit(
+        r.store,
+        Job::Read {
+            peer,
+            piece: 1,
+            begin: 1000,
+            lengths: vec![4096, 4096, 100],
+        },
+    );
+    assert_eq!(r.pool.queued_read_bytes(r.store, peer), 8292);
+    let done = r.run_until_idle();
+    let [
+        Completion::Read {
+            piece: 1,
+            begin: 1000,
+            lengths,
+            data: got,
+            ..
+        },
+    ] = &done[..]
+    else {
+        panic!("{done:?}");
+    };
+    assert_eq!(lengths, &[4096, 4096, 100]);
+    let at = (1 << 15) + 1000;
+    assert_eq!(got[..], data[at..at + 8292]);
+    assert_eq!(r.pool.queued_read_bytes(r.store, peer), 0);
+    // A run past the end of its piece fails whole, and is uncounted too.
+    r.pool.submit(
+        r.store,
+        Job::Read {
+            peer,
+            piece: 1,
+            begin: (1 << 15) - 4096,
+            lengths: vec![4096, 4096],
+        },
+    );
+    assert_eq!(r.pool.queued_read_bytes(r.store, peer), 8192);
+    let done = r.run_until_idle();
+    assert!(
+        matches!(&done[..], [Completion::ReadFailed { lengths, .. }] if lengths.len() == 2),
+        "{done:?}"
+    );
+    assert!(r.pool.read_bytes.is_empty());
 }
 
 #[test]
@@ -262,7 +317,7 @@ fn dropping_the_pool_finishes_queued_writes() {
                 peer: PeerHandle(0),
                 piece: p as u32,
                 begin: 0,
-                length: 1 << 12,
+                lengths: vec![1 << 12],
             },
         );
         r.pool.submit(r.store, Job::Hash { piece: p as u32 });
