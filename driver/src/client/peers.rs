@@ -89,9 +89,19 @@ impl Client {
     }
 
     pub(super) fn flush_sock(&mut self, now: Time, key: usize) {
-        let Some(p) = self.socks.get_mut(key) else {
-            return;
-        };
+        match self.write_out(key) {
+            Some(Ok(_)) => self.resume_reads(key),
+            Some(Err(e)) => {
+                log::debug!("send on socket {key}: {e}");
+                self.lost_sock(now, key);
+            }
+            None => {}
+        }
+    }
+
+    /// Writes what the socket takes of its queue, within the upload limit (`None`: no socket).
+    fn write_out(&mut self, key: usize) -> Option<io::Result<bool>> {
+        let p = self.socks.get_mut(key)?;
         let mut io = StreamIo {
             stream: &mut p.stream,
             utp: self.utp.as_mut(),
@@ -100,13 +110,7 @@ impl Client {
             inner: &mut io,
             bucket: &mut self.up,
         };
-        match p.out.flush_to(&mut w) {
-            Ok(_) => self.resume_reads(key),
-            Err(e) => {
-                log::debug!("send on socket {key}: {e}");
-                self.lost_sock(now, key);
-            }
-        }
+        Some(p.out.flush_to(&mut w))
     }
 
     /// Ends a turn's batch: submits the runs of disk reads gathered, and flushes the sockets
@@ -127,18 +131,9 @@ impl Client {
 
     /// Writes what the socket takes of its queue now, ignoring errors (it is about to close).
     pub(super) fn flush_quietly(&mut self, key: usize) {
-        let Some(p) = self.socks.get_mut(key).filter(|p| !p.connecting) else {
-            return;
-        };
-        let mut io = StreamIo {
-            stream: &mut p.stream,
-            utp: self.utp.as_mut(),
-        };
-        let mut w = Limited {
-            inner: &mut io,
-            bucket: &mut self.up,
-        };
-        let _ = p.out.flush_to(&mut w);
+        if self.socks.get(key).is_some_and(|p| !p.connecting) {
+            let _ = self.write_out(key);
+        }
     }
 
     /// Queues deferred disk reads for a peer whose send queue has room again.
