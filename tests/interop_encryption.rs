@@ -8,8 +8,7 @@
 //! libtorrent dials and is dialed (both of our roles). As in tests/interop.rs, build the binary
 //! first (`cargo build -p kp-torrent`) when running this file alone.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use kp_torrent_tests::TempDir;
@@ -26,48 +25,6 @@ const SIZE: usize = 2 * 1024 * 1024 + 4321;
 
 fn data(dir: &TempDir, seed: u64) -> Dataset {
     Dataset::single(dir.path(), "data.bin", SIZE, 64 * 1024, seed)
-}
-
-/// `kp-torrent download` with `--timeout`, `extra` and `--peer P` for each of `peers`.
-fn download(
-    dir: &TempDir,
-    torrent: &Torrent,
-    dest: &Path,
-    timeout: Duration,
-    extra: &[&str],
-    peers: &[SocketAddr],
-) -> KpTorrent {
-    let mut args = vec!["--timeout".to_string(), timeout.as_secs().to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(
-        peers
-            .iter()
-            .flat_map(|p| ["--peer".to_string(), p.to_string()]),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    KpTorrent::download("kp-torrent-leecher", &torrent.path, dest, &args, dir.path())
-}
-
-/// `kp-torrent seed` of `data` with `extra` and `--peer P` for each of `peers`.
-fn seed(dir: &TempDir, data: &Dataset, extra: &[&str], peers: &[SocketAddr]) -> KpTorrent {
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    args.extend(
-        peers
-            .iter()
-            .flat_map(|p| ["--peer".to_string(), p.to_string()]),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    KpTorrent::seed(
-        "kp-torrent-seeder",
-        &data.torrent.path,
-        &data.source.join("data.bin"),
-        &args,
-        dir.path(),
-    )
-}
-
-fn addr_of(kp: &KpTorrent) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, kp.port()))
 }
 
 fn forced_rc4() -> LibtorrentOptions {
@@ -98,13 +55,14 @@ fn assert_rc4_only(peer: &Libtorrent) {
 fn assert_plaintext_refused(dir: &TempDir, torrent: &Torrent, seeder: SocketAddr) {
     let dest = dir.path().join("plain");
     let timeout = Duration::from_secs(6);
-    let mut plain = download(
-        dir,
+    let mut plain = KpTorrent::download_from(
+        "kp-torrent-leecher",
         torrent,
         &dest,
         timeout,
         &["--encryption", "disable"],
         &[seeder],
+        dir.path(),
     );
     let status = plain.wait_exit(DONE);
     let log = plain.log();
@@ -120,7 +78,15 @@ fn refused_then_downloaded_encrypted(dir: &TempDir, data: &Dataset, seeder: Sock
     assert_plaintext_refused(dir, &data.torrent, seeder);
     let dest = dir.path().join("dest");
     let args = ["--encryption", "require"];
-    let mut leecher = download(dir, &data.torrent, &dest, DONE, &args, &[seeder]);
+    let mut leecher = KpTorrent::download_from(
+        "kp-torrent-leecher",
+        &data.torrent,
+        &dest,
+        DONE,
+        &args,
+        &[seeder],
+        dir.path(),
+    );
     leecher.wait_success(DONE);
     data.assert_same(&dest);
 }
@@ -145,7 +111,15 @@ fn libtorrent_forcing_rc4_seeds_kp_torrent_that_prefers_encryption() {
     };
     let dest = dir.path().join("dest");
     // The default policy: kp-torrent dials with MSE and offers both methods.
-    let mut leecher = download(&dir, &data.torrent, &dest, DONE, &[], &[seeder.addr()]);
+    let mut leecher = KpTorrent::download_from(
+        "kp-torrent-leecher",
+        &data.torrent,
+        &dest,
+        DONE,
+        &[],
+        &[seeder.addr()],
+        dir.path(),
+    );
     leecher.wait_success(DONE);
     data.assert_same(&dest);
     assert_rc4_only(&seeder);
@@ -157,10 +131,10 @@ fn kp_torrent_seeds_libtorrent_forcing_rc4(name: &str, seed_of_data: u64, policy
     let dir = TempDir::new(name);
     let data = data(&dir, seed_of_data);
     let args = ["--encryption", policy, "--upload-limit", SLOW_ARG];
-    let seeder = seed(&dir, &data, &args, &[]);
+    let seeder = KpTorrent::seed_to("kp-torrent-seeder", &data, &args, &[], dir.path());
     let dest = dir.path().join("dest");
     let opts = LibtorrentOptions {
-        peers: vec![addr_of(&seeder)],
+        peers: vec![seeder.socket_addr()],
         ..forced_rc4()
     };
     let Some(mut leecher) = Libtorrent::download(&data.torrent, &dest, &opts) else {
@@ -200,7 +174,13 @@ fn kp_torrent_preferring_encryption_seeds_transmission_that_requires_it() {
     let Some(mut leecher) = Transmission::download_with(&data.torrent, &dest, &required()) else {
         return;
     };
-    let _seeder = seed(&dir, &data, &[], &[leecher.addr()]);
+    let _seeder = KpTorrent::seed_to(
+        "kp-torrent-seeder",
+        &data,
+        &[],
+        &[leecher.addr()],
+        dir.path(),
+    );
     leecher.wait_done(DONE);
     data.assert_same(&dest);
 }
@@ -209,6 +189,12 @@ fn kp_torrent_preferring_encryption_seeds_transmission_that_requires_it() {
 fn kp_torrent_requiring_encryption_seeds_itself_and_refuses_plaintext() {
     let dir = TempDir::new("enc-kp-kp");
     let data = data(&dir, 66);
-    let seeder = seed(&dir, &data, &["--encryption", "require"], &[]);
-    refused_then_downloaded_encrypted(&dir, &data, addr_of(&seeder));
+    let seeder = KpTorrent::seed_to(
+        "kp-torrent-seeder",
+        &data,
+        &["--encryption", "require"],
+        &[],
+        dir.path(),
+    );
+    refused_then_downloaded_encrypted(&dir, &data, seeder.socket_addr());
 }

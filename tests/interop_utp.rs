@@ -8,14 +8,12 @@
 //! tests/interop.rs, build the binary first (`cargo build -p kp-torrent`) when running this
 //! file alone.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use kp_torrent_tests::TempDir;
 use kp_torrent_tests::real::{
-    Dataset, KpTorrent, Libtorrent, LibtorrentOptions, Torrent, Transmission, TransmissionOptions,
-    Transport,
+    Dataset, KpTorrent, Libtorrent, LibtorrentOptions, Transmission, TransmissionOptions, Transport,
 };
 
 /// Bound on one transfer of a few MiB on loopback; Transmission alone needs ~10 s to start one.
@@ -26,44 +24,6 @@ const SIZE: usize = 6 * 1024 * 1024 + 1234;
 
 fn data(dir: &TempDir, seed: u64) -> Dataset {
     Dataset::single(dir.path(), "data.bin", SIZE, 256 * 1024, seed)
-}
-
-fn peer_args(extra: &[&str], peers: &[SocketAddr]) -> Vec<String> {
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    for p in peers {
-        args.extend(["--peer".to_string(), p.to_string()]);
-    }
-    args
-}
-
-fn download(
-    dir: &TempDir,
-    name: &str,
-    torrent: &Torrent,
-    dest: &Path,
-    extra: &[&str],
-    peers: &[SocketAddr],
-) -> KpTorrent {
-    let mut args = vec!["--timeout".to_string(), DONE.as_secs().to_string()];
-    args.extend(peer_args(extra, peers));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    KpTorrent::download(name, &torrent.path, dest, &args, dir.path())
-}
-
-fn seed(dir: &TempDir, data: &Dataset, extra: &[&str], peers: &[SocketAddr]) -> KpTorrent {
-    let args = peer_args(extra, peers);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    KpTorrent::seed(
-        "kp-torrent-seeder",
-        &data.torrent.path,
-        &data.source.join("data.bin"),
-        &args,
-        dir.path(),
-    )
-}
-
-fn addr_of(kp: &KpTorrent) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, kp.port()))
 }
 
 /// Stops a seeding kp-torrent cleanly and returns its (TCP, uTP) connection counts.
@@ -87,13 +47,14 @@ fn assert_utp_only(kp: &KpTorrent, counts: Option<(u64, u64)>) {
 /// A kp-torrent leecher dialing `seeder` gets every byte, over uTP only.
 fn leech_over_utp_only(dir: &TempDir, data: &Dataset, seeder: SocketAddr) {
     let dest = dir.path().join("dest");
-    let mut leecher = download(
-        dir,
+    let mut leecher = KpTorrent::download_from(
         "kp-torrent-leecher",
         &data.torrent,
         &dest,
+        DONE,
         &[],
         &[seeder],
+        dir.path(),
     );
     leecher.wait_success(DONE);
     data.assert_same(&dest);
@@ -130,10 +91,10 @@ fn libtorrent_over_utp_only_seeds_kp_torrent() {
 fn kp_torrent_seeds_libtorrent_over_utp_only() {
     let dir = TempDir::new("utp-kp-lt");
     let data = data(&dir, 72);
-    let seeder = seed(&dir, &data, &[], &[]);
+    let seeder = KpTorrent::seed_to("kp-torrent-seeder", &data, &[], &[], dir.path());
     let dest = dir.path().join("dest");
     let opts = LibtorrentOptions {
-        peers: vec![addr_of(&seeder)],
+        peers: vec![seeder.socket_addr()],
         ..utp_only()
     };
     let Some(mut leecher) = Libtorrent::download(&data.torrent, &dest, &opts) else {
@@ -169,7 +130,13 @@ fn kp_torrent_seeds_transmission_with_utp_over_utp() {
     let Some(mut leecher) = Transmission::download_with(&data.torrent, &dest, &with_utp()) else {
         return;
     };
-    let seeder = seed(&dir, &data, &[], &[leecher.addr()]);
+    let seeder = KpTorrent::seed_to(
+        "kp-torrent-seeder",
+        &data,
+        &[],
+        &[leecher.addr()],
+        dir.path(),
+    );
     leecher.wait_done(DONE);
     data.assert_same(&dest);
     assert_seeded_over_utp_only(seeder);
@@ -179,28 +146,30 @@ fn kp_torrent_seeds_transmission_with_utp_over_utp() {
 fn kp_torrent_to_itself_over_utp_and_over_tcp_with_no_utp() {
     let dir = TempDir::new("utp-kp-kp");
     let data = data(&dir, 75);
-    let seeder = seed(&dir, &data, &[], &[]);
+    let seeder = KpTorrent::seed_to("kp-torrent-seeder", &data, &[], &[], dir.path());
     let dest = dir.path().join("dest");
-    let mut leecher = download(
-        &dir,
+    let mut leecher = KpTorrent::download_from(
         "kp-torrent-leecher",
         &data.torrent,
         &dest,
+        DONE,
         &[],
-        &[addr_of(&seeder)],
+        &[seeder.socket_addr()],
+        dir.path(),
     );
     leecher.wait_success(DONE);
     data.assert_same(&dest);
     assert_utp_only(&leecher, leecher.connections());
     // --no-utp on the leecher: TCP carries it (the seeder still speaks both).
     let dest = dir.path().join("dest-tcp");
-    let mut leecher = download(
-        &dir,
+    let mut leecher = KpTorrent::download_from(
         "kp-torrent-leecher-tcp",
         &data.torrent,
         &dest,
+        DONE,
         &["--no-utp"],
-        &[addr_of(&seeder)],
+        &[seeder.socket_addr()],
+        dir.path(),
     );
     leecher.wait_success(DONE);
     data.assert_same(&dest);
@@ -225,13 +194,14 @@ fn a_peer_without_utp_is_reached_over_tcp() {
         return;
     };
     let dest = dir.path().join("dest");
-    let mut leecher = download(
-        &dir,
+    let mut leecher = KpTorrent::download_from(
         "kp-torrent-leecher",
         &data.torrent,
         &dest,
+        DONE,
         &[],
         &[seeder.addr()],
+        dir.path(),
     );
     leecher.wait_success(DONE);
     data.assert_same(&dest);

@@ -87,6 +87,40 @@ impl KpTorrent {
         KpTorrent::start(name, &args, log_dir)
     }
 
+    /// As [`KpTorrent::download`] of `torrent`, with `--timeout SECS` (whole seconds of
+    /// `timeout`), then `extra`, then `--peer P` for each of `peers`: a leecher that dials its
+    /// seeders and gives up on its own after `timeout`.
+    pub fn download_from(
+        name: &str,
+        torrent: &Torrent,
+        dest: &Path,
+        timeout: Duration,
+        extra: &[&str],
+        peers: &[SocketAddr],
+        log_dir: &Path,
+    ) -> KpTorrent {
+        let timeout = ["--timeout".to_string(), timeout.as_secs().to_string()];
+        let args = [&timeout[..], &with_peers(extra, peers)].concat();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        KpTorrent::download(name, &torrent.path, dest, &args, log_dir)
+    }
+
+    /// As [`KpTorrent::seed`] of `data` (its file or folder in `data.source`), with `extra`, then
+    /// `--peer P` for each of `peers`: a seeder that also dials `peers` (for a leecher that never
+    /// dials, like Transmission on 127.x).
+    pub fn seed_to(
+        name: &str,
+        data: &Dataset,
+        extra: &[&str],
+        peers: &[SocketAddr],
+        log_dir: &Path,
+    ) -> KpTorrent {
+        let args = with_peers(extra, peers);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let source = data.file_path(&data.source, &[]);
+        KpTorrent::seed(name, &data.torrent.path, &source, &args, log_dir)
+    }
+
     /// Runs `kp-torrent ARGS --bind 127.0.0.1 --port P` with a free `P` (and `--no-dht` for a
     /// download or seed that names no `--dht-bootstrap`; one with a DHT and no `--state-dir` gets
     /// `--state-dir LOG_DIR/NAME-state`, never the user's) and waits for its
@@ -163,7 +197,13 @@ impl KpTorrent {
 
     /// `127.0.0.1:PORT` (or `[::1]:PORT`, as it was started), for another peer's `--peer`.
     pub fn addr(&self) -> String {
-        SocketAddr::new(self.ip, self.port).to_string()
+        self.socket_addr().to_string()
+    }
+
+    /// [`KpTorrent::addr`] as a `SocketAddr`, for a real client's peer list or another run's
+    /// `peers`.
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
     }
 
     /// Its DHT node's UDP address (on the address it is bound to), from its
@@ -350,6 +390,14 @@ pub fn binary() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// `extra`, then `--peer P` for each of `peers`.
+fn with_peers(extra: &[&str], peers: &[SocketAddr]) -> Vec<String> {
+    let peers = peers
+        .iter()
+        .flat_map(|p| ["--peer".to_string(), p.to_string()]);
+    extra.iter().map(|s| s.to_string()).chain(peers).collect()
 }
 
 fn path_arg(p: &Path) -> String {

@@ -671,34 +671,35 @@ fn dial_into_the_void(config: UtpConfig) -> (u32, Time) {
     (syns, now)
 }
 
-fn syn(conn_id: u16, seq_nr: u16) -> Vec<u8> {
+/// A hand-made packet without a SACK that advertises a receive window of `wnd_size` bytes.
+fn raw(
+    ty: PacketType,
+    conn_id: u16,
+    seq_nr: u16,
+    ack_nr: u16,
+    wnd_size: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::new();
     let h = Header {
-        ty: PacketType::Syn,
+        ty,
         conn_id,
         timestamp_us: 1,
         timestamp_diff_us: 0,
-        wnd_size: 1 << 20,
-        seq_nr,
-        ack_nr: 0,
-    };
-    packet::encode(&h, None, &[], &mut out);
-    out
-}
-
-fn data(conn_id: u16, seq_nr: u16, ack_nr: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let h = Header {
-        ty: PacketType::Data,
-        conn_id,
-        timestamp_us: 1,
-        timestamp_diff_us: 0,
-        wnd_size: 1 << 20,
+        wnd_size,
         seq_nr,
         ack_nr,
     };
     packet::encode(&h, None, payload, &mut out);
     out
+}
+
+fn syn(conn_id: u16, seq_nr: u16) -> Vec<u8> {
+    raw(PacketType::Syn, conn_id, seq_nr, 0, 1 << 20, &[])
+}
+
+fn data(conn_id: u16, seq_nr: u16, ack_nr: u16, payload: &[u8]) -> Vec<u8> {
+    raw(PacketType::Data, conn_id, seq_nr, ack_nr, 1 << 20, payload)
 }
 
 /// An acceptor that answered our hand-made SYN: returns the seq_nr its SYN-ACK announced.
@@ -715,6 +716,75 @@ fn accepted(ep: &mut Endpoint, from: SocketAddr, id: u16, seq: u16) -> u16 {
     );
     assert_eq!(p.header.ack_nr, seq);
     p.header.seq_nr
+}
+
+/// Sends what `ep` will send at `now` and returns the sequence numbers of its data packets
+/// (there must be nothing else).
+fn burst(ep: &mut Endpoint, now: Time) -> Vec<u16> {
+    let mut buf = Vec::new();
+    let mut seqs = Vec::new();
+    while ep.poll_transmit(now, &mut buf).is_some() {
+        let p = packet::decode(&buf).expect("decodes");
+        assert_eq!(p.header.ty, PacketType::Data);
+        assert_eq!(p.payload.len(), MAX_PAYLOAD);
+        seqs.push(p.header.seq_nr);
+        assert!(seqs.len() <= 1000, "a burst without end");
+    }
+    seqs
+}
+
+#[test]
+fn new_data_leaves_one_packet_of_the_peer_window_free() {
+    // We dial a hand-made peer, which answers and acks with the window it chooses.
+    let mut ep = Endpoint::new(UtpConfig::default());
+    let h = ep.connect(Time::ZERO, B).expect("dial");
+    let mut buf = Vec::new();
+    ep.poll_transmit(Time::ZERO, &mut buf).expect("SYN");
+    let syn = packet::decode(&buf).expect("decodes").header;
+    // The acceptor sends with the SYN's id; a State packet does not advance its seq_nr.
+    let ack = |ack_nr: u16, packets: usize| {
+        let wnd = u32::try_from(packets * MAX_PAYLOAD).expect("a small window");
+        raw(PacketType::State, syn.conn_id, 3000, ack_nr, wnd, &[])
+    };
+    ep.handle_datagram(Time::ZERO, B, &ack(syn.seq_nr, 1000));
+    assert_eq!(ep.poll_event(), Some(Event::Connected(h)));
+    let bytes = vec![7u8; 1 << 20];
+    assert!(ep.write(h, &bytes) > 200 * MAX_PAYLOAD);
+    // Slow start under a wide window until the congestion window holds 8 packets, so that
+    // only the peer's window limits what follows.
+    let mut now = Time::ZERO;
+    while ep.info(h).expect("open").cwnd < 8 * MAX_PAYLOAD {
+        now += Duration::from_millis(10);
+        assert!(
+            now < Time::from_secs(1),
+            "slow start never reached 8 packets"
+        );
+        let sent = burst(&mut ep, now);
+        let last = *sent.last().expect("the congestion window sends");
+        ep.handle_datagram(now, B, &ack(last, 1000));
+    }
+    // Each window of n packets, with nothing in flight, lets n - 1 new ones out.
+    for n in [8, 5, 2] {
+        now += Duration::from_millis(10);
+        let sent = burst(&mut ep, now);
+        assert!(sent.len() >= n, "{} sent under a wide window", sent.len());
+        ep.handle_datagram(now, B, &ack(*sent.last().expect("sent"), n));
+        let sent = burst(&mut ep, now);
+        assert_eq!(sent.len(), n - 1, "a window of {n} packets");
+        ep.handle_datagram(now, B, &ack(*sent.last().expect("sent"), 1000));
+    }
+    // With packets in flight too: 4 of a window of 5 out, 2 acked, 2 more out, never 5.
+    now += Duration::from_millis(10);
+    let sent = burst(&mut ep, now);
+    ep.handle_datagram(now, B, &ack(*sent.last().expect("sent"), 5));
+    let sent = burst(&mut ep, now);
+    assert_eq!(sent.len(), 4, "a window of 5 packets");
+    ep.handle_datagram(now, B, &ack(sent[1], 5));
+    assert_eq!(
+        burst(&mut ep, now).len(),
+        2,
+        "4 in flight at most in a window of 5"
+    );
 }
 
 #[test]

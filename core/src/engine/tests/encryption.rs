@@ -753,11 +753,7 @@ fn a_plaintext_dial_that_hears_nothing_sends_the_address_back_to_encryption() {
     let (now, redial) = next_dial(&mut e, at, t, remote);
     connected(&mut e, now, t, redial);
     let mut wire = Wire::new(Route::Peer(t, redial));
-    let first = wire.sent(&mut e);
-    assert!(
-        first.len() >= 96 && !first.starts_with(&PROTOCOL[..]),
-        "an MSE key, not a plain handshake: {first:?}"
-    );
+    assert_mse_key(&wire.sent(&mut e));
 }
 
 #[test]
@@ -796,4 +792,32 @@ fn a_plaintext_dial_that_is_answered_keeps_the_address_plain() {
         "the torrent closed it: {:?}",
         wire.closes
     );
+}
+
+/// Panics unless `bytes` open an MSE handshake (a key of at least 96 bytes), not a plain one.
+fn assert_mse_key(bytes: &[u8]) {
+    assert!(
+        bytes.len() >= 96 && !bytes.starts_with(&PROTOCOL[..]),
+        "an MSE key, not a plain handshake: {bytes:?}"
+    );
+}
+
+#[test]
+fn a_dial_marked_for_a_plain_handshake_opens_plain_under_prefer_only() {
+    // Prefer: the marked dial opens with the torrent's own handshake, an unmarked one with MSE.
+    let mut e = engine(Policy::Prefer);
+    let (t, marked, _) = dialing_leecher(&mut e, 11, 7008);
+    let (t2, unmarked, _) = dialing_leecher(&mut e, 12, 7009);
+    e.plain_handshake(t, marked);
+    connected(&mut e, Time::ZERO, t, marked);
+    handshake_of(&Wire::new(Route::Peer(t, marked)).sent(&mut e), 11);
+    connected(&mut e, Time::ZERO, t2, unmarked);
+    assert_mse_key(&Wire::new(Route::Peer(t2, unmarked)).sent(&mut e));
+    assert_eq!(e.plaintext_fallbacks(), 0, "no address remembered as plain");
+    // Require: the mark is ignored.
+    let mut e = engine(Policy::Require);
+    let (t, marked, _) = dialing_leecher(&mut e, 13, 7010);
+    e.plain_handshake(t, marked);
+    connected(&mut e, Time::ZERO, t, marked);
+    assert_mse_key(&Wire::new(Route::Peer(t, marked)).sent(&mut e));
 }
