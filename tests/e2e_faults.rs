@@ -181,13 +181,15 @@ fn disk_full(only_line: bool) {
     let dest = ns.mount_point().join("dest");
     let seen = ns.outside(&dest);
     let torrent = &data.torrent.path;
+    // Sparse files: with their space reserved at the start (the default) the disk could not
+    // fill up under the download.
     let mut run = leech(
         Some(&ns),
         "leecher-run1",
         torrent,
         &dest,
         &[seeder.addr()],
-        &["--quiet"],
+        &["--quiet", "--sparse"],
         dir.path(),
     );
     part_way(&mut run, &data, &seen);
@@ -216,6 +218,55 @@ fn disk_full(only_line: bool) {
         &seeder,
         kept,
         DONE,
+    );
+}
+
+/// By default a download reserves its files' space first: a torrent bigger than the free space
+/// fails at once with the one disk-full line, and gives back what it had reserved.
+#[test]
+fn a_torrent_bigger_than_the_free_space_fails_at_the_start() {
+    let dir = TempDir::new("e2e-fault-prealloc");
+    let Some(ns) = MountNs::tmpfs(&dir.path().join("mnt"), "4m", dir.path()) else {
+        return;
+    };
+    let data = Dataset::single(dir.path(), "movie.bin", SIZE, PIECE, 44);
+    let dest = ns.mount_point().join("dest");
+    let seen = ns.outside(&dest);
+    let mut run = leech(
+        Some(&ns),
+        "leecher",
+        &data.torrent.path,
+        &dest,
+        &[],
+        &["--quiet"],
+        dir.path(),
+    );
+    let line = error_line(&mut run, true);
+    assert!(
+        line.contains("disk full") && line.contains("movie.bin"),
+        "{line}"
+    );
+    let file = seen.join("movie.bin");
+    let len = std::fs::metadata(&file).map_or(0, |m| m.len());
+    assert_eq!(len, 0, "the reserved space was not given back");
+    // Sparse, the same run starts (and would fail only when a write does).
+    let mut run = leech(
+        Some(&ns),
+        "leecher-sparse",
+        &data.torrent.path,
+        &dest,
+        &[],
+        &["--quiet", "--sparse", "--timeout", "2"],
+        dir.path(),
+    );
+    let status = wait_for(DONE, || run.exit_status()).expect("the sparse run never ended");
+    let log = run.log();
+    assert!(!log.contains("disk full"), "{log}");
+    assert!(!status.success(), "nothing to download from, yet: {log}");
+    assert_eq!(
+        std::fs::metadata(&file).map(|m| m.len()).ok(),
+        Some(SIZE as u64),
+        "{log}"
     );
 }
 

@@ -240,6 +240,9 @@ pub struct Options {
     /// Speak uTP (BEP 29) on the shared UDP socket: accept uTP connections and dial peers over
     /// uTP first (over TCP when that fails).
     pub utp: bool,
+    /// Reserve the disk space of a download's files at the start ([`Storage::preallocate`]);
+    /// otherwise they are created sparse.
+    pub preallocate: bool,
     /// Run a DHT node (BEP 5) on the shared UDP socket, at the listening port where it is free,
     /// and find peers of public torrents through it.
     pub dht: bool,
@@ -287,6 +290,7 @@ impl Options {
             upload_slots: EngineConfig::default().upload_slots,
             pex: true,
             utp: false,
+            preallocate: false,
             dht: false,
             dht_bootstrap: Vec::new(),
             state_dir: None,
@@ -488,6 +492,9 @@ struct Client {
     unflushed: BTreeSet<usize>,
     /// Sockets holding a run of disk reads not yet submitted (submitted before the loop waits).
     read_runs: BTreeSet<usize>,
+    /// Writes and hashes the engine asked for since the last hand-over to the disk pool, in
+    /// order (handed over after each socket read and before the loop waits).
+    disk_batch: Vec<(StoreId, Job)>,
     down: Bucket,
     up: Bucket,
     buf: Vec<u8>,
@@ -627,6 +634,7 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         read_pending: BTreeSet::new(),
         unflushed: BTreeSet::new(),
         read_runs: BTreeSet::new(),
+        disk_batch: Vec::new(),
         buf: vec![0; 64 * 1024],
         runs: BTreeMap::new(),
         stores: BTreeMap::new(),
@@ -791,6 +799,24 @@ fn seed_summary_line(name: &str, uploaded: u64, total: u64) -> String {
 impl Client {
     fn now(&self) -> Time {
         Time::from_nanos(self.epoch.elapsed().as_nanos() as u64)
+    }
+
+    /// Hands `batch` to the pool in order, one batch per run of jobs for the same store.
+    fn submit_batch(disk: &mut DiskPool, batch: &mut Vec<(StoreId, Job)>) {
+        let mut jobs = Vec::new();
+        let mut current = None;
+        for (store, job) in batch.drain(..) {
+            if current.is_some_and(|c| c != store)
+                && let Some(c) = current
+            {
+                disk.submit_batch(c, std::mem::take(&mut jobs));
+            }
+            current = Some(store);
+            jobs.push(job);
+        }
+        if let Some(c) = current {
+            disk.submit_batch(c, jobs);
+        }
     }
 
     /// Feeds the engine one input and carries out everything it asks.
@@ -970,7 +996,15 @@ impl Client {
         };
         let on_disk = resume::read_start(resume_path.as_deref(), &storage);
         if storage.writable() {
-            storage.allocate().map_err(ClientError::Storage)?;
+            let made = if self.opts.preallocate {
+                storage.preallocate()
+            } else {
+                storage.allocate()
+            };
+            made.map_err(|e| match e.is_disk_full() {
+                true => ClientError::DiskFull(e.to_string()),
+                false => ClientError::Storage(e),
+            })?;
         }
         let storage = Arc::new(storage);
         let store = self.disk.add_store(storage.clone());
@@ -1177,7 +1211,8 @@ impl Client {
             }
             Action::WriteBlock { piece, begin, data } => {
                 if let Some(store) = store {
-                    self.disk.submit(store, Job::Write { piece, begin, data });
+                    self.disk_batch
+                        .push((store, Job::Write { piece, begin, data }));
                 }
             }
             Action::ReadBlock {
@@ -1202,7 +1237,7 @@ impl Client {
             }
             Action::HashPiece { piece } => {
                 if let Some(store) = store {
-                    self.disk.submit(store, Job::Hash { piece });
+                    self.disk_batch.push((store, Job::Hash { piece }));
                 }
             }
             // The task handles announces itself; none reaches the driver.
@@ -1413,6 +1448,8 @@ impl Client {
         // link's metadata).
         let checked = task.session().is_some() && task.check_progress().is_none();
         if let (Some(path), Some(files), true) = (&run.resume_path, &run.files, checked) {
+            // After the writes the turn gathered, like everything else on the disk.
+            Self::submit_batch(&mut self.disk, &mut self.disk_batch);
             self.disk.submit(
                 files.store,
                 Job::SaveResume {
@@ -1749,6 +1786,7 @@ impl Client {
                 };
                 if let Some(since) = run.stopping {
                     stopping_any = true;
+                    Self::submit_batch(&mut self.disk, &mut self.disk_batch);
                     let disk_idle = run
                         .files
                         .as_ref()

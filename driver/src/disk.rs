@@ -183,11 +183,11 @@ pub enum Completion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StoreId(pub usize);
 
-/// A job on its way to a worker, with the storage it works on.
+/// Jobs on their way to a worker, done in order, with the storage they work on.
 struct Envelope {
     store: StoreId,
     storage: Arc<Storage>,
-    job: Job,
+    jobs: Vec<Job>,
 }
 
 /// The SHA-1 of a piece's blocks written so far, in piece order.
@@ -371,27 +371,40 @@ impl DiskPool {
     /// Queues a job for `store`. Check the queue sizes first (module doc): this never refuses
     /// work (except for a store that was removed).
     pub fn submit(&mut self, store: StoreId, job: Job) {
+        self.submit_batch(store, vec![job]);
+    }
+
+    /// Queues jobs for `store` that one worker does in order (a turn's writes: one hand-over and
+    /// one wake-up for all of them). Each still has its own completion; a hash among them
+    /// waits for the writes before it like any other.
+    pub fn submit_batch(&mut self, store: StoreId, jobs: Vec<Job>) {
         if !self.stores.contains(store.0) {
             log::error!("disk job for a removed storage dropped");
             return;
         }
-        match &job {
-            Job::Write { piece, data, .. } => {
-                self.write_bytes += data.len() as u64;
-                *self.writes_per_piece.entry((store, *piece)).or_default() += 1;
+        let mut send = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match &job {
+                Job::Write { piece, data, .. } => {
+                    self.write_bytes += data.len() as u64;
+                    *self.writes_per_piece.entry((store, *piece)).or_default() += 1;
+                }
+                Job::Read { peer, lengths, .. } => {
+                    *self.read_bytes.entry((store, *peer)).or_default() += run_bytes(lengths);
+                }
+                Job::Hash { piece } if self.writes_per_piece.contains_key(&(store, *piece)) => {
+                    self.count_in(store);
+                    *self.deferred_hashes.entry((store, *piece)).or_default() += 1;
+                    continue;
+                }
+                _ => {}
             }
-            Job::Read { peer, lengths, .. } => {
-                *self.read_bytes.entry((store, *peer)).or_default() += run_bytes(lengths);
-            }
-            Job::Hash { piece } if self.writes_per_piece.contains_key(&(store, *piece)) => {
-                self.count_in(store);
-                *self.deferred_hashes.entry((store, *piece)).or_default() += 1;
-                return;
-            }
-            _ => {}
+            self.count_in(store);
+            send.push(job);
         }
-        self.count_in(store);
-        self.send(store, job);
+        if !send.is_empty() {
+            self.send(store, send);
+        }
     }
 
     fn count_in(&mut self, store: StoreId) {
@@ -399,14 +412,14 @@ impl DiskPool {
         *self.in_flight_per_store.entry(store).or_default() += 1;
     }
 
-    fn send(&mut self, store: StoreId, job: Job) {
+    fn send(&mut self, store: StoreId, jobs: Vec<Job>) {
         let (Some(tx), Some(storage)) = (&self.jobs, self.stores.get(store.0)) else {
             return;
         };
         let envelope = Envelope {
             store,
             storage: storage.clone(),
-            job,
+            jobs,
         };
         // Fails only when every worker died (a panic); the job is lost like its worker.
         if tx.send(envelope).is_err() {
@@ -431,7 +444,7 @@ impl DiskPool {
                     if *n == 0 {
                         self.writes_per_piece.remove(&key);
                         for _ in 0..self.deferred_hashes.remove(&key).unwrap_or(0) {
-                            self.send(store, Job::Hash { piece: *piece });
+                            self.send(store, vec![Job::Hash { piece: *piece }]);
                         }
                     }
                 }
@@ -507,20 +520,22 @@ impl Worker {
             let Ok(Envelope {
                 store,
                 storage,
-                job,
+                jobs,
             }) = envelope
             else {
                 return;
             };
-            // Stopping: only work that keeps data (writes, the resume file) is still worth doing;
-            // reads for peers and hashes would only delay the exit.
-            if self.stop.load(Ordering::Relaxed)
-                && matches!(job, Job::Read { .. } | Job::Hash { .. })
-            {
-                continue;
+            for job in jobs {
+                // Stopping: only work that keeps data (writes, the resume file) is still worth
+                // doing; reads for peers and hashes would only delay the exit.
+                if self.stop.load(Ordering::Relaxed)
+                    && matches!(job, Job::Read { .. } | Job::Hash { .. })
+                {
+                    continue;
+                }
+                let c = execute(&storage, store, &self.hashes, job);
+                self.complete(store, c);
             }
-            let c = execute(&storage, store, &self.hashes, job);
-            self.complete(store, c);
         }
     }
 

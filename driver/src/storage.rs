@@ -263,6 +263,8 @@ pub enum Action {
     Write,
     /// Setting a file's size.
     Resize,
+    /// Reserving a file's disk space.
+    Reserve,
     /// Flushing to the device.
     Sync,
     /// Looking at a file's size and time.
@@ -277,6 +279,7 @@ impl Action {
             Action::Read => "read",
             Action::Write => "write",
             Action::Resize => "resize",
+            Action::Reserve => "reserve space for",
             Action::Sync => "flush",
             Action::Stat => "look at",
         }
@@ -335,6 +338,15 @@ impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             // The caller adds what to do (free space, run again): it knows what is kept.
+            StorageError::Io {
+                action: Action::Reserve,
+                path,
+                ..
+            } if self.is_disk_full() => write!(
+                f,
+                "no space left on the device for the whole of {}",
+                path.display()
+            ),
             StorageError::Io { path, .. } if self.is_disk_full() => {
                 write!(f, "no space left on the device writing {}", path.display())
             }
@@ -454,6 +466,39 @@ pub struct Storage {
     dirty: Mutex<BTreeSet<usize>>,
 }
 
+/// Reserves the first `len` bytes of `file` on the device (Linux `fallocate`, which also makes
+/// the file at least that long). `Ok` too where the filesystem cannot reserve space (the file
+/// stays as it was: sparse).
+#[cfg(target_os = "linux")]
+fn reserve(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    for _ in 0..16 {
+        // SAFETY: `fallocate` takes a descriptor and three integers and touches no memory of
+        // ours; `file` keeps the descriptor open for the call.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => return Ok(()),
+            _ => return Err(e),
+        }
+    }
+    Err(io::ErrorKind::Interrupted.into())
+}
+
+/// Elsewhere files stay sparse.
+#[cfg(not(target_os = "linux"))]
+fn reserve(_file: &File, _len: u64) -> io::Result<()> {
+    Ok(())
+}
+
 /// Locks a mutex, carrying on after a panicking holder: the guarded data stays consistent.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -567,6 +612,19 @@ impl Storage {
     /// already have the right size are left alone (a wrong size is corrected). Call once at
     /// start, after the resume plan looked at the files. Does nothing when seeding.
     pub fn allocate(&self) -> Result<(), StorageError> {
+        self.create_files(false)
+    }
+
+    /// Like [`Storage::allocate`], and reserves the disk space of every file it creates or
+    /// resizes (`fallocate`), so a full disk shows at the start, not half way through, and
+    /// writes need no block allocation of their own. Where the filesystem cannot reserve, the
+    /// file stays sparse. A file whose space cannot be had is put back to its old size, and the
+    /// error [`StorageError::is_disk_full`].
+    pub fn preallocate(&self) -> Result<(), StorageError> {
+        self.create_files(true)
+    }
+
+    fn create_files(&self, reserve_space: bool) -> Result<(), StorageError> {
         if !self.writable {
             return Ok(());
         }
@@ -582,17 +640,23 @@ impl Storage {
                     .map_err(|e| StorageError::io(Action::Create, parent, e))?;
                 made = Some(parent);
             }
-            match fs::metadata(path) {
+            let old_len = match fs::metadata(path) {
                 Ok(m) if !m.is_file() => return Err(StorageError::NotAFile(path.clone())),
                 Ok(m) if m.len() == f.length => continue,
-                _ => {}
-            }
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            };
             let file = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(path)
                 .map_err(|e| StorageError::io(Action::Create, path, e))?;
+            if reserve_space && let Err(e) = reserve(&file, f.length) {
+                // Give back what was reserved before the device ran out.
+                let _ = file.set_len(old_len.min(f.length));
+                return Err(StorageError::io(Action::Reserve, path, e));
+            }
             file.set_len(f.length)
                 .map_err(|e| StorageError::io(Action::Resize, path, e))?;
         }

@@ -2,7 +2,7 @@
 //! backpressure, and handing the engine what the sockets did.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Read};
 
 use kp_torrent_core::engine::{EngineInput, IncomingId, TorrentId};
 use kp_torrent_core::id::PeerHandle;
@@ -14,7 +14,7 @@ use mio::{Interest, Token};
 use super::limit::Limited;
 use super::utp::{Stream, StreamIo};
 use super::{Client, PEER_BASE, READ_BUDGET, SEND_QUEUE_LIMIT};
-use crate::conn::{ReadOutcome, SendQueue, read_budgeted};
+use crate::conn::{ReadOutcome, SendQueue};
 use crate::disk::{self, Job, READ_RUN_LIMIT, StoreId, WRITE_BACKLOG_LIMIT};
 
 /// Who a socket belongs to.
@@ -118,6 +118,7 @@ impl Client {
     /// socket's news can make the engine send elsewhere: a few rounds, then the next turn).
     pub(super) fn flush_unflushed(&mut self, now: Time) {
         for _ in 0..8 {
+            Client::submit_batch(&mut self.disk, &mut self.disk_batch);
             self.submit_read_runs();
             if self.unflushed.is_empty() {
                 return;
@@ -126,6 +127,7 @@ impl Client {
                 self.flush_sock(now, key);
             }
         }
+        Client::submit_batch(&mut self.disk, &mut self.disk_batch);
         self.submit_read_runs();
     }
 
@@ -257,36 +259,50 @@ impl Client {
             self.read_pending.insert(key);
             return;
         }
-        let Some(p) = self.socks.get_mut(key) else {
+        if !self.socks.contains(key) {
             self.read_pending.remove(&key);
             return;
-        };
-        let owner = p.owner;
-        let mut received = Vec::new();
-        let mut io = StreamIo {
-            stream: &mut p.stream,
-            utp: self.utp.as_mut(),
-        };
-        let outcome = read_budgeted(&mut io, &mut self.buf, budget, |chunk| {
-            received.extend_from_slice(chunk)
-        });
-        self.down.spend(received.len() as u64);
-        if !received.is_empty() {
+        }
+        // Each read goes to the engine as it comes, straight from the loop's buffer.
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut total = 0;
+        let outcome = loop {
+            if total >= budget {
+                break Ok(ReadOutcome::BudgetSpent);
+            }
+            // The engine may have closed the socket, or redialed under its key, meanwhile.
+            let Some(p) = self.socks.get_mut(key).filter(|p| !p.connecting) else {
+                break Ok(ReadOutcome::Drained);
+            };
+            let owner = p.owner;
+            let mut io = StreamIo {
+                stream: &mut p.stream,
+                utp: self.utp.as_mut(),
+            };
+            // Never read past the budget: a rate limit hands out small budgets many times a second.
+            let want = (budget - total).min(buf.len());
+            let n = match io.read(&mut buf[..want]) {
+                Ok(0) => break Ok(ReadOutcome::Closed),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(ReadOutcome::Drained),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e),
+            };
+            total += n;
+            self.down.spend(n as u64);
+            let bytes = &buf[..n];
             let input = match owner {
-                Owner::Pending(conn) => EngineInput::IncomingData {
-                    conn,
-                    bytes: &received,
-                },
+                Owner::Pending(conn) => EngineInput::IncomingData { conn, bytes },
                 Owner::Peer(torrent, peer) => EngineInput::Torrent {
                     torrent,
-                    input: TorrentInput::Session(Input::Received {
-                        peer,
-                        bytes: &received,
-                    }),
+                    input: TorrentInput::Session(Input::Received { peer, bytes }),
                 },
             };
             self.feed(now, input);
-        }
+        };
+        self.buf = buf;
+        // The blocks of this read go to the disk together (and count against its backlog now).
+        Client::submit_batch(&mut self.disk, &mut self.disk_batch);
         // The engine may have handed the socket over (or closed it) meanwhile; a socket that
         // is connecting under the same key is a new one (a redial), not this.
         let still_ours = self.socks.get(key).is_some_and(|p| !p.connecting);

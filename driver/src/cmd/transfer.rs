@@ -81,6 +81,11 @@ pub struct Common {
     #[arg(long)]
     pub no_utp: bool,
 
+    /// Create a download's files sparse instead of reserving their disk space at the start
+    /// (then a full disk shows only when a write fails, part way through).
+    #[arg(long)]
+    pub sparse: bool,
+
     /// Bootstrap the DHT from this node (repeatable; replaces the saved routing table and the
     /// public routers).
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = parse_host_port)]
@@ -270,6 +275,7 @@ fn options(
         pex: !common.no_pex,
         dht: !common.no_dht,
         utp: !common.no_utp,
+        preallocate: !common.sparse,
         dht_bootstrap: common.dht_bootstrap.clone(),
         state_dir: common.state_dir.clone().or_else(default_state_dir),
         download_limit: common.download_limit,

@@ -116,6 +116,46 @@ fn multi_file_round_trip_spans_files_and_skips_padding() {
 }
 
 #[test]
+fn preallocate_reserves_every_file_and_leaves_sized_files_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TestDir::new("prealloc");
+    let layout = mixed_layout();
+    let s = Storage::new(layout.clone(), Location::Download(dir.path().into()), 4).unwrap();
+    s.preallocate().unwrap();
+    for f in layout.files().iter().filter(|f| !f.padding) {
+        let m = fs::metadata(dir.path().join(f.path.join("/"))).unwrap();
+        assert_eq!(m.len(), f.length, "{:?}", f.path);
+        // Reserved: the blocks are there before any byte was written (a sparse file has none).
+        assert!(
+            m.blocks() * 512 >= f.length,
+            "{:?}: {} blocks",
+            f.path,
+            m.blocks()
+        );
+    }
+    // The data written reads back; padding files are still never created.
+    let bytes = data(29, 7);
+    write_all(&s, &bytes, 3);
+    assert_eq!(read_all(&s), with_zero_padding(&layout, &bytes));
+    assert!(!dir.path().join("t/.pad").exists());
+    // A second start leaves files of the right size (and their data) as they are.
+    s.preallocate().unwrap();
+    assert_eq!(read_all(&s), with_zero_padding(&layout, &bytes));
+}
+
+#[test]
+fn allocate_leaves_files_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TestDir::new("sparse");
+    let layout = Layout::new("big", false, 1 << 20, [(path(&["big"]), 8 << 20, false)]).unwrap();
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 2).unwrap();
+    s.allocate().unwrap();
+    let m = fs::metadata(dir.path().join("big")).unwrap();
+    assert_eq!(m.len(), 8 << 20);
+    assert!(m.blocks() * 512 < 1 << 20, "{} blocks", m.blocks());
+}
+
+#[test]
 fn single_file_torrent_lives_at_dest_name() {
     let dir = TestDir::new("single");
     let layout = Layout::new("one.bin", false, 8, [(path(&["one.bin"]), 20, false)]).unwrap();
