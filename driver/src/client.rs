@@ -67,10 +67,13 @@ use limit::Bucket;
 use peers::{Owner, PeerSock};
 
 /// Bytes queued for one peer's socket (and read for it) beyond which no more disk reads are
-/// queued for it. Small on purpose: seeding 1 GiB to one libtorrent leecher over 127.0.0.1 took
-/// 2.4–2.7 s with 128–256 KiB here, 3.1–3.5 s with 1 MiB and 4.1–4.6 s with 4 MiB (the blocks
-/// in flight stay in the CPU's cache between the disk read and the socket write).
-pub const SEND_QUEUE_LIMIT: usize = 256 << 10;
+/// queued for it. A trade-off measured here (2026-12-03, with reads in runs and one `writev` a
+/// turn): seeding 1 GiB to one libtorrent leecher over 127.0.0.1 took 2.4–2.7 s with 256 KiB,
+/// 2.6–2.7 s with 512 KiB and 2.7–2.9 s with 1 MiB, but in the 1 + 10 kp-torrent swarm of
+/// `benches/transfer.sh` the seeder then uploaded 3.0–5.7 copies with 256 KiB, 2.9–3.7 with 512 KiB
+/// and 1.9–2.7 with 1 MiB (a quicker seeder is asked for more): 1 MiB keeps the swarm's
+/// copies down.
+pub const SEND_QUEUE_LIMIT: usize = 1 << 20;
 /// Bytes read from one socket per loop turn at most.
 const READ_BUDGET: usize = 256 * 1024;
 /// How often the progress display is refreshed.

@@ -155,4 +155,25 @@ mod tests {
             io::ErrorKind::WouldBlock
         );
     }
+
+    #[test]
+    fn limited_vectored_writer_stops_at_the_tokens_across_slices() {
+        let t = Instant::now();
+        let mut b = Bucket::new(Some(200_000), t);
+        let mut sink = Vec::new();
+        let mut w = Limited {
+            inner: &mut sink,
+            bucket: &mut b,
+        };
+        let (a, c) = (vec![1u8; 15_000], vec![2u8; 15_000]);
+        let slices = [IoSlice::new(&a), IoSlice::new(&c)];
+        // 20,000 tokens: all of the first slice, a third of the second.
+        assert_eq!(w.write_vectored(&slices).unwrap(), 20_000);
+        assert_eq!(
+            w.write_vectored(&slices).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert_eq!(sink[..15_000], a[..]);
+        assert_eq!(sink[15_000..], c[..5_000]);
+    }
 }
