@@ -4,8 +4,8 @@
 #
 #   benches/transfer.sh                        # 1 GiB file, 1 MiB pieces, every part
 #   SIZE_MIB=256 benches/transfer.sh           # smaller file
-#   PARTS=leech,seed benches/transfer.sh       # some of: leech seed swarm idle
-#   RUNS=3 SWARM_MIB=256 SWARM_LEECHERS=10 IDLE_CONNS=2000 (the defaults)
+#   PARTS=leech,seed benches/transfer.sh       # some of: leech seed swarm idle big
+#   RUNS=3 SWARM_MIB=256 SWARM_LEECHERS=10 IDLE_CONNS=2000 BIG_MIB=4096 (the defaults)
 #
 # Parts:
 # - leech: one libtorrent 2.0.8 seeder (src/real/libtorrent_peer.py with Debian's /usr/bin/python3);
@@ -20,6 +20,9 @@
 # - idle: IDLE_CONNS connections that handshake and then stay silent, held open against a kp-torrent
 #   seeder (the idle_peers helper, src/bin/idle_peers.rs): its RSS growth per connection and the
 #   time a new peer waits for its handshake reply meanwhile.
+# - big: one kp-torrent leecher of a BIG_MIB file (default 4 GiB, 1 MiB pieces) from a kp-torrent
+#   seeder, once: its peak RSS must not grow with the torrent (needs about 2 x BIG_MIB of free
+#   space under $TMPDIR).
 #
 # A seeder is used only once it is seeding: libtorrent once it prints "done" (its check finished),
 # kp-torrent once it logs "checked, N of N pieces good" — not merely once its port listens (a
@@ -37,7 +40,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZE_MIB=${SIZE_MIB:-1024}
 RUNS=${RUNS:-3}
-PARTS=${PARTS:-leech,seed,swarm,idle}
+PARTS=${PARTS:-leech,seed,swarm,idle,big}
+BIG_MIB=${BIG_MIB:-4096}
 SWARM_MIB=${SWARM_MIB:-256}
 SWARM_LEECHERS=${SWARM_LEECHERS:-10}
 IDLE_CONNS=${IDLE_CONNS:-2000}
@@ -374,6 +378,18 @@ best_of() { # PART FIELD max|min NAME... -> the best median among NAMEs
 	echo "${best:-0}"
 }
 
+if has_part big; then
+	echo "big: $BIG_MIB MiB from one kp-torrent seeder"
+	make_torrent big "$BIG_MIB"
+	SRC_FILE=$TMP/big/data.bin
+	start_kp_seeder "$TMP/big.torrent" "$TMP/big" --quiet
+	timed big kp-torrent "$TMP/dl" "$KP_PID" "$BIG_MIB" -- \
+		"$BIN" download "$TMP/big.torrent" -d "$TMP/dl" --peer "127.0.0.1:$KP_PORT" --bind 127.0.0.1 \
+		--port 0 --no-dht --no-pex --no-utp --quiet
+	stop "$KP_PID"
+	rm -rf "$TMP/big"
+fi
+
 echo
 echo "Results ($(date -u '+%Y-%m-%d %H:%M UTC'), load $(load)); median of $RUNS runs (range):"
 if has_part leech; then
@@ -413,6 +429,9 @@ if has_part swarm; then
 	read -r _ n last up size scpu < <(awk '$1 == "swarm"' "$RESULTS")
 	single=$(field single kp-torrent 4 | median)
 	echo "  swarm: $n leechers done in $last s, one alone in $single s: $(ratio "$last" "$single")x [<= 2]; seeder uploaded $(ratio "$up" "$size") copies [< 3], seeder CPU $scpu s"
+fi
+if has_part big; then
+	echo "  big: $BIG_MIB MiB leeched at $(field big kp-torrent 3 | median) MiB/s, $(field big kp-torrent 5 | median) CPU s, peak RSS $(field big kp-torrent 6 | median) MiB [<= 16]"
 fi
 if has_part idle; then
 	echo "  idle: $(awk '$1 == "kib_per_conn" { print $2 }' "$TMP/idle.txt") KiB per idle connection [<= 10], handshake reply median $(awk '$1 == "reply_ms_median" { print $2 }' "$TMP/idle.txt") ms, max $(awk '$1 == "reply_ms_max" { print $2 }' "$TMP/idle.txt") ms [<= 10], $(awk '$1 == "idle_still_open" { print $2 }' "$TMP/idle.txt") of $IDLE_CONNS still open"
