@@ -28,13 +28,16 @@ fn files_option_fetches_only_the_selected_file() {
     assert_eq!(&std::fs::read(data.file_path(&dest, path1)).unwrap(), want1);
     for (path, _) in [&data.files[0], &data.files[2]] {
         let file = data.file_path(&dest, path);
-        // Unselected files may exist (sparse, at their size) but hold no downloaded byte.
+        // Unselected files may exist (sparse, at their size) but hold no downloaded byte, and
+        // no disk space was reserved for them (the selected file's was).
         if let Ok(bytes) = std::fs::read(&file) {
             assert!(
                 bytes.iter().all(|&b| b == 0),
                 "{} received data although it was not selected",
                 file.display()
             );
+            let used = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&file).unwrap());
+            assert_eq!(used, 0, "{} had space reserved", file.display());
         }
     }
 }

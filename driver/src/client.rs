@@ -871,7 +871,9 @@ impl Client {
         }
         let (files, on_disk) = match &topts.source {
             Source::Torrent(m) => {
-                let (files, on_disk) = self.open_files((**m).clone(), &topts.location)?;
+                let selection = topts.files.as_deref();
+                let (files, on_disk) =
+                    self.open_files((**m).clone(), &topts.location, selection)?;
                 (Some(files), Some(on_disk))
             }
             Source::Magnet(_) => (None, None),
@@ -988,6 +990,7 @@ impl Client {
         &mut self,
         metainfo: Metainfo,
         location: &Location,
+        selection: Option<&[usize]>,
     ) -> Result<(Files, resume::OnDisk), ClientError> {
         let layout = Layout::from_info(&metainfo.info);
         let storage = Storage::new(layout, location.clone(), crate::storage::DEFAULT_OPEN_FILES)
@@ -1000,7 +1003,8 @@ impl Client {
         let on_disk = resume::read_start(resume_path.as_deref(), &storage);
         if storage.writable() {
             let made = if self.opts.preallocate {
-                storage.preallocate()
+                // Files left out of a `--files` selection stay sparse.
+                storage.preallocate(&|i| selection.is_none_or(|sel| sel.contains(&i)))
             } else {
                 storage.allocate()
             };
@@ -1090,7 +1094,8 @@ impl Client {
         run.name.clone_from(&metainfo.info.name);
         run.progress.rename(&metainfo.info.name);
         let location = run.opts.location.clone();
-        match self.open_files(metainfo, &location) {
+        let selection = run.opts.files.clone();
+        match self.open_files(metainfo, &location, selection.as_deref()) {
             Ok((files, on_disk)) => self.start_files(now, id, files, &on_disk),
             Err(e) => {
                 if let Some(run) = self.runs.get_mut(&id) {

@@ -612,24 +612,25 @@ impl Storage {
     /// already have the right size are left alone (a wrong size is corrected). Call once at
     /// start, after the resume plan looked at the files. Does nothing when seeding.
     pub fn allocate(&self) -> Result<(), StorageError> {
-        self.create_files(false)
+        self.create_files(&|_| false)
     }
 
     /// Like [`Storage::allocate`], and reserves the disk space of every file it creates or
-    /// resizes (`fallocate`), so a full disk shows at the start, not half way through, and
-    /// writes need no block allocation of their own. Where the filesystem cannot reserve, the
-    /// file stays sparse. A file whose space cannot be had is put back to its old size, and the
-    /// error [`StorageError::is_disk_full`].
-    pub fn preallocate(&self) -> Result<(), StorageError> {
-        self.create_files(true)
+    /// resizes whose index `wanted` accepts (`fallocate`; the others stay sparse: files left out
+    /// of a download cost nothing), so a full disk shows at the start, not half way through,
+    /// and writes need no block allocation of their own. Where the filesystem cannot reserve,
+    /// the file stays sparse. A file whose space cannot be had is put back to its old size, and
+    /// the error [`StorageError::is_disk_full`].
+    pub fn preallocate(&self, wanted: &dyn Fn(usize) -> bool) -> Result<(), StorageError> {
+        self.create_files(wanted)
     }
 
-    fn create_files(&self, reserve_space: bool) -> Result<(), StorageError> {
+    fn create_files(&self, reserve_space: &dyn Fn(usize) -> bool) -> Result<(), StorageError> {
         if !self.writable {
             return Ok(());
         }
         let mut made: Option<&Path> = None;
-        for (f, path) in self.layout.files.iter().zip(&self.paths) {
+        for (index, (f, path)) in self.layout.files.iter().zip(&self.paths).enumerate() {
             if f.padding {
                 continue;
             }
@@ -652,7 +653,9 @@ impl Storage {
                 .truncate(false)
                 .open(path)
                 .map_err(|e| StorageError::io(Action::Create, path, e))?;
-            if reserve_space && let Err(e) = reserve(&file, f.length) {
+            if reserve_space(index)
+                && let Err(e) = reserve(&file, f.length)
+            {
                 // Give back what was reserved before the device ran out.
                 let _ = file.set_len(old_len.min(f.length));
                 return Err(StorageError::io(Action::Reserve, path, e));

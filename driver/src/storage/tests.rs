@@ -121,7 +121,7 @@ fn preallocate_reserves_every_file_and_leaves_sized_files_alone() {
     let dir = TestDir::new("prealloc");
     let layout = mixed_layout();
     let s = Storage::new(layout.clone(), Location::Download(dir.path().into()), 4).unwrap();
-    s.preallocate().unwrap();
+    s.preallocate(&|_| true).unwrap();
     for f in layout.files().iter().filter(|f| !f.padding) {
         let m = fs::metadata(dir.path().join(f.path.join("/"))).unwrap();
         assert_eq!(m.len(), f.length, "{:?}", f.path);
@@ -139,8 +139,37 @@ fn preallocate_reserves_every_file_and_leaves_sized_files_alone() {
     assert_eq!(read_all(&s), with_zero_padding(&layout, &bytes));
     assert!(!dir.path().join("t/.pad").exists());
     // A second start leaves files of the right size (and their data) as they are.
-    s.preallocate().unwrap();
+    s.preallocate(&|_| true).unwrap();
     assert_eq!(read_all(&s), with_zero_padding(&layout, &bytes));
+}
+
+#[test]
+fn preallocate_reserves_only_the_files_wanted() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TestDir::new("prealloc-some");
+    let files = [
+        (path(&["t", "a"]), 4 << 20, false),
+        (path(&["t", "b"]), 4 << 20, false),
+    ];
+    let layout = Layout::new("t", true, 1 << 20, files).unwrap();
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 2).unwrap();
+    s.preallocate(&|i| i == 1).unwrap();
+    let blocks = |name: &str| {
+        fs::metadata(dir.path().join("t").join(name))
+            .unwrap()
+            .blocks()
+            * 512
+    };
+    assert!(
+        blocks("a") < 1 << 20,
+        "a file left out was reserved: {}",
+        blocks("a")
+    );
+    assert!(
+        blocks("b") >= 4 << 20,
+        "the wanted file was not reserved: {}",
+        blocks("b")
+    );
 }
 
 #[test]
