@@ -4,7 +4,8 @@
 //! [`StoreId`]. The loop [`DiskPool::submit`]s [`Job`]s for a store; a worker does the I/O,
 //! sends a [`Completion`] (tagged with its store) back
 //! through a channel and wakes the loop's `mio::Poll` with the [`mio::Waker`] given at
-//! construction. On that wake-up the loop drains [`DiskPool::poll_completion`] until `None` and
+//! construction (once per batch: a worker that finds the loop already woken does not wake it
+//! again). [`DiskPool::submit_batch`] hands one worker several jobs at once, done in order. On that wake-up the loop drains [`DiskPool::poll_completion`] until `None` and
 //! feeds each completion to the core as an ordinary timestamped input (so traces replay it).
 //!
 //! Mapping to the core's session: `Action::WriteBlock`, `ReadBlock` and `HashPiece` become
