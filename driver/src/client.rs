@@ -1,5 +1,5 @@
 //! Any number of torrents in one process: the mio event loop around the core's
-//! [`Engine`](kp_torrent_core::engine::Engine) (the router above one
+//! [`kp_torrent_core::engine::Engine`] (the router above one
 //! [`TorrentTask`](kp_torrent_core::torrent::TorrentTask) per torrent).
 //!
 //! One thread runs the loop. Each turn it (1) reads the clock once, (2) fires the engine's due

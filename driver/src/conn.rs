@@ -2,8 +2,10 @@
 //! queue outgoing bytes with backpressure.
 //!
 //! mio readiness is edge-triggered: after an event we must read until `WouldBlock`, or remember
-//! that bytes are left and come back without waiting for another event. [`Conn::read`] stops after
-//! a budget so one fast peer cannot starve the others, and says whether it stopped early.
+//! that bytes are left and come back without waiting for another event. [`read_budgeted`] (the
+//! trackers' reads; the event loop's peer reads do the same, feeding each read to the engine)
+//! stops after a budget so one fast peer cannot starve the others, and says whether it stopped
+//! early.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
