@@ -11,11 +11,12 @@
 //! stale binary. `KP_KEEP_LOGS=DIR` (with `RUST_LOG=debug`) keeps kp-torrent's whole logs (see
 //! `kp_torrent_tests::real::kp`).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use kp_torrent_tests::TempDir;
+use kp_torrent_tests::real::kp::with_peers;
 use kp_torrent_tests::real::{
     Aria2, Dataset, Encryption, KpTorrent, Libtorrent, LibtorrentOptions, Opentracker, Torrent,
     Transmission,
@@ -29,39 +30,19 @@ const SWARM: Duration = Duration::from_secs(10);
 /// 3 MiB and a partial last piece of 64 KiB pieces.
 const SIZE: usize = 3 * 1024 * 1024 + 12_345;
 
-/// `--peer P` for each of `peers`.
-fn peer_args(peers: &[SocketAddr]) -> Vec<String> {
-    peers
-        .iter()
-        .flat_map(|p| ["--peer".to_string(), p.to_string()])
-        .collect()
-}
-
 /// `kp-torrent download TORRENT -d DEST --peer P...`, giving up after the test's own bound; its
 /// log goes into `dir`.
 fn download(dir: &TempDir, torrent: &Torrent, dest: &Path, peers: &[SocketAddr]) -> KpTorrent {
-    let mut args = vec!["--timeout".to_string(), DONE.as_secs().to_string()];
-    args.extend(peer_args(peers));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    KpTorrent::download("kp-torrent-leecher", &torrent.path, dest, &args, dir.path())
+    let name = "kp-torrent-leecher";
+    KpTorrent::download_from(name, torrent, dest, DONE, &[], peers, dir.path())
 }
 
 /// `kp-torrent seed TORRENT -s SOURCE --peer P...`; seeds until dropped. Its log goes into `dir`.
 fn seed(dir: &TempDir, torrent: &Torrent, source: &Path, peers: &[SocketAddr]) -> KpTorrent {
-    let args = peer_args(peers);
+    let args = with_peers(&[], peers);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    KpTorrent::seed(
-        "kp-torrent-seeder",
-        &torrent.path,
-        source,
-        &args,
-        dir.path(),
-    )
-}
-
-/// Where `kp` listens, for a real client's peer list.
-fn addr_of(kp: &KpTorrent) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, kp.port()))
+    let name = "kp-torrent-seeder";
+    KpTorrent::seed(name, &torrent.path, source, &args, dir.path())
 }
 
 /// Waits until a download has exited 0 (complete, verified, announced) without running out its
@@ -165,7 +146,7 @@ fn kp_torrent_seeds_libtorrent_multi_file_by_direct_dial() {
     let seeder = seed(&dir, &data.torrent, &data.source.join("album"), &[]);
     let dest = dir.path().join("dest");
     let opts = LibtorrentOptions {
-        peers: vec![addr_of(&seeder)],
+        peers: vec![seeder.socket_addr()],
         ..plaintext()
     };
     let Some(mut leecher) = Libtorrent::download(&data.torrent, &dest, &opts) else {
@@ -299,7 +280,7 @@ fn kp_torrent_seeds_libtorrent_that_offers_encryption_first() {
     let seeder = seed(&dir, &data.torrent, &data.source.join("data.bin"), &[]);
     let dest = dir.path().join("dest");
     let opts = LibtorrentOptions {
-        peers: vec![addr_of(&seeder)],
+        peers: vec![seeder.socket_addr()],
         encryption: Encryption::Enabled,
         ..LibtorrentOptions::default()
     };

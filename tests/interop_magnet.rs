@@ -114,11 +114,6 @@ fn libtorrent_options(extensions: &[&str]) -> LibtorrentOptions {
     }
 }
 
-/// Where `kp` listens.
-fn addr_of(kp: &KpTorrent) -> SocketAddr {
-    kp.addr().parse().expect("kp-torrent's address")
-}
-
 /// Panics unless `dest/.kp-torrent/<hex>.torrent` is a torrent whose info-hash and name are
 /// `torrent`'s (the same info-hash means the same info dictionary).
 fn assert_saved_torrent(dest: &Path, torrent: &Torrent) {
@@ -159,7 +154,7 @@ fn libtorrent_magnet_leecher_gets_metadata_and_data_from_kp_torrent() {
         return;
     };
     // Told only our address, after it started.
-    leecher.connect_peer(addr_of(&us));
+    leecher.connect_peer(us.socket_addr());
     leecher.wait_metadata(DONE);
     leecher.wait_done(DONE);
     data.assert_same(&dest);

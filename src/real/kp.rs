@@ -393,7 +393,9 @@ pub fn binary() -> PathBuf {
 }
 
 /// `extra`, then `--peer P` for each of `peers`.
-fn with_peers(extra: &[&str], peers: &[SocketAddr]) -> Vec<String> {
+/// `extra`, then `--peer P` for each of `peers`: arguments for [`KpTorrent::download`] or
+/// [`KpTorrent::seed`].
+pub fn with_peers(extra: &[&str], peers: &[SocketAddr]) -> Vec<String> {
     let peers = peers
         .iter()
         .flat_map(|p| ["--peer".to_string(), p.to_string()]);
