@@ -386,14 +386,8 @@ pub struct Engine {
     dht_contacts: Vec<SocketAddr>,
     /// The MSE state of torrents' connections that have one (dialing, or RC4).
     links: BTreeMap<(TorrentId, PeerHandle), Link>,
-    /// Addresses whose encrypted handshake failed: dialed in plaintext from now on.
-    plain_only: PlainMemory,
-    /// Dials that open with a plain handshake whatever the policy allows beyond it (under
-    /// [`Policy::Prefer`]; see [`Engine::plain_handshake`]); forgotten once connected or closed.
-    plain_dials: BTreeSet<(TorrentId, PeerHandle)>,
-    /// Plaintext dials to an address in `plain_only` that have received nothing yet: one that
-    /// closes so takes the address out again (the peer may want encryption after all).
-    plain_probes: BTreeMap<(TorrentId, PeerHandle), SocketAddr>,
+    /// Where dials go without MSE under [`Policy::Prefer`], and why.
+    plain: Plaintext,
     /// Every torrent's `SKEY` hash, for incoming MSE handshakes (each holds a snapshot).
     skeys: Arc<SkeyTable>,
     rng: ChaCha8Rng,
@@ -427,9 +421,7 @@ impl Engine {
             next_lookup: 1,
             dht_contacts: Vec::new(),
             links: BTreeMap::new(),
-            plain_only: PlainMemory::default(),
-            plain_dials: BTreeSet::new(),
-            plain_probes: BTreeMap::new(),
+            plain: Plaintext::default(),
             skeys: Arc::new(SkeyTable::new()),
             rng,
             now,
@@ -557,8 +549,7 @@ impl Engine {
         self.by_hash.remove(&task.torrent().info_hash);
         Arc::make_mut(&mut self.skeys).remove(&task.torrent().info_hash);
         self.links.retain(|(t, _), _| *t != id);
-        self.plain_dials.retain(|(t, _)| *t != id);
-        self.plain_probes.retain(|(t, _), _| *t != id);
+        self.plain.forget_torrent(id);
         self.half_open.retain(|(t, _)| *t != id);
         self.connect_queue.retain(|(t, _, _)| *t != id);
         self.udp_routes.retain(|_, (t, _)| *t != id);
@@ -691,11 +682,7 @@ impl Engine {
                 }
                 TorrentAction::Session(Action::Close { peer, reason }) => {
                     self.links.remove(&(id, peer));
-                    self.plain_dials.remove(&(id, peer));
-                    if let Some(addr) = self.plain_probes.remove(&(id, peer)) {
-                        // The torrent gave up on a silent plaintext connection.
-                        self.plain_only.remove(&addr);
-                    }
+                    self.plain.dial_ended((id, peer));
                     // A queued attempt that its torrent gave up never reaches the driver.
                     let before = self.connect_queue.len();
                     self.connect_queue
@@ -1231,4 +1218,4 @@ mod encryption;
 #[cfg(test)]
 mod tests;
 
-use encryption::{Link, PlainMemory};
+use encryption::{Link, Plaintext};

@@ -97,6 +97,37 @@ impl PlainMemory {
     }
 }
 
+/// What the engine knows about dialing without MSE under [`Policy::Prefer`].
+#[derive(Debug, Default)]
+pub(super) struct Plaintext {
+    /// Addresses whose encrypted handshake failed: dialed in plaintext from now on.
+    pub(super) memory: PlainMemory,
+    /// Dials that open with a plain handshake whatever the policy allows beyond it (see
+    /// [`Engine::plain_handshake`]); forgotten once connected or closed.
+    pub(super) marked: BTreeSet<(TorrentId, PeerHandle)>,
+    /// Plaintext dials to an address in `memory` that have received nothing yet: one that ends
+    /// so takes the address out again (the peer may want encryption after all).
+    pub(super) probes: BTreeMap<(TorrentId, PeerHandle), SocketAddr>,
+}
+
+impl Plaintext {
+    /// A connection ended (closed by either side, or its dial failed): its plain-handshake mark
+    /// goes, and a plaintext dial to a remembered address that heard nothing sends that address
+    /// back to encryption for the next dial.
+    pub(super) fn dial_ended(&mut self, key: (TorrentId, PeerHandle)) {
+        self.marked.remove(&key);
+        if let Some(addr) = self.probes.remove(&key) {
+            self.memory.remove(&addr);
+        }
+    }
+
+    /// Forgets a removed torrent's connections (the address memory is the process's).
+    pub(super) fn forget_torrent(&mut self, id: TorrentId) {
+        self.marked.retain(|(t, _)| *t != id);
+        self.probes.retain(|(t, _), _| *t != id);
+    }
+}
+
 /// What becomes of bytes a torrent sends to `peer`: `Some` to send (encrypted if the link is
 /// RC4), `None` when they wait for the handshake.
 pub(super) fn outgoing(
@@ -121,7 +152,7 @@ pub(super) fn outgoing(
 impl Engine {
     /// Addresses whose encrypted handshake failed, remembered for plaintext dials.
     pub fn plaintext_fallbacks(&self) -> usize {
-        self.plain_only.len()
+        self.plain.memory.len()
     }
 
     /// Under [`Policy::Prefer`], the dial of `peer` (connecting now) opens with a plain
@@ -130,8 +161,8 @@ impl Engine {
     /// selected plaintext, and under Prefer plaintext is what the stream carries anyway.
     /// `Require` and `Disable` are unaffected.
     pub fn plain_handshake(&mut self, torrent: TorrentId, peer: PeerHandle) {
-        if self.config.encryption == Policy::Prefer && self.plain_dials.len() < MAX_PLAIN_DIALS {
-            self.plain_dials.insert((torrent, peer));
+        if self.config.encryption == Policy::Prefer && self.plain.marked.len() < MAX_PLAIN_DIALS {
+            self.plain.marked.insert((torrent, peer));
         }
     }
 
@@ -144,14 +175,10 @@ impl Engine {
         };
         match *session_input {
             Input::Closed { peer } | Input::ConnectFailed { peer } => {
-                self.plain_dials.remove(&(id, peer));
-                if let Some(addr) = self.plain_probes.remove(&(id, peer)) {
-                    // Plaintext got no answer either: try encryption again next time.
-                    self.plain_only.remove(&addr);
-                }
+                self.plain.dial_ended((id, peer));
             }
             Input::Received { peer, bytes } if !bytes.is_empty() => {
-                self.plain_probes.remove(&(id, peer));
+                self.plain.probes.remove(&(id, peer));
             }
             _ => {}
         }
@@ -185,7 +212,7 @@ impl Engine {
         match self.config.encryption {
             Policy::Disable => None,
             Policy::Require => Some(Policy::Require),
-            Policy::Prefer if self.plain_only.contains(addr) => None,
+            Policy::Prefer if self.plain.memory.contains(addr) => None,
             Policy::Prefer => Some(Policy::Prefer),
         }
     }
@@ -194,7 +221,7 @@ impl Engine {
         let connected = TorrentInput::Session(Input::Connected { peer });
         if let Some(Link::Redialing { addr }) = self.links.get(&(id, peer)) {
             // The plain redial opened; the torrent's bytes are queued on it already.
-            self.plain_probes.insert((id, peer), *addr);
+            self.plain.probes.insert((id, peer), *addr);
             self.links.remove(&(id, peer));
             self.half_open.remove(&(id, peer));
             return;
@@ -204,10 +231,10 @@ impl Engine {
         };
         let info_hash = task.torrent().info_hash;
         let addr = task.session().and_then(|s| s.peer_addr(peer));
-        let addr = addr.filter(|_| !self.plain_dials.remove(&(id, peer)));
+        let addr = addr.filter(|_| !self.plain.marked.remove(&(id, peer)));
         let Some((addr, policy)) = addr.and_then(|a| Some((a, self.dial_policy(&a)?))) else {
-            if let Some(a) = addr.filter(|a| self.plain_only.contains(a)) {
-                self.plain_probes.insert((id, peer), a);
+            if let Some(a) = addr.filter(|a| self.plain.memory.contains(a)) {
+                self.plain.probes.insert((id, peer), a);
             }
             self.feed(id, connected);
             return;
@@ -359,7 +386,7 @@ impl Engine {
             self.feed(id, TorrentInput::Session(Input::Closed { peer }));
             return;
         }
-        self.plain_only.insert(addr);
+        self.plain.memory.insert(addr);
         self.half_open.insert((id, peer));
         self.actions.push_back(EngineAction::Torrent {
             torrent: id,

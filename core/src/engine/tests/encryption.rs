@@ -7,6 +7,7 @@ use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
 use super::*;
+use crate::engine::encryption::PlainMemory;
 use crate::mse::{Cipher, Handshake as Mse, Method, MseEvent};
 
 /// Where the driver routes a connection's bytes.
