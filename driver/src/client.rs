@@ -495,9 +495,6 @@ struct Client {
     unflushed: BTreeSet<usize>,
     /// Sockets holding a run of disk reads not yet submitted (submitted before the loop waits).
     read_runs: BTreeSet<usize>,
-    /// Writes and hashes the engine asked for since the last hand-over to the disk pool, in
-    /// order (handed over after each socket read and before the loop waits).
-    disk_batch: Vec<(StoreId, Job)>,
     down: Bucket,
     up: Bucket,
     buf: Vec<u8>,
@@ -637,7 +634,6 @@ pub fn run(mut opts: Options) -> Result<Vec<Outcome>, ClientError> {
         read_pending: BTreeSet::new(),
         unflushed: BTreeSet::new(),
         read_runs: BTreeSet::new(),
-        disk_batch: Vec::new(),
         buf: vec![0; 64 * 1024],
         runs: BTreeMap::new(),
         stores: BTreeMap::new(),
@@ -802,24 +798,6 @@ fn seed_summary_line(name: &str, uploaded: u64, total: u64) -> String {
 impl Client {
     fn now(&self) -> Time {
         Time::from_nanos(self.epoch.elapsed().as_nanos() as u64)
-    }
-
-    /// Hands `batch` to the pool in order, one batch per run of jobs for the same store.
-    fn submit_batch(disk: &mut DiskPool, batch: &mut Vec<(StoreId, Job)>) {
-        let mut jobs = Vec::new();
-        let mut current = None;
-        for (store, job) in batch.drain(..) {
-            if current.is_some_and(|c| c != store)
-                && let Some(c) = current
-            {
-                disk.submit_batch(c, std::mem::take(&mut jobs));
-            }
-            current = Some(store);
-            jobs.push(job);
-        }
-        if let Some(c) = current {
-            disk.submit_batch(c, jobs);
-        }
     }
 
     /// Feeds the engine one input and carries out everything it asks.
@@ -1219,8 +1197,8 @@ impl Client {
             }
             Action::WriteBlock { piece, begin, data } => {
                 if let Some(store) = store {
-                    self.disk_batch
-                        .push((store, Job::Write { piece, begin, data }));
+                    // Handed over after the socket read (or the turn) that brought it.
+                    self.disk.queue(store, Job::Write { piece, begin, data });
                 }
             }
             Action::ReadBlock {
@@ -1232,10 +1210,7 @@ impl Client {
                 let (Some(&key), Some(store)) = (self.by_peer.get(&(torrent, peer)), store) else {
                     return;
                 };
-                let p = &self.socks[key];
-                let queued = p.out.len() as u64 + self.disk.queued_read_bytes(store, peer);
-                let queued = queued + p.read_run.as_ref().map_or(0, |r| disk::run_bytes(&r.2));
-                if queued > SEND_QUEUE_LIMIT as u64 {
+                if self.bytes_ahead(key, store, peer) > SEND_QUEUE_LIMIT as u64 {
                     self.socks[key]
                         .deferred_reads
                         .push_back((piece, begin, length));
@@ -1245,7 +1220,7 @@ impl Client {
             }
             Action::HashPiece { piece } => {
                 if let Some(store) = store {
-                    self.disk_batch.push((store, Job::Hash { piece }));
+                    self.disk.queue(store, Job::Hash { piece });
                 }
             }
             // The task handles announces itself; none reaches the driver.
@@ -1456,8 +1431,6 @@ impl Client {
         // link's metadata).
         let checked = task.session().is_some() && task.check_progress().is_none();
         if let (Some(path), Some(files), true) = (&run.resume_path, &run.files, checked) {
-            // After the writes the turn gathered, like everything else on the disk.
-            Self::submit_batch(&mut self.disk, &mut self.disk_batch);
             self.disk.submit(
                 files.store,
                 Job::SaveResume {
@@ -1794,7 +1767,6 @@ impl Client {
                 };
                 if let Some(since) = run.stopping {
                     stopping_any = true;
-                    Self::submit_batch(&mut self.disk, &mut self.disk_batch);
                     let disk_idle = run
                         .files
                         .as_ref()

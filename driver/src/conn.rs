@@ -116,21 +116,38 @@ pub fn read_budgeted(
 ) -> io::Result<ReadOutcome> {
     let mut total = 0;
     loop {
-        if total >= budget {
-            return Ok(ReadOutcome::BudgetSpent);
-        }
-        // Never read past the budget: a rate limit hands out small budgets many times a second.
-        let want = (budget - total).min(buf.len());
-        match r.read(&mut buf[..want]) {
-            Ok(0) => return Ok(ReadOutcome::Closed),
+        match read_within(r, buf, budget - total)? {
             Ok(n) => {
                 total += n;
                 sink(&buf[..n]);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::Drained),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(outcome) => return Ok(outcome),
         }
+    }
+}
+
+/// One step of a budgeted read: `Ok(n)` bytes read into `buf[..n]` (never more than `left`, nor
+/// than `buf` holds), or why the reading stops — [`ReadOutcome::BudgetSpent`] when `left` is
+/// 0, `Drained` at `WouldBlock`, `Closed` at the end of the stream. Interrupted reads are
+/// retried.
+pub fn read_within(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    left: usize,
+) -> io::Result<Result<usize, ReadOutcome>> {
+    if left == 0 {
+        return Ok(Err(ReadOutcome::BudgetSpent));
+    }
+    // Never read past the budget: a rate limit hands out small budgets many times a second.
+    let want = left.min(buf.len());
+    loop {
+        return match r.read(&mut buf[..want]) {
+            Ok(0) => Ok(Err(ReadOutcome::Closed)),
+            Ok(n) => Ok(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Err(ReadOutcome::Drained)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(e),
+        };
     }
 }
 

@@ -5,7 +5,8 @@
 //! sends a [`Completion`] (tagged with its store) back
 //! through a channel and wakes the loop's `mio::Poll` with the [`mio::Waker`] given at
 //! construction (once per batch: a worker that finds the loop already woken does not wake it
-//! again). [`DiskPool::submit_batch`] hands one worker several jobs at once, done in order. On that wake-up the loop drains [`DiskPool::poll_completion`] until `None` and
+//! again); jobs [`DiskPool::queue`]d during a turn reach one worker together at
+//! [`DiskPool::hand_over`]. On that wake-up the loop drains [`DiskPool::poll_completion`] until `None` and
 //! feeds each completion to the core as an ordinary timestamped input (so traces replay it).
 //!
 //! Mapping to the core's session: `Action::WriteBlock`, `ReadBlock` and `HashPiece` become
@@ -301,6 +302,8 @@ pub struct DiskPool {
     in_flight: usize,
     in_flight_per_store: BTreeMap<StoreId, usize>,
     hashes: Arc<RunningHashes>,
+    /// Jobs counted in but not yet handed to the workers ([`DiskPool::queue`]).
+    queued: Vec<(StoreId, Job)>,
     /// Set by the worker that wakes the loop, cleared by the loop before it drains: a batch of
     /// completions costs one wake-up, not one each.
     woken: Arc<AtomicBool>,
@@ -353,6 +356,7 @@ impl DiskPool {
             in_flight: 0,
             in_flight_per_store: BTreeMap::new(),
             hashes,
+            queued: Vec::new(),
             woken,
         })
     }
@@ -369,42 +373,51 @@ impl DiskPool {
         self.hashes.forget_store(store);
     }
 
-    /// Queues a job for `store`. Check the queue sizes first (module doc): this never refuses
-    /// work (except for a store that was removed).
+    /// Queues a job for `store`, after every job [`DiskPool::queue`]d before it. Check the queue
+    /// sizes first (module doc): this never refuses work (except for a store that was removed).
     pub fn submit(&mut self, store: StoreId, job: Job) {
-        self.submit_batch(store, vec![job]);
+        self.queue(store, job);
+        self.hand_over();
     }
 
-    /// Queues jobs for `store` that one worker does in order (a turn's writes: one hand-over and
-    /// one wake-up for all of them). Each still has its own completion; a hash among them
-    /// waits for the writes before it like any other.
-    pub fn submit_batch(&mut self, store: StoreId, jobs: Vec<Job>) {
+    /// Queues a job for `store` that reaches a worker with the next [`DiskPool::hand_over`] (or
+    /// [`DiskPool::submit`]), together with the jobs queued before it: a turn's writes then cost
+    /// one hand-over and one wake-up, not one each. It counts as submitted at once (queue sizes,
+    /// [`DiskPool::in_flight_for`]), and a hash still waits for the writes before it.
+    pub fn queue(&mut self, store: StoreId, job: Job) {
         if !self.stores.contains(store.0) {
             log::error!("disk job for a removed storage dropped");
             return;
         }
-        let mut send = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            match &job {
-                Job::Write { piece, data, .. } => {
-                    self.write_bytes += data.len() as u64;
-                    *self.writes_per_piece.entry((store, *piece)).or_default() += 1;
-                }
-                Job::Read { peer, lengths, .. } => {
-                    *self.read_bytes.entry((store, *peer)).or_default() += run_bytes(lengths);
-                }
-                Job::Hash { piece } if self.writes_per_piece.contains_key(&(store, *piece)) => {
-                    self.count_in(store);
-                    *self.deferred_hashes.entry((store, *piece)).or_default() += 1;
-                    continue;
-                }
-                _ => {}
+        match &job {
+            Job::Write { piece, data, .. } => {
+                self.write_bytes += data.len() as u64;
+                *self.writes_per_piece.entry((store, *piece)).or_default() += 1;
             }
-            self.count_in(store);
-            send.push(job);
+            Job::Read { peer, lengths, .. } => {
+                *self.read_bytes.entry((store, *peer)).or_default() += run_bytes(lengths);
+            }
+            Job::Hash { piece } if self.writes_per_piece.contains_key(&(store, *piece)) => {
+                self.count_in(store);
+                *self.deferred_hashes.entry((store, *piece)).or_default() += 1;
+                return;
+            }
+            _ => {}
         }
-        if !send.is_empty() {
-            self.send(store, send);
+        self.count_in(store);
+        self.queued.push((store, job));
+    }
+
+    /// Hands the queued jobs to the workers: each run of jobs for one store to one worker, done
+    /// in order.
+    pub fn hand_over(&mut self) {
+        let mut queued = std::mem::take(&mut self.queued).into_iter().peekable();
+        while let Some((store, job)) = queued.next() {
+            let mut jobs = vec![job];
+            while let Some((_, job)) = queued.next_if(|(s, _)| *s == store) {
+                jobs.push(job);
+            }
+            self.send(store, jobs);
         }
     }
 
@@ -503,6 +516,8 @@ impl Drop for DiskPool {
     /// hashes, cuts a running check short, then joins the workers. Completions not polled by then
     /// are dropped.
     fn drop(&mut self) {
+        // Writes still queued on this side must land too.
+        self.hand_over();
         self.stop.store(true, Ordering::Relaxed);
         self.jobs = None;
         for w in self.workers.drain(..) {

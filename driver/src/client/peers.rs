@@ -2,7 +2,7 @@
 //! backpressure, and handing the engine what the sockets did.
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::io;
 
 use kp_torrent_core::engine::{EngineInput, IncomingId, TorrentId};
 use kp_torrent_core::id::PeerHandle;
@@ -14,7 +14,7 @@ use mio::{Interest, Token};
 use super::limit::Limited;
 use super::utp::{Stream, StreamIo};
 use super::{Client, PEER_BASE, READ_BUDGET, SEND_QUEUE_LIMIT};
-use crate::conn::{ReadOutcome, SendQueue};
+use crate::conn::{ReadOutcome, SendQueue, read_within};
 use crate::disk::{self, Job, READ_RUN_LIMIT, StoreId, WRITE_BACKLOG_LIMIT};
 
 /// Who a socket belongs to.
@@ -118,7 +118,7 @@ impl Client {
     /// socket's news can make the engine send elsewhere: a few rounds, then the next turn).
     pub(super) fn flush_unflushed(&mut self, now: Time) {
         for _ in 0..8 {
-            Client::submit_batch(&mut self.disk, &mut self.disk_batch);
+            self.disk.hand_over();
             self.submit_read_runs();
             if self.unflushed.is_empty() {
                 return;
@@ -127,7 +127,7 @@ impl Client {
                 self.flush_sock(now, key);
             }
         }
-        Client::submit_batch(&mut self.disk, &mut self.disk_batch);
+        self.disk.hand_over();
         self.submit_read_runs();
     }
 
@@ -140,24 +140,14 @@ impl Client {
 
     /// Queues deferred disk reads for a peer whose send queue has room again.
     pub(super) fn resume_reads(&mut self, key: usize) {
-        let Some(p) = self.socks.get_mut(key) else {
+        let Some(Owner::Peer(t, peer)) = self.socks.get(key).map(|p| p.owner) else {
             return;
         };
-        let Owner::Peer(t, peer) = p.owner else {
+        let Some(store) = self.store_of(t) else {
             return;
         };
-        let Some(store) = self
-            .runs
-            .get(&t)
-            .and_then(|r| r.files.as_ref())
-            .map(|f| f.store)
-        else {
-            return;
-        };
-        let queued = self.disk.queued_read_bytes(store, peer);
-        let run = p.read_run.as_ref().map_or(0, |r| disk::run_bytes(&r.2));
         let mut budget =
-            (SEND_QUEUE_LIMIT as u64).saturating_sub(p.out.len() as u64 + queued + run);
+            (SEND_QUEUE_LIMIT as u64).saturating_sub(self.bytes_ahead(key, store, peer));
         while budget > 0 {
             let Some(p) = self.socks.get_mut(key) else {
                 return;
@@ -168,6 +158,22 @@ impl Client {
             budget = budget.saturating_sub(u64::from(length));
             self.queue_read(key, store, piece, begin, length);
         }
+    }
+
+    /// The disk pool's name for torrent `t`'s files, once they are open.
+    pub(super) fn store_of(&self, t: TorrentId) -> Option<StoreId> {
+        self.runs.get(&t)?.files.as_ref().map(|f| f.store)
+    }
+
+    /// Bytes on their way to the socket `key` of `peer`: queued to send, being read from the
+    /// disk, and gathered in its run of reads. No more reads are queued past
+    /// [`SEND_QUEUE_LIMIT`].
+    pub(super) fn bytes_ahead(&self, key: usize, store: StoreId, peer: PeerHandle) -> u64 {
+        let Some(p) = self.socks.get(key) else {
+            return 0;
+        };
+        let run = p.read_run.as_ref().map_or(0, |r| disk::run_bytes(&r.2));
+        p.out.len() as u64 + self.disk.queued_read_bytes(store, peer) + run
     }
 
     /// Adds a block to the socket's run of reads, submitting the run first when the block does
@@ -229,12 +235,7 @@ impl Client {
             let Some(Owner::Peer(t, _)) = self.socks.get(key).map(|p| p.owner) else {
                 continue;
             };
-            if let Some(store) = self
-                .runs
-                .get(&t)
-                .and_then(|r| r.files.as_ref())
-                .map(|f| f.store)
-            {
+            if let Some(store) = self.store_of(t) {
                 self.submit_read_run(key, store);
             }
         }
@@ -267,9 +268,6 @@ impl Client {
         let mut buf = std::mem::take(&mut self.buf);
         let mut total = 0;
         let outcome = loop {
-            if total >= budget {
-                break Ok(ReadOutcome::BudgetSpent);
-            }
             // The engine may have closed the socket, or redialed under its key, meanwhile.
             let Some(p) = self.socks.get_mut(key).filter(|p| !p.connecting) else {
                 break Ok(ReadOutcome::Drained);
@@ -279,13 +277,9 @@ impl Client {
                 stream: &mut p.stream,
                 utp: self.utp.as_mut(),
             };
-            // Never read past the budget: a rate limit hands out small budgets many times a second.
-            let want = (budget - total).min(buf.len());
-            let n = match io.read(&mut buf[..want]) {
-                Ok(0) => break Ok(ReadOutcome::Closed),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(ReadOutcome::Drained),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            let n = match read_within(&mut io, &mut buf, budget - total) {
+                Ok(Ok(n)) => n,
+                Ok(Err(outcome)) => break Ok(outcome),
                 Err(e) => break Err(e),
             };
             total += n;
@@ -301,8 +295,8 @@ impl Client {
             self.feed(now, input);
         };
         self.buf = buf;
-        // The blocks of this read go to the disk together (and count against its backlog now).
-        Client::submit_batch(&mut self.disk, &mut self.disk_batch);
+        // The blocks of this read go to the disk together.
+        self.disk.hand_over();
         // The engine may have handed the socket over (or closed it) meanwhile; a socket that
         // is connecting under the same key is a new one (a redial), not this.
         let still_ours = self.socks.get(key).is_some_and(|p| !p.connecting);

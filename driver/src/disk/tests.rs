@@ -458,3 +458,45 @@ fn padding_is_hashed_as_zeros_like_a_read_back() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn queued_jobs_count_at_once_and_reach_a_worker_at_the_hand_over() {
+    let mut r = rig("queue", 1 << 14, 2, DEFAULT_WORKERS);
+    let data = bytes(2 << 14, 9);
+    for (i, block) in data[..1 << 14].chunks(1 << 12).enumerate() {
+        let begin = (i << 12) as u32;
+        let job = Job::Write {
+            piece: 0,
+            begin,
+            data: block.to_vec(),
+        };
+        r.pool.queue(r.store, job);
+    }
+    r.pool.queue(r.store, Job::Hash { piece: 0 });
+    // Counted (backpressure, the stop check) before any worker has them.
+    assert_eq!(r.pool.queued_write_bytes(), 1 << 14);
+    assert_eq!(r.pool.in_flight_for(r.store), 5);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        r.pool.poll_completion().is_none(),
+        "done before the hand-over"
+    );
+    r.pool.hand_over();
+    let done = r.run_until_idle();
+    assert_eq!(done.len(), 5, "{done:?}");
+    let digest: [u8; 20] = Sha1::digest(&data[..1 << 14]).into();
+    assert!(
+        done.iter()
+            .any(|c| matches!(c, Completion::Hashed { piece: 0, digest: d } if *d == digest)),
+        "{done:?}"
+    );
+    // A write still queued when the pool goes is written all the same.
+    let job = Job::Write {
+        piece: 1,
+        begin: 0,
+        data: data[1 << 14..].to_vec(),
+    };
+    r.pool.queue(r.store, job);
+    drop(r.pool);
+    assert_eq!(std::fs::read(r.dir.join("data")).unwrap(), data);
+}
