@@ -16,6 +16,34 @@ pub const MAX_IOVECS: usize = 64;
 /// A message joins the queued chunk before it while both together stay below this.
 const COALESCE_BELOW: usize = 4096;
 
+/// Asks the kernel to acknowledge what `stream` received at once instead of after its
+/// delayed-ACK timer (Linux's `TCP_QUICKACK`, which lasts until the kernel's next decision, so
+/// it is asked again after each read). Why: a peer that writes small messages with Nagle's
+/// algorithm on (libtorrent does) holds its next requests until its last small segment is
+/// acknowledged; when we have nothing in flight to carry that acknowledgement, the requests
+/// wait out the timer (about 40 ms on loopback) and a seeder's pipe runs dry. Best effort:
+/// an error only means the acknowledgement comes later.
+#[cfg(target_os = "linux")]
+pub fn quick_ack(stream: &mio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: `setsockopt` reads `size_of::<c_int>()` bytes at the pointer, which points at
+    // `one`, alive for the call; `stream` keeps the descriptor open for the call.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Elsewhere acknowledgements keep the kernel's timing.
+#[cfg(not(target_os = "linux"))]
+pub fn quick_ack(_stream: &mio::net::TcpStream) {}
+
 /// Result of draining a socket's readable bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadOutcome {
@@ -283,5 +311,64 @@ mod tests {
         }
         let out = read_budgeted(&mut Blocking, &mut buf, 10, |_| unreachable!()).unwrap();
         assert_eq!(out, ReadOutcome::Drained);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod quick_ack_tests {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    use super::quick_ack;
+
+    /// Linux's answer to `getsockopt(TCP_QUICKACK)`: 1 unless the socket is in its interactive
+    /// ("ping-pong") mode, where acknowledgements wait for a reply to ride on.
+    fn quick_ack_mode(s: &std::net::TcpStream) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `getsockopt` writes at most `len` bytes at the pointer, which points at `v`.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "getsockopt: {}", std::io::Error::last_os_error());
+        v
+    }
+
+    #[test]
+    fn a_socket_that_answered_small_messages_acknowledges_at_once_again_after_quick_ack() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.set_nodelay(true).unwrap();
+        server.set_nodelay(true).unwrap();
+        // Requests and replies back and forth put the server's side in ping-pong mode (its
+        // acknowledgements then wait for its next reply, or the delayed-ACK timer).
+        let mut server_std = server.try_clone().unwrap();
+        let mut byte = [0u8; 1];
+        for _ in 0..50 {
+            client.write_all(b"q").unwrap();
+            server_std.read_exact(&mut byte).unwrap();
+            server_std.write_all(b"r").unwrap();
+            client.read_exact(&mut byte).unwrap();
+            if quick_ack_mode(&server) == 0 {
+                break;
+            }
+        }
+        assert_eq!(
+            quick_ack_mode(&server),
+            0,
+            "the kernel never delayed acknowledgements"
+        );
+        server.set_nonblocking(true).unwrap();
+        let server = mio::net::TcpStream::from_std(server);
+        quick_ack(&server);
+        let server = std::net::TcpStream::from(std::os::fd::OwnedFd::from(server));
+        assert_eq!(quick_ack_mode(&server), 1);
     }
 }

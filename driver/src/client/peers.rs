@@ -176,6 +176,20 @@ impl Client {
         p.out.len() as u64 + self.disk.queued_read_bytes(store, peer) + run
     }
 
+    /// True when nothing is on its way to socket `key`: no bytes queued for it, and no disk
+    /// reads for its peer queued or running.
+    fn nothing_ahead(&self, key: usize) -> bool {
+        let Some(p) = self.socks.get(key) else {
+            return false;
+        };
+        match p.owner {
+            Owner::Peer(t, peer) => self.store_of(t).map_or(p.out.is_empty(), |store| {
+                self.bytes_ahead(key, store, peer) == 0
+            }),
+            Owner::Pending(_) => p.out.is_empty(),
+        }
+    }
+
     /// Adds a block to the socket's run of reads, submitting the run first when the block does
     /// not continue it, and the run once it is [`READ_RUN_LIMIT`] long.
     pub(super) fn queue_read(
@@ -297,6 +311,16 @@ impl Client {
         self.buf = buf;
         // The blocks of this read go to the disk together.
         self.disk.hand_over();
+        if total > 0 && self.nothing_ahead(key) {
+            // No reply of ours is on its way to carry the acknowledgement (`conn::quick_ack`).
+            if let Some(PeerSock {
+                stream: Stream::Tcp(stream),
+                ..
+            }) = self.socks.get(key)
+            {
+                crate::conn::quick_ack(stream);
+            }
+        }
         // The engine may have handed the socket over (or closed it) meanwhile; a socket that
         // is connecting under the same key is a new one (a redial), not this.
         let still_ours = self.socks.get(key).is_some_and(|p| !p.connecting);
