@@ -336,6 +336,7 @@ if has_part swarm; then
 	done
 	echo "swarm $SWARM_LEECHERS $last $uploaded $((SWARM_MIB * 1048576)) $(awk -v a="$seed_cpu0" -v b="$seed_cpu1" 'BEGIN { print b - a }')" >>"$RESULTS"
 	echo "  swarm: last leecher done after $last s, seeder uploaded $uploaded bytes (single run: ${SINGLE_UPLOADED:-?}), load $(load)"
+	echo "  swarm: each leecher done after (s): $(for i in "${!finished[@]}"; do awk -v b="${finished[$i]}" -v s="$start" 'BEGIN { printf "%.2f\n", b - s }'; done | sort -g | tr '\n' ' ')"
 	rm -rf "$TMP/swarm-dl"
 fi
 
