@@ -15,13 +15,20 @@
 //! of the same names, and [`Completion::HashFailed`] becomes the `HashFailed` input. The start-up
 //! check is the core's too: it asks for the pieces to check as ordinary hashes.
 //!
-//! Ordering: jobs start in submission order, but with several workers they may finish in any
-//! order. One guarantee matters to the core: a [`Job::Hash`] of a piece waits until every
-//! [`Job::Write`] to that piece submitted before it has completed, so the hash sees the data.
+//! Ordering: each worker has its own queue, and every job of a piece goes to the same worker
+//! (`worker_for`), so a piece's jobs run in submission order; jobs of different pieces may
+//! finish in any order. One guarantee matters to the core: a [`Job::Hash`] of a piece waits
+//! until every [`Job::Write`] to that piece submitted before it has completed, so the hash sees
+//! the data.
+//!
+//! Writes in runs: a worker takes everything waiting in its queue at once, and writes that
+//! follow each other in one piece become one vectored write (`Storage::write_run`, up to 64
+//! blocks); should it fail, each block is written again on its own so every block's completion
+//! is exact.
 //!
 //! Hashing from memory: a worker that has written a block feeds it to a running SHA-1 of its
-//! piece ([`RunningHashes`]), in piece order (a block that arrives early waits in a small,
-//! bounded stash). A [`Job::Hash`] of a piece whose every byte was written exactly once, in
+//! piece ([`RunningHashes`], one per worker, as a piece has one worker), in piece order (a
+//! block that arrives early, from another peer say, waits in a small, bounded stash). A [`Job::Hash`] of a piece whose every byte was written exactly once, in
 //! full, since its last hash gets that digest without reading the piece back; any other piece
 //! (the start-up check, a failed or repeated write, a stash that overflowed) is read back from
 //! the files as before. Either way the digest is of the bytes the files hold, and the core
@@ -60,9 +67,9 @@ pub const WRITE_BACKLOG_LIMIT: u64 = 4 << 20;
 /// read together up to this many bytes (one `pread`, one job, one completion instead of eight).
 pub const READ_RUN_LIMIT: u64 = 128 << 10;
 
-/// Most bytes of blocks written ahead of their piece's running hash, kept until the blocks
-/// before them are written (two workers finish neighbouring blocks in either order; several
-/// peers fill one piece in any order). Past it, the piece is read back to be hashed instead.
+/// Most bytes of blocks written ahead of their piece's running hash, per worker, kept until the
+/// blocks before them are written (several peers fill one piece in any order). Past it, the
+/// piece is read back to be hashed instead.
 pub const EARLY_BLOCK_LIMIT: usize = 1 << 20;
 
 /// Work for the pool.
@@ -203,7 +210,7 @@ struct Running {
     broken: bool,
 }
 
-/// Running hashes of the pieces being written, shared by the workers.
+/// Running hashes of the pieces one worker writes.
 #[derive(Default)]
 pub struct RunningHashes {
     inner: Mutex<RunningInner>,
@@ -289,7 +296,8 @@ impl RunningHashes {
 
 /// A pool of disk worker threads over the storages of every torrent.
 pub struct DiskPool {
-    jobs: Option<Sender<Envelope>>,
+    /// One queue per worker: a piece's jobs always go to the same one ([`worker_for`]).
+    jobs: Vec<Sender<Envelope>>,
     done: Receiver<(StoreId, Completion)>,
     workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -301,7 +309,8 @@ pub struct DiskPool {
     deferred_hashes: BTreeMap<(StoreId, u32), u32>,
     in_flight: usize,
     in_flight_per_store: BTreeMap<StoreId, usize>,
-    hashes: Arc<RunningHashes>,
+    /// Each worker's running hashes (of the pieces routed to it).
+    hashes: Vec<Arc<RunningHashes>>,
     /// Jobs counted in but not yet handed to the workers ([`DiskPool::queue`]).
     queued: Vec<(StoreId, Job)>,
     /// Set by the worker that wakes the loop, cleared by the loop before it drains: a batch of
@@ -310,7 +319,7 @@ pub struct DiskPool {
 }
 
 struct Worker {
-    jobs: Arc<Mutex<Receiver<Envelope>>>,
+    jobs: Receiver<Envelope>,
     done: Sender<(StoreId, Completion)>,
     waker: Arc<Waker>,
     woken: Arc<AtomicBool>,
@@ -321,21 +330,24 @@ struct Worker {
 impl DiskPool {
     /// Starts `threads` workers (at least 1); each completion wakes `waker`.
     pub fn new(waker: Arc<Waker>, threads: usize) -> std::io::Result<DiskPool> {
-        let (jobs_tx, jobs_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let stop = Arc::new(AtomicBool::new(false));
-        let hashes = Arc::new(RunningHashes::default());
         let woken = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
+        let mut jobs = Vec::new();
+        let mut hashes = Vec::new();
         for n in 0..threads.max(1) {
+            let (jobs_tx, jobs_rx) = mpsc::channel();
+            let running = Arc::new(RunningHashes::default());
+            jobs.push(jobs_tx);
+            hashes.push(running.clone());
             let w = Worker {
-                jobs: jobs_rx.clone(),
+                jobs: jobs_rx,
                 done: done_tx.clone(),
                 waker: waker.clone(),
                 woken: woken.clone(),
                 stop: stop.clone(),
-                hashes: hashes.clone(),
+                hashes: running,
             };
             workers.push(
                 std::thread::Builder::new()
@@ -344,7 +356,7 @@ impl DiskPool {
             );
         }
         Ok(DiskPool {
-            jobs: Some(jobs_tx),
+            jobs,
             done: done_rx,
             workers,
             stop,
@@ -370,7 +382,9 @@ impl DiskPool {
     /// submitted for it afterwards are dropped.
     pub fn remove_store(&mut self, store: StoreId) {
         self.stores.try_remove(store.0);
-        self.hashes.forget_store(store);
+        for h in &self.hashes {
+            h.forget_store(store);
+        }
     }
 
     /// Queues a job for `store`, after every job [`DiskPool::queue`]d before it. Check the queue
@@ -408,16 +422,26 @@ impl DiskPool {
         self.queued.push((store, job));
     }
 
-    /// Hands the queued jobs to the workers: each run of jobs for one store to one worker, done
-    /// in order.
+    /// Hands the queued jobs to the workers: each job to the worker of its piece
+    /// ([`worker_for`]), a worker's jobs for one store in one envelope, done in order.
     pub fn hand_over(&mut self) {
-        let mut queued = std::mem::take(&mut self.queued).into_iter().peekable();
-        while let Some((store, job)) = queued.next() {
-            let mut jobs = vec![job];
-            while let Some((_, job)) = queued.next_if(|(s, _)| *s == store) {
-                jobs.push(job);
+        if self.queued.is_empty() {
+            return;
+        }
+        let workers = self.jobs.len();
+        let mut per_worker: Vec<Vec<(StoreId, Job)>> = (0..workers).map(|_| Vec::new()).collect();
+        for (store, job) in std::mem::take(&mut self.queued) {
+            per_worker[worker_for(&job, workers)].push((store, job));
+        }
+        for (worker, queued) in per_worker.into_iter().enumerate() {
+            let mut queued = queued.into_iter().peekable();
+            while let Some((store, job)) = queued.next() {
+                let mut jobs = vec![job];
+                while let Some((_, job)) = queued.next_if(|(s, _)| *s == store) {
+                    jobs.push(job);
+                }
+                self.send(worker, store, jobs);
             }
-            self.send(store, jobs);
         }
     }
 
@@ -426,8 +450,8 @@ impl DiskPool {
         *self.in_flight_per_store.entry(store).or_default() += 1;
     }
 
-    fn send(&mut self, store: StoreId, jobs: Vec<Job>) {
-        let (Some(tx), Some(storage)) = (&self.jobs, self.stores.get(store.0)) else {
+    fn send(&mut self, worker: usize, store: StoreId, jobs: Vec<Job>) {
+        let (Some(tx), Some(storage)) = (self.jobs.get(worker), self.stores.get(store.0)) else {
             return;
         };
         let envelope = Envelope {
@@ -435,9 +459,9 @@ impl DiskPool {
             storage: storage.clone(),
             jobs,
         };
-        // Fails only when every worker died (a panic); the job is lost like its worker.
+        // Fails only when the worker died (a panic); the job is lost like its worker.
         if tx.send(envelope).is_err() {
-            log::error!("disk workers are gone; a disk job was dropped");
+            log::error!("disk worker {worker} is gone; a disk job was dropped");
         }
     }
 
@@ -458,7 +482,8 @@ impl DiskPool {
                     if *n == 0 {
                         self.writes_per_piece.remove(&key);
                         for _ in 0..self.deferred_hashes.remove(&key).unwrap_or(0) {
-                            self.send(store, vec![Job::Hash { piece: *piece }]);
+                            let job = Job::Hash { piece: *piece };
+                            self.send(worker_for(&job, self.jobs.len()), store, vec![job]);
                         }
                     }
                 }
@@ -519,7 +544,7 @@ impl Drop for DiskPool {
         // Writes still queued on this side must land too.
         self.hand_over();
         self.stop.store(true, Ordering::Relaxed);
-        self.jobs = None;
+        self.jobs.clear();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -528,30 +553,98 @@ impl Drop for DiskPool {
 
 impl Worker {
     fn run(self) {
-        loop {
-            let envelope = match self.jobs.lock() {
-                Ok(rx) => rx.recv(),
-                Err(_) => return,
-            };
-            let Ok(Envelope {
+        while let Ok(first) = self.jobs.recv() {
+            // What else is queued joins this batch, so a worker that fell behind writes longer
+            // runs.
+            let mut batch = vec![first];
+            while batch.len() < BATCH_ENVELOPES
+                && let Ok(more) = self.jobs.try_recv()
+            {
+                batch.push(more);
+            }
+            let mut run: Option<WriteRun> = None;
+            for Envelope {
                 store,
                 storage,
                 jobs,
-            }) = envelope
-            else {
-                return;
-            };
-            for job in jobs {
-                // Stopping: only work that keeps data (writes, the resume file) is still worth
-                // doing; reads for peers and hashes would only delay the exit.
-                if self.stop.load(Ordering::Relaxed)
-                    && matches!(job, Job::Read { .. } | Job::Hash { .. })
-                {
-                    continue;
+            } in batch
+            {
+                for job in jobs {
+                    // Stopping: only work that keeps data (writes, the resume file) is still
+                    // worth doing; reads for peers and hashes would only delay the exit.
+                    if self.stop.load(Ordering::Relaxed)
+                        && matches!(job, Job::Read { .. } | Job::Hash { .. })
+                    {
+                        continue;
+                    }
+                    let job = match job {
+                        Job::Write { piece, begin, data } => {
+                            if let Some(r) = &mut run
+                                && r.continues(store, piece, begin)
+                            {
+                                r.blocks.push(data);
+                                continue;
+                            }
+                            if let Some(r) = run.take() {
+                                self.write_run(r);
+                            }
+                            run = Some(WriteRun {
+                                store,
+                                storage: storage.clone(),
+                                piece,
+                                begin,
+                                blocks: vec![data],
+                            });
+                            continue;
+                        }
+                        other => other,
+                    };
+                    if let Some(r) = run.take() {
+                        self.write_run(r);
+                    }
+                    let c = execute(&storage, store, &self.hashes, job);
+                    self.complete(store, c);
                 }
-                let c = execute(&storage, store, &self.hashes, job);
-                self.complete(store, c);
             }
+            if let Some(r) = run.take() {
+                self.write_run(r);
+            }
+        }
+    }
+
+    /// Writes a run of blocks with one vectored write; if that fails, each block again on its
+    /// own, so every block's completion says exactly what became of it.
+    fn write_run(&self, r: WriteRun) {
+        let WriteRun {
+            store,
+            storage,
+            piece,
+            begin,
+            blocks,
+        } = r;
+        let written = blocks.len() > 1 && {
+            let slices: Vec<&[u8]> = blocks.iter().map(Vec::as_slice).collect();
+            storage.write_run(piece, begin, &slices).is_ok()
+        };
+        let mut at = begin;
+        for data in blocks {
+            let length = data.len() as u32;
+            let c = if written {
+                write_done(&storage, store, &self.hashes, piece, at, data, Ok(()))
+            } else {
+                execute(
+                    &storage,
+                    store,
+                    &self.hashes,
+                    Job::Write {
+                        piece,
+                        begin: at,
+                        data,
+                    },
+                )
+            };
+            self.complete(store, c);
+            at = at.saturating_add(length);
         }
     }
 
@@ -569,30 +662,9 @@ impl Worker {
 
 fn execute(s: &Storage, store: StoreId, hashes: &RunningHashes, job: Job) -> Completion {
     match job {
-        Job::Write {
-            piece,
-            begin,
-            mut data,
-        } => {
-            let length = data.len() as u32;
+        Job::Write { piece, begin, data } => {
             let result = s.write(piece, begin, &data);
-            // Hash what a read would give back.
-            s.layout().zero_padding(piece, begin, &mut data);
-            // Before the completion is sent: a hash job for the piece waits for that completion.
-            hashes.written(store, piece, begin, data, result.is_ok());
-            match result {
-                Ok(()) => Completion::Written {
-                    piece,
-                    begin,
-                    length,
-                },
-                Err(error) => Completion::WriteFailed {
-                    piece,
-                    begin,
-                    length,
-                    error,
-                },
-            }
+            write_done(s, store, hashes, piece, begin, data, result)
         }
         Job::Read {
             peer,
@@ -643,6 +715,74 @@ fn execute(s: &Storage, store: StoreId, hashes: &RunningHashes, job: Job) -> Com
         },
     }
 }
+
+/// The completion of a block's write, once its result is known; the block goes on to its
+/// piece's running hash.
+fn write_done(
+    s: &Storage,
+    store: StoreId,
+    hashes: &RunningHashes,
+    piece: u32,
+    begin: u32,
+    mut data: Vec<u8>,
+    result: Result<(), StorageError>,
+) -> Completion {
+    let length = data.len() as u32;
+    // Hash what a read would give back.
+    s.layout().zero_padding(piece, begin, &mut data);
+    // Before the completion is sent: a hash job for the piece waits for that completion.
+    hashes.written(store, piece, begin, data, result.is_ok());
+    match result {
+        Ok(()) => Completion::Written {
+            piece,
+            begin,
+            length,
+        },
+        Err(error) => Completion::WriteFailed {
+            piece,
+            begin,
+            length,
+            error,
+        },
+    }
+}
+
+/// Which worker does `job`: every job of a piece goes to the same one (so its writes and hash
+/// run in order on one thread, and its running hash is fed in order), other jobs to the first.
+fn worker_for(job: &Job, workers: usize) -> usize {
+    match job {
+        Job::Write { piece, .. } | Job::Read { piece, .. } | Job::Hash { piece } => {
+            *piece as usize % workers.max(1)
+        }
+        Job::SaveResume { .. } => 0,
+    }
+}
+
+/// Consecutive writes of one piece a worker gathers into one vectored write.
+struct WriteRun {
+    store: StoreId,
+    storage: Arc<Storage>,
+    piece: u32,
+    begin: u32,
+    blocks: Vec<Vec<u8>>,
+}
+
+impl WriteRun {
+    /// True when a write of `piece` at `begin` extends this run (and it has room).
+    fn continues(&self, store: StoreId, piece: u32, begin: u32) -> bool {
+        let end = u64::from(self.begin) + self.blocks.iter().map(|b| b.len() as u64).sum::<u64>();
+        self.store == store
+            && self.piece == piece
+            && end == u64::from(begin)
+            && self.blocks.len() < RUN_BLOCKS
+    }
+}
+
+/// Envelopes a worker takes from its queue at once at most.
+const BATCH_ENVELOPES: usize = 64;
+
+/// Blocks in one vectored write at most.
+const RUN_BLOCKS: usize = 64;
 
 /// Bytes of a run of blocks.
 pub fn run_bytes(lengths: &[u32]) -> u64 {

@@ -351,7 +351,7 @@ fn digest_after_writes(
     r.pool.submit(r.store, Job::Hash { piece: 0 });
     let done = r.run_until_idle();
     assert_eq!(
-        r.pool.hashes.early_bytes(),
+        r.pool.hashes.iter().map(|h| h.early_bytes()).sum::<usize>(),
         0,
         "the stash is empty afterwards"
     );
@@ -499,4 +499,119 @@ fn queued_jobs_count_at_once_and_reach_a_worker_at_the_hand_over() {
     r.pool.queue(r.store, job);
     drop(r.pool);
     assert_eq!(std::fs::read(r.dir.join("data")).unwrap(), data);
+}
+
+#[test]
+fn writes_queued_together_land_where_they_belong_whatever_their_order() {
+    // One worker, so every write below is in one batch: runs are gathered only from blocks
+    // that follow each other; a gap or a step back starts a new run.
+    let mut r = rig("runs", 1 << 16, 2, 1);
+    let data = bytes(2 << 16, 61);
+    let order = [0u32, 1, 2, 4, 5, 3, 7, 6, 8, 9, 10, 12, 11, 13, 14, 15];
+    for &i in &order {
+        let at = (i as usize) << 13;
+        r.pool.queue(
+            r.store,
+            Job::Write {
+                piece: i / 8,
+                begin: (i % 8) << 13,
+                data: data[at..at + (1 << 13)].to_vec(),
+            },
+        );
+    }
+    r.pool.hand_over();
+    let done = r.run_until_idle();
+    let mut written: Vec<(u32, u32)> = done
+        .iter()
+        .map(|c| match c {
+            Completion::Written {
+                piece,
+                begin,
+                length: 8192,
+            } => (*piece, *begin),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    written.sort();
+    let all: Vec<(u32, u32)> = (0..16).map(|i| (i / 8, (i % 8) << 13)).collect();
+    assert_eq!(written, all, "one completion per block");
+    assert_eq!(std::fs::read(r.dir.join("data")).unwrap(), data);
+    for piece in 0..2 {
+        r.pool.submit(r.store, Job::Hash { piece });
+    }
+    let start = piece_digests(&data, 1 << 16);
+    for c in r.run_until_idle() {
+        match c {
+            Completion::Hashed { piece, digest } => assert_eq!(digest, start[piece as usize]),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn piece_digests(data: &[u8], piece_length: usize) -> Vec<[u8; 20]> {
+    data.chunks(piece_length)
+        .map(|p| Sha1::digest(p).into())
+        .collect()
+}
+
+#[test]
+fn a_run_that_fails_part_way_says_which_blocks_were_written() {
+    // Piece 0 spans files a and b; b is gone (not open: writing a first closed it), so a run
+    // over both fails at b. Each block then gets its own result: a's was written, b's not.
+    let layout = Layout::new(
+        "t",
+        true,
+        1 << 15,
+        [
+            (vec!["t".to_string(), "a".to_string()], 1 << 14, false),
+            (vec!["t".to_string(), "b".to_string()], 1 << 14, false),
+        ],
+    )
+    .unwrap();
+    // One open file at most (`rig_with` opens 4): writing a closes b.
+    let dir = TestDir::new("run-fails");
+    let storage = Arc::new(Storage::new(layout, Location::Download(dir.path().into()), 1).unwrap());
+    storage.allocate().unwrap();
+    storage.write(0, 0, &[0; 8]).unwrap();
+    std::fs::remove_file(dir.path().join("t/b")).unwrap();
+    let poll = Poll::new().unwrap();
+    let mut pool = DiskPool::new(Arc::new(Waker::new(poll.registry(), WAKE).unwrap()), 1).unwrap();
+    let store = pool.add_store(storage.clone());
+    let mut r = Rig {
+        dir: dir.path().to_path_buf(),
+        _dir: dir,
+        poll,
+        storage,
+        pool,
+        store,
+    };
+    let data = bytes(1 << 15, 71);
+    for begin in [0, 1 << 14] {
+        r.pool.queue(
+            r.store,
+            Job::Write {
+                piece: 0,
+                begin,
+                data: data[begin as usize..begin as usize + (1 << 14)].to_vec(),
+            },
+        );
+    }
+    r.pool.hand_over();
+    let mut done = r.run_until_idle();
+    done.sort_by_key(|c| match c {
+        Completion::Written { begin, .. } | Completion::WriteFailed { begin, .. } => *begin,
+        _ => u32::MAX,
+    });
+    match &done[..] {
+        [
+            Completion::Written { begin: 0, .. },
+            Completion::WriteFailed {
+                begin: 16384,
+                error: StorageError::Deleted(path),
+                ..
+            },
+        ] => assert!(path.ends_with("t/b"), "{path:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read(r.dir.join("t/a")).unwrap(), data[..1 << 14]);
 }

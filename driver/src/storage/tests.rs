@@ -530,3 +530,24 @@ fn check_files_finds_a_finished_file_that_went() {
     .unwrap();
     seed.check_files().unwrap();
 }
+
+#[test]
+fn a_run_of_blocks_writes_what_its_blocks_would_one_by_one() {
+    // Runs of 3-byte blocks cross every file boundary of the mixed layout, the padding and the
+    // empty file included.
+    let dir = TestDir::new("write-run");
+    let layout = mixed_layout();
+    let s = Storage::new(layout.clone(), Location::Download(dir.path().into()), 2).unwrap();
+    s.allocate().unwrap();
+    let bytes = data(29, 5);
+    let pl = s.layout().piece_length() as usize;
+    for (p, piece) in bytes.chunks(pl).enumerate() {
+        let blocks: Vec<&[u8]> = piece.chunks(3).collect();
+        s.write_run(p as u32, 0, &blocks).unwrap();
+    }
+    assert_eq!(read_all(&s), with_zero_padding(&layout, &bytes));
+    // A run that would leave its piece is refused whole.
+    let err = s.write_run(1, 10, &[&[1; 2], &[1; 2]]).unwrap_err();
+    assert!(matches!(err, StorageError::OutOfRange { .. }), "{err:?}");
+    assert_eq!(read_all(&s), with_zero_padding(&layout, &bytes));
+}
