@@ -6,6 +6,7 @@
 #   SIZE_MIB=256 benches/transfer.sh           # smaller file
 #   PARTS=leech,seed benches/transfer.sh       # some of: leech seed swarm idle big
 #   RUNS=3 SWARM_MIB=256 SWARM_LEECHERS=10 IDLE_CONNS=2000 BIG_MIB=4096 (the defaults)
+#   KP_BIN=/path/to/kp-torrent benches/transfer.sh   # measure another build of kp-torrent
 #
 # Parts:
 # - leech: one libtorrent 2.0.8 seeder (src/real/libtorrent_peer.py with Debian's /usr/bin/python3);
@@ -16,7 +17,8 @@
 # - seed: kp-torrent seeder, then a libtorrent seeder, each to one libtorrent leecher.
 # - swarm: one kp-torrent seeder and SWARM_LEECHERS kp-torrent leechers of a SWARM_MIB file, started
 #   at once and told each other's addresses (--peer); compared with one kp-torrent leecher alone
-#   from the same seeder; the seeder's upload is counted in copies of the file.
+#   from the same seeder; the seeder's upload is counted in copies of the file. RUNS times (a
+#   fresh seeder each time), the median shown.
 # - idle: IDLE_CONNS connections that handshake and then stay silent, held open against a kp-torrent
 #   seeder (the idle_peers helper, src/bin/idle_peers.rs): its RSS growth per connection and the
 #   time a new peer waits for its handshake reply meanwhile.
@@ -46,7 +48,7 @@ SWARM_MIB=${SWARM_MIB:-256}
 SWARM_LEECHERS=${SWARM_LEECHERS:-10}
 IDLE_CONNS=${IDLE_CONNS:-2000}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET/release/kp-torrent
+BIN=${KP_BIN:-$TARGET/release/kp-torrent}
 IDLE_BIN=$TARGET/release/idle_peers
 PY=/usr/bin/python3
 
@@ -286,58 +288,61 @@ fi
 if has_part swarm; then
 	echo "swarm: 1 kp-torrent seeder, $SWARM_LEECHERS kp-torrent leechers, $SWARM_MIB MiB"
 	SRC_FILE=$TMP/swarm/data.bin
-	start_kp_seeder "$ST" "$TMP/swarm"
-	SEED_ADDR=127.0.0.1:$KP_PORT
-	timed single kp-torrent "$TMP/dl" "$KP_PID" "$SWARM_MIB" -- \
-		"$BIN" download "$ST" -d "$TMP/dl" --peer "$SEED_ADDR" --bind 127.0.0.1 --port 0 \
-		--no-dht --no-pex --no-utp --quiet
-	stop "$KP_PID"
-	SINGLE_UPLOADED=$(sed -n 's/.*uploaded .* (\([0-9]*\) bytes).*/\1/p' "$KP_LOG" | tail -1)
-	start_kp_seeder "$ST" "$TMP/swarm"
-	SEED_ADDR=127.0.0.1:$KP_PORT
-	ports=()
-	for i in $(seq 1 "$SWARM_LEECHERS"); do ports+=("$(free_port)"); done
-	sync
-	seed_cpu0=$(cpu_of "$KP_PID")
-	start=$(date +%s.%N)
-	lpids=()
-	for i in $(seq 0 $((SWARM_LEECHERS - 1))); do
-		others=()
-		for j in $(seq 0 $((SWARM_LEECHERS - 1))); do
-			[ "$i" = "$j" ] || others+=(--peer "127.0.0.1:${ports[$j]}")
-		done
-		mkdir -p "$TMP/swarm-dl/$i"
-		# --seed: a finished leecher keeps serving the others, as in a real swarm.
-		RUST_LOG=info "$BIN" download "$ST" -d "$TMP/swarm-dl/$i" --seed --peer "$SEED_ADDR" \
-			"${others[@]}" --bind 127.0.0.1 --port "${ports[$i]}" --no-dht --no-pex --no-utp \
-			>"$TMP/swarm-dl/$i.log" 2>&1 &
-		lpids+=("$!")
-		PIDS+=("$!")
-	done
-	declare -A finished=()
-	for step in $(seq 1 6000); do
+	for run in $(seq 1 "$RUNS"); do
+		start_kp_seeder "$ST" "$TMP/swarm"
+		SEED_ADDR=127.0.0.1:$KP_PORT
+		timed single kp-torrent "$TMP/dl" "$KP_PID" "$SWARM_MIB" -- \
+			"$BIN" download "$ST" -d "$TMP/dl" --peer "$SEED_ADDR" --bind 127.0.0.1 --port 0 \
+			--no-dht --no-pex --no-utp --quiet
+		stop "$KP_PID"
+		SINGLE_UPLOADED=$(sed -n 's/.*uploaded .* (\([0-9]*\) bytes).*/\1/p' "$KP_LOG" | tail -1)
+		start_kp_seeder "$ST" "$TMP/swarm"
+		SEED_ADDR=127.0.0.1:$KP_PORT
+		ports=()
+		for i in $(seq 1 "$SWARM_LEECHERS"); do ports+=("$(free_port)"); done
+		sync
+		seed_cpu0=$(cpu_of "$KP_PID")
+		start=$(date +%s.%N)
+		lpids=()
 		for i in $(seq 0 $((SWARM_LEECHERS - 1))); do
-			if [ -z "${finished[$i]:-}" ] && grep -q 'download complete' "$TMP/swarm-dl/$i.log"; then
-				finished[$i]=$(date +%s.%N)
-			fi
+			others=()
+			for j in $(seq 0 $((SWARM_LEECHERS - 1))); do
+				[ "$i" = "$j" ] || others+=(--peer "127.0.0.1:${ports[$j]}")
+			done
+			mkdir -p "$TMP/swarm-dl/$i"
+			# --seed: a finished leecher keeps serving the others, as in a real swarm.
+			RUST_LOG=info "$BIN" download "$ST" -d "$TMP/swarm-dl/$i" --seed --peer "$SEED_ADDR" \
+				"${others[@]}" --bind 127.0.0.1 --port "${ports[$i]}" --no-dht --no-pex --no-utp \
+				>"$TMP/swarm-dl/$i.log" 2>&1 &
+			lpids+=("$!")
+			PIDS+=("$!")
 		done
-		[ "${#finished[@]}" = "$SWARM_LEECHERS" ] && break
-		sleep 0.05
+		unset finished
+		declare -A finished=()
+		for step in $(seq 1 6000); do
+			for i in $(seq 0 $((SWARM_LEECHERS - 1))); do
+				if [ -z "${finished[$i]:-}" ] && grep -q 'download complete' "$TMP/swarm-dl/$i.log"; then
+					finished[$i]=$(date +%s.%N)
+				fi
+			done
+			[ "${#finished[@]}" = "$SWARM_LEECHERS" ] && break
+			sleep 0.05
+		done
+		[ "${#finished[@]}" = "$SWARM_LEECHERS" ] || { echo "transfer.sh: swarm not done in 300 s" >&2; exit 1; }
+		seed_cpu1=$(cpu_of "$KP_PID")
+		for p in "${lpids[@]}"; do stop "$p"; done
+		stop "$KP_PID"
+		for i in $(seq 0 $((SWARM_LEECHERS - 1))); do cmp "$SRC_FILE" "$TMP/swarm-dl/$i/data.bin"; done
+		uploaded=$(sed -n 's/.*uploaded .* (\([0-9]*\) bytes).*/\1/p' "$KP_LOG" | tail -1)
+		last=0
+		for i in "${!finished[@]}"; do
+			last=$(awk -v a="$last" -v b="${finished[$i]}" -v s="$start" 'BEGIN { d = b - s; print (d > a ? d : a) }')
+		done
+		echo "swarm $SWARM_LEECHERS $last $uploaded $((SWARM_MIB * 1048576)) $(awk -v a="$seed_cpu0" -v b="$seed_cpu1" 'BEGIN { print b - a }')" >>"$RESULTS"
+		echo "  swarm: last leecher done after $last s, seeder uploaded $uploaded bytes (single run: ${SINGLE_UPLOADED:-?}), load $(load)"
+		echo "  swarm: each leecher done after (s): $(for i in "${!finished[@]}"; do awk -v b="${finished[$i]}" -v s="$start" 'BEGIN { printf "%.2f\n", b - s }'; done | sort -g | tr '\n' ' ')"
+		rm -rf "$TMP/swarm-dl"
 	done
-	[ "${#finished[@]}" = "$SWARM_LEECHERS" ] || { echo "transfer.sh: swarm not done in 300 s" >&2; exit 1; }
-	seed_cpu1=$(cpu_of "$KP_PID")
-	for p in "${lpids[@]}"; do stop "$p"; done
-	stop "$KP_PID"
-	for i in $(seq 0 $((SWARM_LEECHERS - 1))); do cmp "$SRC_FILE" "$TMP/swarm-dl/$i/data.bin"; done
-	uploaded=$(sed -n 's/.*uploaded .* (\([0-9]*\) bytes).*/\1/p' "$KP_LOG" | tail -1)
-	last=0
-	for i in "${!finished[@]}"; do
-		last=$(awk -v a="$last" -v b="${finished[$i]}" -v s="$start" 'BEGIN { d = b - s; print (d > a ? d : a) }')
-	done
-	echo "swarm $SWARM_LEECHERS $last $uploaded $((SWARM_MIB * 1048576)) $(awk -v a="$seed_cpu0" -v b="$seed_cpu1" 'BEGIN { print b - a }')" >>"$RESULTS"
-	echo "  swarm: last leecher done after $last s, seeder uploaded $uploaded bytes (single run: ${SINGLE_UPLOADED:-?}), load $(load)"
-	echo "  swarm: each leecher done after (s): $(for i in "${!finished[@]}"; do awk -v b="${finished[$i]}" -v s="$start" 'BEGIN { printf "%.2f\n", b - s }'; done | sort -g | tr '\n' ' ')"
-	rm -rf "$TMP/swarm-dl"
 fi
 
 if has_part idle; then
@@ -427,9 +432,12 @@ if has_part seed; then
 	echo "  seed CPU s, kp / libtorrent:    $(ratio "$(field seed kp-torrent 7 | median)" "$(field seed libtorrent 7 | median)") [<= 0.5]"
 fi
 if has_part swarm; then
-	read -r _ n last up size scpu < <(awk '$1 == "swarm"' "$RESULTS")
+	n=$SWARM_LEECHERS
+	last=$(awk '$1 == "swarm" { print $3 }' "$RESULTS" | median)
+	copies=$(awk '$1 == "swarm" { printf "%.2f\n", $4 / $5 }' "$RESULTS")
+	scpu=$(awk '$1 == "swarm" { print $6 }' "$RESULTS" | median)
 	single=$(field single kp-torrent 4 | median)
-	echo "  swarm: $n leechers done in $last s, one alone in $single s: $(ratio "$last" "$single")x [<= 2]; seeder uploaded $(ratio "$up" "$size") copies [< 3], seeder CPU $scpu s"
+	echo "  swarm: $n leechers done in $last s ($(awk '$1 == "swarm" { print $3 }' "$RESULTS" | spread)), one alone in $single s: $(ratio "$last" "$single")x [<= 2]; seeder uploaded $(echo "$copies" | median) copies ($(echo "$copies" | spread)) [< 3], seeder CPU $scpu s"
 fi
 if has_part big; then
 	echo "  big: $BIG_MIB MiB leeched at $(field big kp-torrent 3 | median) MiB/s, $(field big kp-torrent 5 | median) CPU s, peak RSS $(field big kp-torrent 6 | median) MiB [<= 16]"
