@@ -7,6 +7,7 @@
 #   PARTS=leech,seed benches/transfer.sh       # some of: leech seed swarm idle big
 #   RUNS=3 SWARM_MIB=256 SWARM_LEECHERS=10 IDLE_CONNS=2000 BIG_MIB=4096 (the defaults)
 #   KP_BIN=/path/to/kp-torrent benches/transfer.sh   # measure another build of kp-torrent
+#                                                    # (this tree is still built, for idle_peers)
 #
 # Parts:
 # - leech: one libtorrent 2.0.8 seeder (src/real/libtorrent_peer.py with Debian's /usr/bin/python3);
@@ -338,7 +339,7 @@ if has_part swarm; then
 		for i in "${!finished[@]}"; do
 			last=$(awk -v a="$last" -v b="${finished[$i]}" -v s="$start" 'BEGIN { d = b - s; print (d > a ? d : a) }')
 		done
-		echo "swarm $SWARM_LEECHERS $last $uploaded $((SWARM_MIB * 1048576)) $(awk -v a="$seed_cpu0" -v b="$seed_cpu1" 'BEGIN { print b - a }')" >>"$RESULTS"
+		echo "swarm $SWARM_LEECHERS $last ${uploaded:-0} $((SWARM_MIB * 1048576)) $(awk -v a="$seed_cpu0" -v b="$seed_cpu1" 'BEGIN { print b - a }')" >>"$RESULTS"
 		echo "  swarm: last leecher done after $last s, seeder uploaded $uploaded bytes (single run: ${SINGLE_UPLOADED:-?}), load $(load)"
 		echo "  swarm: each leecher done after (s): $(for i in "${!finished[@]}"; do awk -v b="${finished[$i]}" -v s="$start" 'BEGIN { printf "%.2f\n", b - s }'; done | sort -g | tr '\n' ' ')"
 		rm -rf "$TMP/swarm-dl"
@@ -434,7 +435,7 @@ fi
 if has_part swarm; then
 	n=$SWARM_LEECHERS
 	last=$(awk '$1 == "swarm" { print $3 }' "$RESULTS" | median)
-	copies=$(awk '$1 == "swarm" { printf "%.2f\n", $4 / $5 }' "$RESULTS")
+	copies=$(awk '$1 == "swarm" { printf "%.2f\n", ($5 > 0 ? $4 / $5 : 0) }' "$RESULTS")
 	scpu=$(awk '$1 == "swarm" { print $6 }' "$RESULTS" | median)
 	single=$(field single kp-torrent 4 | median)
 	echo "  swarm: $n leechers done in $last s ($(awk '$1 == "swarm" { print $3 }' "$RESULTS" | spread)), one alone in $single s: $(ratio "$last" "$single")x [<= 2]; seeder uploaded $(echo "$copies" | median) copies ($(echo "$copies" | spread)) [< 3], seeder CPU $scpu s"

@@ -5,9 +5,10 @@
 //! sends a [`Completion`] (tagged with its store) back
 //! through a channel and wakes the loop's `mio::Poll` with the [`mio::Waker`] given at
 //! construction (once per batch: a worker that finds the loop already woken does not wake it
-//! again); jobs [`DiskPool::queue`]d during a turn reach one worker together at
-//! [`DiskPool::hand_over`]. On that wake-up the loop drains [`DiskPool::poll_completion`] until `None` and
-//! feeds each completion to the core as an ordinary timestamped input (so traces replay it).
+//! again); jobs [`DiskPool::queue`]d during a turn reach their workers together at
+//! [`DiskPool::hand_over`] (one envelope per worker and store). On that wake-up the loop drains
+//! [`DiskPool::poll_completion`] until `None` and feeds each completion to the core as an
+//! ordinary timestamped input (so traces replay it).
 //!
 //! Mapping to the core's session: `Action::WriteBlock`, `ReadBlock` and `HashPiece` become
 //! [`Job::Write`], [`Job::Read`] and [`Job::Hash`]; [`Completion::Written`], `WriteFailed` (its
@@ -16,20 +17,22 @@
 //! check is the core's too: it asks for the pieces to check as ordinary hashes.
 //!
 //! Ordering: each worker has its own queue, and every job of a piece goes to the same worker
-//! (`worker_for`), so a piece's jobs run in submission order; jobs of different pieces may
-//! finish in any order. One guarantee matters to the core: a [`Job::Hash`] of a piece waits
-//! until every [`Job::Write`] to that piece submitted before it has completed, so the hash sees
-//! the data.
+//! (`worker_for`), so a piece's jobs run in submission order, except that a [`Job::Hash`] waits
+//! until every [`Job::Write`] to its piece submitted before it has completed (so the hash sees
+//! the data; jobs of the piece queued meanwhile may run first). Jobs of different pieces may
+//! finish in any order. Resume saves have a worker of their own, so the flush they start never
+//! holds up a piece's writes.
 //!
-//! Writes in runs: a worker takes everything waiting in its queue at once, and writes that
-//! follow each other in one piece become one vectored write (`Storage::write_run`, up to 64
-//! blocks); should it fail, each block is written again on its own so every block's completion
-//! is exact.
+//! Writes in runs: a worker takes what waits in its queue (up to 64 envelopes) at once, and
+//! writes that follow each other in one piece become one vectored write (`Storage::write_run`,
+//! up to 64 blocks); should it fail, each block is written again on its own so every block's
+//! completion is exact.
 //!
 //! Hashing from memory: a worker that has written a block feeds it to a running SHA-1 of its
 //! piece ([`RunningHashes`], one per worker, as a piece has one worker), in piece order (a
-//! block that arrives early, from another peer say, waits in a small, bounded stash). A [`Job::Hash`] of a piece whose every byte was written exactly once, in
-//! full, since its last hash gets that digest without reading the piece back; any other piece
+//! block that arrives early, from another peer say, waits in a small, bounded stash). A
+//! [`Job::Hash`] of a piece whose every byte was written exactly once, in full, since its last
+//! hash gets that digest without reading the piece back; any other piece
 //! (the start-up check, a failed or repeated write, a stash that overflowed) is read back from
 //! the files as before. Either way the digest is of the bytes the files hold, and the core
 //! compares it with the torrent's: the pool only saves the read.
@@ -55,7 +58,8 @@ use sha1::{Digest, Sha1};
 use crate::resume::{self, ResumeError, Snapshot};
 use crate::storage::{Storage, StorageError};
 
-/// Worker threads by default: one can hash while the other serves reads.
+/// Workers for pieces by default (each piece has one: two let one piece be hashed or read back
+/// while the next is written); [`DiskPool::new`] adds one more for resume saves.
 pub const DEFAULT_WORKERS: usize = 2;
 
 /// A suggested limit for [`DiskPool::queued_write_bytes`]: above it, stop reading from peers.
@@ -328,7 +332,9 @@ struct Worker {
 }
 
 impl DiskPool {
-    /// Starts `threads` workers (at least 1); each completion wakes `waker`.
+    /// Starts `threads` workers for pieces (at least 1) and one for resume saves; each batch of
+    /// completions wakes `waker`. A worker that panicked (a bug) loses its queue, and the
+    /// counts of its jobs then never drain: the loop stalls instead of losing data silently.
     pub fn new(waker: Arc<Waker>, threads: usize) -> std::io::Result<DiskPool> {
         let (done_tx, done_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -336,7 +342,7 @@ impl DiskPool {
         let mut workers = Vec::new();
         let mut jobs = Vec::new();
         let mut hashes = Vec::new();
-        for n in 0..threads.max(1) {
+        for n in 0..=threads.max(1) {
             let (jobs_tx, jobs_rx) = mpsc::channel();
             let running = Arc::new(RunningHashes::default());
             jobs.push(jobs_tx);
@@ -351,7 +357,11 @@ impl DiskPool {
             };
             workers.push(
                 std::thread::Builder::new()
-                    .name(format!("kp-disk-{n}"))
+                    .name(if n == threads.max(1) {
+                        "kp-resume".to_string()
+                    } else {
+                        format!("kp-disk-{n}")
+                    })
                     .spawn(move || w.run())?,
             );
         }
@@ -747,14 +757,15 @@ fn write_done(
     }
 }
 
-/// Which worker does `job`: every job of a piece goes to the same one (so its writes and hash
-/// run in order on one thread, and its running hash is fed in order), other jobs to the first.
+/// Which of `workers` does `job`: every job of a piece goes to the same one of the first
+/// `workers - 1` (so its writes and hash run in order on one thread, and its running hash is
+/// fed in order); resume saves, whose flush may take long, to the last.
 fn worker_for(job: &Job, workers: usize) -> usize {
     match job {
         Job::Write { piece, .. } | Job::Read { piece, .. } | Job::Hash { piece } => {
-            *piece as usize % workers.max(1)
+            *piece as usize % workers.saturating_sub(1).max(1)
         }
-        Job::SaveResume { .. } => 0,
+        Job::SaveResume { .. } => workers.saturating_sub(1),
     }
 }
 

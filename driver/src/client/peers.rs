@@ -311,7 +311,10 @@ impl Client {
         self.buf = buf;
         // The blocks of this read go to the disk together.
         self.disk.hand_over();
-        if total > 0 && self.nothing_ahead(key) {
+        // The engine may have handed the socket over (or closed it) meanwhile; a socket that
+        // is connecting under the same key is a new one (a redial), not this.
+        let still_ours = self.socks.get(key).is_some_and(|p| !p.connecting);
+        if still_ours && total > 0 && self.nothing_ahead(key) {
             // No reply of ours is on its way to carry the acknowledgement (`conn::quick_ack`).
             if let Some(PeerSock {
                 stream: Stream::Tcp(stream),
@@ -321,9 +324,6 @@ impl Client {
                 crate::conn::quick_ack(stream);
             }
         }
-        // The engine may have handed the socket over (or closed it) meanwhile; a socket that
-        // is connecting under the same key is a new one (a redial), not this.
-        let still_ours = self.socks.get(key).is_some_and(|p| !p.connecting);
         match outcome {
             Ok(ReadOutcome::Drained) => {
                 self.read_pending.remove(&key);

@@ -615,3 +615,34 @@ fn a_run_that_fails_part_way_says_which_blocks_were_written() {
     }
     assert_eq!(std::fs::read(r.dir.join("t/a")).unwrap(), data[..1 << 14]);
 }
+
+#[test]
+fn a_piece_keeps_its_worker_and_resume_saves_have_their_own() {
+    for workers in 2..=5 {
+        let save = Job::SaveResume {
+            path: PathBuf::from("r"),
+            snapshot: Snapshot {
+                info_hash: kp_torrent_core::id::InfoHash([0; 20]),
+                have: Bitfield::new(1),
+            },
+        };
+        assert_eq!(worker_for(&save, workers), workers - 1);
+        for piece in 0..64 {
+            let w = worker_for(&Job::Hash { piece }, workers);
+            assert!(w < workers - 1, "piece {piece} on the resume worker");
+            let write = Job::Write {
+                piece,
+                begin: 0,
+                data: Vec::new(),
+            };
+            let read = Job::Read {
+                peer: PeerHandle(0),
+                piece,
+                begin: 0,
+                lengths: vec![1],
+            };
+            assert_eq!(worker_for(&write, workers), w);
+            assert_eq!(worker_for(&read, workers), w);
+        }
+    }
+}
