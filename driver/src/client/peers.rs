@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::time::Duration;
 
 use kp_torrent_core::engine::{EngineInput, IncomingId, TorrentId};
 use kp_torrent_core::id::PeerHandle;
@@ -13,7 +14,7 @@ use mio::{Interest, Token};
 
 use super::limit::Limited;
 use super::utp::{Stream, StreamIo};
-use super::{Client, PEER_BASE, READ_BUDGET, SEND_QUEUE_LIMIT};
+use super::{COALESCE_AFTER, COALESCE_FOR, Client, PEER_BASE, READ_BUDGET, SEND_QUEUE_LIMIT};
 use crate::conn::{ReadOutcome, SendQueue, read_within};
 use crate::disk::{self, Job, READ_RUN_LIMIT, StoreId, WRITE_BACKLOG_LIMIT};
 
@@ -309,6 +310,14 @@ impl Client {
             self.feed(now, input);
         };
         self.buf = buf;
+        if let Some(PeerSock {
+            stream: Stream::Tcp(_),
+            ..
+        }) = self.socks.get(key)
+        {
+            // uTP's datagrams wait in a small socket buffer: its reads do not earn a pause.
+            self.read_turn += total;
+        }
         // The blocks of this read go to the disk together.
         self.disk.hand_over();
         // The engine may have handed the socket over (or closed it) meanwhile; a socket that
@@ -454,9 +463,19 @@ pub(super) fn read_budget(send_queued: usize, writes_behind: u64, rate_tokens: u
     rate_tokens.min(READ_BUDGET as u64) as usize
 }
 
+/// How long to pause before the next poll when the turn read `read_turn` bytes from TCP peers
+/// and the loop would otherwise wait up to `wait`: [`COALESCE_FOR`] (or less, when a deadline
+/// is nearer) after a turn of bulk reads, nothing when there is work now or the turn read
+/// little (a lone request or a handshake is answered at once).
+pub(super) fn coalesce_pause(read_turn: usize, wait: Duration) -> Option<Duration> {
+    (read_turn >= COALESCE_AFTER && !wait.is_zero()).then(|| wait.min(COALESCE_FOR))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{SEND_QUEUE_LIMIT, read_budget};
+    use std::time::Duration;
+
+    use super::{COALESCE_AFTER, COALESCE_FOR, SEND_QUEUE_LIMIT, coalesce_pause, read_budget};
 
     #[test]
     fn a_socket_is_read_within_its_budget_and_not_while_the_disk_or_its_send_queue_is_behind() {
@@ -471,5 +490,20 @@ mod tests {
         // A send queue at the limit is still read; beyond it the peer is not.
         assert_eq!(read_budget(SEND_QUEUE_LIMIT, 0, u64::MAX), 256 * 1024);
         assert_eq!(read_budget(SEND_QUEUE_LIMIT + 1, 0, u64::MAX), 0);
+    }
+
+    #[test]
+    fn a_turn_of_bulk_reads_pauses_before_the_next_poll_and_a_quiet_one_does_not() {
+        let second = Duration::from_secs(1);
+        // Bulk reads and nothing due: the loop pauses for the coalescing time.
+        assert_eq!(coalesce_pause(COALESCE_AFTER, second), Some(COALESCE_FOR));
+        assert_eq!(coalesce_pause(10 << 20, second), Some(COALESCE_FOR));
+        // A deadline sooner than that shortens the pause.
+        let soon = COALESCE_FOR / 4;
+        assert_eq!(coalesce_pause(COALESCE_AFTER, soon), Some(soon));
+        // Work waiting now, or a turn that read little (a request, a handshake): no pause.
+        assert_eq!(coalesce_pause(10 << 20, Duration::ZERO), None);
+        assert_eq!(coalesce_pause(COALESCE_AFTER - 1, second), None);
+        assert_eq!(coalesce_pause(0, second), None);
     }
 }
