@@ -279,6 +279,16 @@ impl Client {
             self.read_pending.remove(&key);
             return;
         }
+        // What is read from a TCP socket counts toward the turn's pause (`coalesce_pause`), even
+        // if the engine closes the socket meanwhile; uTP's datagrams wait in a small socket
+        // buffer, so its reads do not.
+        let tcp = matches!(
+            self.socks.get(key),
+            Some(PeerSock {
+                stream: Stream::Tcp(_),
+                ..
+            })
+        );
         // Each read goes to the engine as it comes, straight from the loop's buffer.
         let mut buf = std::mem::take(&mut self.buf);
         let mut total = 0;
@@ -310,12 +320,7 @@ impl Client {
             self.feed(now, input);
         };
         self.buf = buf;
-        if let Some(PeerSock {
-            stream: Stream::Tcp(_),
-            ..
-        }) = self.socks.get(key)
-        {
-            // uTP's datagrams wait in a small socket buffer: its reads do not earn a pause.
+        if tcp {
             self.read_turn += total;
         }
         // The blocks of this read go to the disk together.
