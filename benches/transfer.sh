@@ -31,7 +31,8 @@
 # kp-torrent once it logs "checked, N of N pieces good" — not merely once its port listens (a
 # seeder still checking answers slowly and spoils the figure).
 # MiB/s = file size / wall time of the whole downloading command (start-up and final flush
-# included); CPU s = user + sys of that process (/usr/bin/time -v), RSS its peak. The tables show
+# included); CPU s = user + sys of that process (/usr/bin/time -v), RSS its peak; each run's line
+# also shows its context switches (voluntary + involuntary, all its threads). The tables show
 # the median of RUNS runs (and the spread). Everything stays on 127.0.0.1: libtorrent plaintext,
 # TCP only (kp-torrent with --no-utp, so it does not first spend a second on a uTP dial that
 # libtorrent leaves unanswered; benches/utp.sh measures uTP); DHT, LSD, UPnP, NAT-PMP and PEX
@@ -71,7 +72,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-RESULTS=$TMP/results.txt # one line per run: "PART NAME MIB_S WALL CPU RSS_MIB OTHER_CPU"
+RESULTS=$TMP/results.txt # one line per run: "PART NAME MIB_S WALL CPU RSS_MIB OTHER_CPU SWITCHES"
 : >"$RESULTS"
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -215,12 +216,14 @@ timed() {
 		/User time/ { user = $2 }
 		/System time/ { sys = $2 }
 		/Maximum resident set size/ { rss = $2 }
+		/Voluntary context switches/ { vcs = $2 }
+		/Involuntary context switches/ { ics = $2 }
 		/Elapsed \(wall clock\)/ {
 			n = split($2, t, ":"); wall = 0
 			for (i = 1; i <= n; i++) wall = wall * 60 + t[i]
 		}
-		END { printf "%s %s %.1f %.2f %.2f %.1f %.2f\n", part, name, mib / wall, wall, user + sys, rss / 1024, s1 - s0 }
-	' "$TMP/time.txt" | tee -a "$RESULTS" | awk -v load="$(load)" '{ printf "  run: %-10s %8s MiB/s %7s s %6s CPU s %7s MiB  other CPU %s s  load %s\n", $2, $3, $4, $5, $6, $7, load }'
+		END { printf "%s %s %.1f %.2f %.2f %.1f %.2f %d\n", part, name, mib / wall, wall, user + sys, rss / 1024, s1 - s0, vcs + ics }
+	' "$TMP/time.txt" | tee -a "$RESULTS" | awk -v load="$(load)" '{ printf "  run: %-10s %8s MiB/s %7s s %6s CPU s %7s MiB  other CPU %s s  %7s switches  load %s\n", $2, $3, $4, $5, $6, $7, $8, load }'
 	rm -rf "$out"
 }
 
