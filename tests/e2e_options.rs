@@ -130,3 +130,72 @@ fn seeding_and_downloading_over_ipv6_loopback() {
     );
     data.assert_same(&dest);
 }
+
+/// Bytes of `path` in the page cache (`fincore`, util-linux), or `None` without the tool.
+fn cached_bytes(path: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .ok()?;
+    assert!(out.status.success(), "fincore failed: {out:?}");
+    Some(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+}
+
+#[test]
+fn downloads_bypass_the_page_cache_unless_buffered_writes_is_given() {
+    let dir = TempDir::new("e2e-direct");
+    // Does this filesystem take direct writes at all (tmpfs may not)? dd says.
+    let probe = dir.path().join("probe");
+    let direct_ok = std::process::Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            "bs=4096",
+            "count=1",
+            "oflag=direct",
+            "status=none",
+        ])
+        .arg(format!("of={}", probe.display()))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !direct_ok || cached_bytes(&probe).is_none() {
+        eprintln!(
+            "skipping: no O_DIRECT under {} or no fincore",
+            dir.path().display()
+        );
+        return;
+    }
+    let size = 4u64 << 20;
+    let data = Dataset::single(dir.path(), "file.bin", size as usize, 256 * 1024, 6);
+    let seeder = KpTorrent::seed("seeder", &data.torrent.path, &data.source, &[], dir.path());
+    let peer = format!("127.0.0.1:{}", seeder.port());
+    for buffered in [false, true] {
+        let dest = dir.path().join(format!("out-{buffered}"));
+        let mut args = vec!["--peer", &peer, "--timeout", "30"];
+        if buffered {
+            args.push("--buffered-writes");
+        }
+        let mut leech = KpTorrent::download(
+            &format!("leecher-{buffered}"),
+            &data.torrent.path,
+            &dest,
+            &args,
+            dir.path(),
+        );
+        leech.wait_success(Duration::from_secs(40));
+        // Before anything reads the file back into the cache.
+        let cached = cached_bytes(&dest.join("file.bin")).unwrap();
+        if buffered {
+            assert!(
+                cached >= size / 2,
+                "--buffered-writes: only {cached} bytes cached"
+            );
+        } else {
+            assert!(
+                cached < size / 16,
+                "{cached} of {size} bytes cached after direct writes"
+            );
+        }
+        data.assert_same(&dest);
+    }
+}

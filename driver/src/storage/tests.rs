@@ -551,3 +551,118 @@ fn a_run_of_blocks_writes_what_its_blocks_would_one_by_one() {
     assert!(matches!(err, StorageError::OutOfRange { .. }), "{err:?}");
     assert_eq!(read_all(&s), with_zero_padding(&layout, &bytes));
 }
+
+/// Whether the folder's filesystem takes `O_DIRECT` at all (tmpfs, say, may not).
+fn takes_direct_writes(dir: &Path) -> bool {
+    let probe = dir.join("probe");
+    fs::write(&probe, b"").unwrap();
+    let ok = open_direct(&probe).is_ok();
+    fs::remove_file(&probe).unwrap();
+    ok
+}
+
+/// How many of the first `len` bytes of `path` are in the page cache, in whole pages (`mincore`
+/// of a mapping of the file, which maps without reading anything in).
+fn cached_bytes(path: &Path, len: usize) -> usize {
+    let file = File::open(path).unwrap();
+    let page = 4096;
+    let pages = len.div_ceil(page);
+    let mut resident = vec![0u8; pages];
+    // SAFETY: a fresh shared read-only mapping of `len` bytes of an open file: nothing else
+    // refers to it; `mincore` writes one byte per page into `resident`, which has that many;
+    // the mapping is unmapped before `file` closes and is never read through.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED);
+        assert_eq!(libc::mincore(addr, len, resident.as_mut_ptr()), 0);
+        libc::munmap(addr, len);
+    }
+    resident.iter().filter(|&&r| r & 1 == 1).count() * page
+}
+
+#[test]
+fn direct_writes_keep_whole_pages_out_of_the_page_cache() {
+    // Two files whose boundary and ends fall inside pages: only whole pages go direct, the
+    // bytes around them through the page cache, and every byte arrives either way.
+    let dir = TestDir::new("direct");
+    if !takes_direct_writes(dir.path()) {
+        eprintln!("skipping: {} takes no O_DIRECT", dir.path().display());
+        return;
+    }
+    let (a, b) = (100_000u64, 300_001u64);
+    let layout = Layout::new(
+        "t",
+        true,
+        1 << 16,
+        [(path(&["t", "a"]), a, false), (path(&["t", "b"]), b, false)],
+    )
+    .unwrap();
+    let bytes = data((a + b) as usize, 9);
+    for direct in [true, false] {
+        let mut s = Storage::new(layout.clone(), Location::Download(dir.path().into()), 4).unwrap();
+        s.set_direct_writes(direct);
+        s.allocate().unwrap();
+        let pl = layout.piece_length() as usize;
+        for (p, piece) in bytes.chunks(pl).enumerate() {
+            let blocks: Vec<&[u8]> = piece.chunks(16 << 10).collect();
+            s.write_run(p as u32, 0, &blocks).unwrap();
+        }
+        let file_b = dir.path().join("t/b");
+        // Pages are whole within a run's part of a file: file a has 24 whole pages (98,304
+        // bytes), file b 73, but b begins 100,000 bytes into the torrent, so each of the five
+        // piece boundaries inside b falls in a page, which goes through the page cache: 68.
+        let whole = if direct { (24 + 68) * 4096 } else { 0 };
+        assert_eq!(s.written_direct(), whole, "direct {direct}");
+        let cached = cached_bytes(&file_b, b as usize);
+        if direct {
+            // At most those five pages and b's partial last one.
+            assert!(
+                cached <= 6 * 4096,
+                "{cached} bytes of b cached after direct writes"
+            );
+        } else {
+            assert!(
+                cached >= 73 * 4096,
+                "only {cached} bytes of b cached after writes"
+            );
+        }
+        assert_eq!(read_all(&s), bytes, "direct {direct}");
+        fs::remove_dir_all(dir.path().join("t")).unwrap();
+    }
+}
+
+#[test]
+fn a_second_writer_to_a_file_waits_for_the_first() {
+    let dir = TestDir::new("one-writer");
+    let layout = Layout::new("f", false, 1 << 16, [(path(&["f"]), 1 << 16, false)]).unwrap();
+    let s = Arc::new(Storage::new(layout, Location::Download(dir.path().into()), 2).unwrap());
+    s.allocate().unwrap();
+    // Hold the file's write lock, as a writer in the middle of a write does.
+    let held = lock(&s.writing[0]);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            s.write(0, 0, &[7; 1 << 12]).unwrap();
+            done_tx.send(()).unwrap();
+        })
+    };
+    assert!(
+        done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "a write went ahead while another held the file"
+    );
+    drop(held);
+    done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    writer.join().unwrap();
+    let mut buf = vec![0; 1 << 12];
+    s.read(0, 0, &mut buf).unwrap();
+    assert_eq!(buf, vec![7; 1 << 12]);
+}
