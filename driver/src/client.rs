@@ -258,9 +258,6 @@ pub struct Options {
     /// Reserve the disk space of a download's files at the start ([`Storage::preallocate`]);
     /// otherwise they are created sparse.
     pub preallocate: bool,
-    /// Write a download's data directly to the device where its filesystem allows it, not
-    /// through the page cache ([`Storage::set_direct_writes`]).
-    pub direct_writes: bool,
     /// Run a DHT node (BEP 5) on the shared UDP socket, at the listening port where it is free,
     /// and find peers of public torrents through it.
     pub dht: bool,
@@ -309,7 +306,6 @@ impl Options {
             pex: true,
             utp: false,
             preallocate: false,
-            direct_writes: true,
             dht: false,
             dht_bootstrap: Vec::new(),
             state_dir: None,
@@ -990,10 +986,8 @@ impl Client {
         selection: Option<&[usize]>,
     ) -> Result<(Files, resume::OnDisk), ClientError> {
         let layout = Layout::from_info(&metainfo.info);
-        let mut storage =
-            Storage::new(layout, location.clone(), crate::storage::DEFAULT_OPEN_FILES)
-                .map_err(ClientError::Storage)?;
-        storage.set_direct_writes(self.opts.direct_writes);
+        let storage = Storage::new(layout, location.clone(), crate::storage::DEFAULT_OPEN_FILES)
+            .map_err(ClientError::Storage)?;
         // What is on disk first (it must see the files before they are created), then allocate.
         let resume_path = match location {
             Location::Download(dir) => Some(resume::resume_path(dir, &metainfo.info_hash)),

@@ -4,12 +4,8 @@
 //! in the concatenated data. [`Storage`] maps a block of a piece onto the files it spans and does
 //! positional reads and writes (`pread`/`pwrite`), so several worker threads share one open file
 //! without seeking. Open files are kept in a small LRU cache: a torrent with 10,000 files costs at
-//! most [`DEFAULT_OPEN_FILES`] descriptors, twice that once written (plus one per worker for a
-//! file being used while it is evicted).
-//!
-//! Writes of whole pages bypass the page cache (`O_DIRECT`, on a second descriptor of the file;
-//! see [`Storage::set_direct_writes`] and why in `write_span`); the rest, and every read, use the
-//! ordinary descriptor.
+//! most [`DEFAULT_OPEN_FILES`] descriptors (plus one per worker for a file being used while it is
+//! evicted).
 //!
 //! Padding files (BEP 47) are never created: reads of them give zeros, writes to them are dropped.
 //!
@@ -27,7 +23,6 @@
 //! download never creates a file again, and a write checks at most once every
 //! [`LIVENESS_EVERY`] that the open file is still the one at its path.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -35,7 +30,6 @@ use std::io::{self, IoSlice};
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -52,15 +46,6 @@ const HASH_CHUNK: usize = 1 << 20;
 /// How often a write looks whether its open file is still the one at its path (two `stat`s): a
 /// file deleted while we download is noticed this long after at most, at no cost per block.
 pub const LIVENESS_EVERY: Duration = Duration::from_secs(1);
-
-/// Direct writes begin and end at multiples of this many bytes of their file, from memory
-/// aligned to it: it covers devices with 512-byte and with 4 KiB sectors, and, being the page
-/// size, keeps a page from being written both directly and through the page cache by one run.
-const DIRECT_ALIGN: usize = 4096;
-
-/// Most bytes of one direct write: each thread that writes directly keeps one aligned buffer
-/// this big to copy blocks into.
-const DIRECT_CHUNK: usize = 256 << 10;
 
 /// One file of a [`Layout`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -423,8 +408,6 @@ struct FileCache {
 #[derive(Debug)]
 struct CachedFile {
     file: Arc<File>,
-    /// The same file opened for direct writes, once a write asked for it.
-    direct: Direct,
     used: u64,
     /// When a write should next look whether the file is still at its path.
     check_at: Instant,
@@ -458,7 +441,6 @@ impl FileCache {
             index,
             CachedFile {
                 file,
-                direct: Direct::Untried,
                 used: self.tick,
                 check_at: now + LIVENESS_EVERY,
             },
@@ -470,19 +452,6 @@ impl FileCache {
             self.by_use.remove(&entry.used);
         }
     }
-}
-
-/// A cached file's descriptor for direct writes.
-#[derive(Debug)]
-enum Direct {
-    /// Not opened yet.
-    Untried,
-    /// Open with `O_DIRECT`, for writes only (reads stay on the ordinary descriptor: a direct
-    /// descriptor takes aligned buffers only).
-    Open(Arc<File>),
-    /// The file takes no direct writes (its filesystem refused `O_DIRECT`, or a direct write
-    /// failed with `EINVAL`): it is written through the page cache.
-    Refused,
 }
 
 /// A torrent's files on disk; shared by the disk workers behind an `Arc`.
@@ -497,13 +466,8 @@ pub struct Storage {
     dirty: Mutex<BTreeSet<usize>>,
     /// One lock per file, held for each write to it: the kernel lets one write into a file at a
     /// time anyway (the inode's lock), but a second writer waits for it by spinning on a CPU for
-    /// as long as the first one copies. Waiting here sleeps instead; see [`Storage::write_run`].
+    /// as long as the first one copies. Waiting here sleeps instead.
     writing: Vec<Mutex<()>>,
-    /// Write whole pages with `O_DIRECT` where the filesystem allows it (see
-    /// [`Storage::set_direct_writes`]).
-    direct_writes: bool,
-    /// Bytes written directly so far.
-    written_direct: AtomicU64,
 }
 
 /// Reserves the first `len` bytes of `file` on the device (Linux `fallocate`, which also makes
@@ -609,85 +573,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The part of `len` bytes at `at` in a file that is whole [`DIRECT_ALIGN`] units (those a
-/// direct write can take), relative to `at`; empty when there is none.
-fn whole_pages(at: u64, len: usize) -> Range<usize> {
-    let unit = DIRECT_ALIGN as u64;
-    let end = at + len as u64;
-    let (first, last) = (at.next_multiple_of(unit), end / unit * unit);
-    if first >= last {
-        return 0..0;
-    }
-    (first - at) as usize..(last - at) as usize
-}
-
-/// Copies the part of `blocks`, taken as one run of bytes, that falls in `range` into `dst`
-/// (`range.len()` bytes).
-fn copy_out(blocks: &[&[u8]], range: Range<usize>, dst: &mut [u8]) {
-    let mut at = 0;
-    for &block in blocks {
-        let (lo, hi) = (range.start.max(at), range.end.min(at + block.len()));
-        if lo < hi {
-            dst[lo - range.start..hi - range.start].copy_from_slice(&block[lo - at..hi - at]);
-        }
-        at += block.len();
-    }
-}
-
-/// [`DIRECT_CHUNK`] bytes aligned to [`DIRECT_ALIGN`], carved out of a slightly larger `Vec`.
-struct AlignedBuf(Vec<u8>);
-
-impl AlignedBuf {
-    fn new() -> AlignedBuf {
-        AlignedBuf(vec![0; DIRECT_CHUNK + DIRECT_ALIGN])
-    }
-
-    fn get(&mut self) -> &mut [u8] {
-        let skip = (DIRECT_ALIGN - self.0.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
-        &mut self.0[skip..skip + DIRECT_CHUNK]
-    }
-}
-
-thread_local! {
-    /// Each writing thread's buffer for direct writes (blocks arrive in ordinary, unaligned
-    /// allocations); made on the thread's first direct write.
-    static STAGING: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
-}
-
-/// Opens `path` for writes that bypass the page cache.
-#[cfg(target_os = "linux")]
-fn open_direct(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-}
-
-/// Elsewhere there are no direct writes.
-#[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &Path) -> io::Result<File> {
-    Err(io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// Writes the part of `blocks` in `range` (whole [`DIRECT_ALIGN`] units) at `at` (aligned)
-/// through the direct descriptor `file`, copied through this thread's aligned buffer at most
-/// [`DIRECT_CHUNK`] at a time.
-fn write_direct(file: &File, blocks: &[&[u8]], range: Range<usize>, mut at: u64) -> io::Result<()> {
-    STAGING.with_borrow_mut(|staging| {
-        let buf = staging.get_or_insert_with(AlignedBuf::new).get();
-        let mut pos = range.start;
-        while pos < range.end {
-            let n = (range.end - pos).min(DIRECT_CHUNK);
-            copy_out(blocks, pos..pos + n, &mut buf[..n]);
-            file.write_all_at(&buf[..n], at)?;
-            pos += n;
-            at += n as u64;
-        }
-        Ok(())
-    })
-}
-
 /// True for a single plain name: not empty, `.`, `..`, absolute, or holding a separator or NUL.
 fn is_plain_component(c: &str) -> bool {
     let mut parts = Path::new(c).components();
@@ -775,8 +660,6 @@ impl Storage {
             }),
             dirty: Mutex::new(BTreeSet::new()),
             writing: (0..layout_files).map(|_| Mutex::new(())).collect(),
-            direct_writes: true,
-            written_direct: AtomicU64::new(0),
         })
     }
 
@@ -960,112 +843,43 @@ impl Storage {
             if self.layout.files[index].padding {
                 return Ok(());
             }
-            self.write_span(index, blocks, range, at)
+            let path = &self.paths[index];
+            let file = self.live_file(index)?;
+            let mut slices = slices_within(blocks, range);
+            let _one_writer = lock(&self.writing[index]);
+            write_all_vectored_at(&file, &mut slices, at)
+                .map_err(|e| StorageError::io(Action::Write, path, e))?;
+            lock(&self.dirty).insert(index);
+            Ok(())
         })
     }
 
     /// Writes `data` at `begin` in `piece`. Bytes that fall in padding files are dropped.
     pub fn write(&self, piece: u32, begin: u32, data: &[u8]) -> Result<(), StorageError> {
-        self.write_run(piece, begin, &[data])
-    }
-
-    /// Writes `range` of `blocks` (taken as one run of bytes) at `at` in file `index`: its whole
-    /// pages with a direct write where the file takes them, the rest through the page cache.
-    ///
-    /// Why direct: a download's data is written once and read rarely, and copying it into the
-    /// page cache is most of what a download costs in CPU (more on a virtual machine whose fresh
-    /// memory comes from the host, page by page); a direct write costs one copy into an aligned
-    /// buffer. Reads use the ordinary descriptor, and the kernel keeps both views of the file
-    /// coherent. One write at a time per file (`writing`): the kernel takes the inode's lock for
-    /// each write anyway, and a second writer would spin on a CPU waiting for it.
-    fn write_span(
-        &self,
-        index: usize,
-        blocks: &[&[u8]],
-        range: Range<usize>,
-        at: u64,
-    ) -> Result<(), StorageError> {
-        let path = &self.paths[index];
-        let file = self.live_file(index)?;
-        let _one_writer = lock(&self.writing[index]);
-        let pages = whole_pages(at, range.len());
-        let mut through_cache = vec![range.clone()];
-        if !pages.is_empty()
-            && let Some(direct) = self.direct_file(index, &file)
-        {
-            let direct_range = range.start + pages.start..range.start + pages.end;
-            match write_direct(&direct, blocks, direct_range, at + pages.start as u64) {
-                Ok(()) => {
-                    self.written_direct
-                        .fetch_add(pages.len() as u64, Ordering::Relaxed);
-                    through_cache = vec![
-                        range.start..range.start + pages.start,
-                        range.start + pages.end..range.end,
-                    ];
+        if !self.writable {
+            return Err(StorageError::ReadOnly);
+        }
+        let start =
+            self.layout
+                .block_offset(piece, begin, data.len())
+                .ok_or(StorageError::OutOfRange {
+                    piece,
+                    begin,
+                    length: data.len(),
+                })?;
+        self.layout
+            .for_each_span(start, data.len(), |index, at, range| {
+                if self.layout.files[index].padding {
+                    return Ok(());
                 }
-                // Not for this file after all: all of it through the page cache (bytes already
-                // written directly are written again, the same).
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.refuse_direct(index),
-                Err(e) => return Err(StorageError::io(Action::Write, path, e)),
-            }
-        }
-        for part in through_cache.into_iter().filter(|r| !r.is_empty()) {
-            let file_at = at + (part.start - range.start) as u64;
-            write_all_vectored_at(&file, &mut slices_within(blocks, part), file_at)
-                .map_err(|e| StorageError::io(Action::Write, path, e))?;
-        }
-        lock(&self.dirty).insert(index);
-        Ok(())
-    }
-
-    /// Whether writes write whole pages directly (`O_DIRECT`, bypassing the page cache) where
-    /// the filesystem allows it; on by default. Off, every write goes through the page cache.
-    pub fn set_direct_writes(&mut self, on: bool) {
-        self.direct_writes = on;
-    }
-
-    /// Bytes written directly (bypassing the page cache) so far.
-    pub fn written_direct(&self) -> u64 {
-        self.written_direct.load(Ordering::Relaxed)
-    }
-
-    /// The direct descriptor of file `index` (open as `file`), opened on first use; `None` when
-    /// direct writes are off or the file does not take them. Called with the file's write lock
-    /// held, so one thread at a time opens it.
-    fn direct_file(&self, index: usize, file: &File) -> Option<Arc<File>> {
-        if !self.direct_writes {
-            return None;
-        }
-        match lock(&self.cache).open.get(&index).map(|c| &c.direct) {
-            Some(Direct::Open(direct)) => return Some(direct.clone()),
-            // Refused, or evicted since `live_file`: through the page cache this time.
-            Some(Direct::Refused) | None => return None,
-            Some(Direct::Untried) => {}
-        }
-        // Only the very file `file` is: a file replaced at its path since is not written here
-        // (the next liveness check reports it).
-        let same = |d: &File| match (d.metadata(), file.metadata()) {
-            (Ok(d), Ok(f)) => d.dev() == f.dev() && d.ino() == f.ino(),
-            _ => false,
-        };
-        let opened = open_direct(&self.paths[index])
-            .ok()
-            .filter(same)
-            .map(Arc::new);
-        if let Some(c) = lock(&self.cache).open.get_mut(&index) {
-            c.direct = match &opened {
-                Some(direct) => Direct::Open(direct.clone()),
-                None => Direct::Refused,
-            };
-        }
-        opened
-    }
-
-    /// Writes file `index` through the page cache from now on.
-    fn refuse_direct(&self, index: usize) {
-        if let Some(c) = lock(&self.cache).open.get_mut(&index) {
-            c.direct = Direct::Refused;
-        }
+                let path = &self.paths[index];
+                let file = self.live_file(index)?;
+                let _one_writer = lock(&self.writing[index]);
+                file.write_all_at(&data[range], at)
+                    .map_err(|e| StorageError::io(Action::Write, path, e))?;
+                lock(&self.dirty).insert(index);
+                Ok(())
+            })
     }
 
     /// Reads piece `piece` and returns its SHA-1, reading at most 1 MiB at a time.

@@ -86,12 +86,6 @@ pub struct Common {
     #[arg(long)]
     pub sparse: bool,
 
-    /// Write downloaded data through the page cache, as ordinary writes, instead of directly to
-    /// the device (O_DIRECT, the default where the filesystem allows it): costs more CPU, and
-    /// fills memory with the download's data, but lets the kernel gather writes for a slow disk.
-    #[arg(long)]
-    pub buffered_writes: bool,
-
     /// Bootstrap the DHT from this node (repeatable; replaces the saved routing table and the
     /// public routers).
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = parse_host_port)]
@@ -282,7 +276,6 @@ fn options(
         dht: !common.no_dht,
         utp: !common.no_utp,
         preallocate: !common.sparse,
-        direct_writes: !common.buffered_writes,
         dht_bootstrap: common.dht_bootstrap.clone(),
         state_dir: common.state_dir.clone().or_else(default_state_dir),
         download_limit: common.download_limit,
