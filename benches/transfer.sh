@@ -32,7 +32,10 @@
 # seeder still checking answers slowly and spoils the figure).
 # MiB/s = file size / wall time of the whole downloading command (start-up and final flush
 # included); CPU s = user + sys of that process (/usr/bin/time -v), RSS its peak; each run's line
-# also shows its context switches (voluntary + involuntary, all its threads). The tables show
+# also shows its context switches (voluntary + involuntary, all its threads) and "sync after":
+# how long a `sync` right after the command took, i.e. the data the client left unwritten (a
+# download that flushes before it exits, as kp-torrent's does, pays that inside its wall time;
+# one that does not leaves it to the kernel). The tables show
 # the median of RUNS runs (and the spread). Everything stays on 127.0.0.1: libtorrent plaintext,
 # TCP only (kp-torrent with --no-utp, so it does not first spend a second on a uTP dial that
 # libtorrent leaves unanswered; benches/utp.sh measures uTP); DHT, LSD, UPnP, NAT-PMP and PEX
@@ -72,7 +75,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-RESULTS=$TMP/results.txt # one line per run: "PART NAME MIB_S WALL CPU RSS_MIB OTHER_CPU SWITCHES"
+RESULTS=$TMP/results.txt # one line per run: "PART NAME MIB_S WALL CPU RSS_MIB OTHER_CPU SWITCHES SYNC_AFTER"
 : >"$RESULTS"
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -211,8 +214,14 @@ timed() {
 		wait "$tpid" 2>/dev/null || true
 	fi
 	c1=$(cpu_of "$other")
+	# What the client left for the kernel to write: a `sync` right after it (kp-torrent flushes
+	# its data before it exits; a client that does not leaves it dirty in the page cache).
+	local f0 f1
+	f0=$(date +%s.%N)
+	sync
+	f1=$(date +%s.%N)
 	cmp "$SRC_FILE" "$out/data.bin"
-	awk -v part="$part" -v name="$name" -v mib="$mib" -v s0="$c0" -v s1="$c1" -F': ' '
+	awk -v part="$part" -v name="$name" -v mib="$mib" -v s0="$c0" -v s1="$c1" -v f0="$f0" -v f1="$f1" -F': ' '
 		/User time/ { user = $2 }
 		/System time/ { sys = $2 }
 		/Maximum resident set size/ { rss = $2 }
@@ -222,8 +231,8 @@ timed() {
 			n = split($2, t, ":"); wall = 0
 			for (i = 1; i <= n; i++) wall = wall * 60 + t[i]
 		}
-		END { printf "%s %s %.1f %.2f %.2f %.1f %.2f %d\n", part, name, mib / wall, wall, user + sys, rss / 1024, s1 - s0, vcs + ics }
-	' "$TMP/time.txt" | tee -a "$RESULTS" | awk -v load="$(load)" '{ printf "  run: %-10s %8s MiB/s %7s s %6s CPU s %7s MiB  other CPU %s s  %7s switches  load %s\n", $2, $3, $4, $5, $6, $7, $8, load }'
+		END { printf "%s %s %.1f %.2f %.2f %.1f %.2f %d %.2f\n", part, name, mib / wall, wall, user + sys, rss / 1024, s1 - s0, vcs + ics, f1 - f0 }
+	' "$TMP/time.txt" | tee -a "$RESULTS" | awk -v load="$(load)" '{ printf "  run: %-10s %8s MiB/s %7s s %6s CPU s %7s MiB  other CPU %s s  %7s switches  sync after %s s  load %s\n", $2, $3, $4, $5, $6, $7, $8, $9, load }'
 	rm -rf "$out"
 }
 
@@ -371,8 +380,8 @@ row() { # PART NAME LABEL
 	c=$(field "$1" "$2" 5 | median)
 	r=$(field "$1" "$2" 6 | median)
 	o=$(field "$1" "$2" 7 | median)
-	printf '| %s | %s (%s) | %s | %s (%s) | %s | %s |\n' "$3" "$m" "$(field "$1" "$2" 3 | spread)" "$w" \
-		"$c" "$(field "$1" "$2" 5 | spread)" "$r" "$o"
+	printf '| %s | %s (%s) | %s | %s (%s) | %s | %s | %s |\n' "$3" "$m" "$(field "$1" "$2" 3 | spread)" "$w" \
+		"$c" "$(field "$1" "$2" 5 | spread)" "$r" "$o" "$(field "$1" "$2" 9 | median)"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 best_of() { # PART FIELD max|min NAME... -> the best median among NAMEs
@@ -406,8 +415,8 @@ if has_part leech; then
 	echo
 	echo "Leeching $SIZE_MIB MiB from one libtorrent 2.0.8 seeder"
 	echo
-	echo "| leecher | MiB/s | wall s | CPU s | peak RSS MiB | seeder CPU s |"
-	echo "|---|---:|---:|---:|---:|---:|"
+	echo "| leecher | MiB/s | wall s | CPU s | peak RSS MiB | seeder CPU s | sync after s |"
+	echo "|---|---:|---:|---:|---:|---:|---:|"
 	row leech kp-torrent "kp-torrent"
 	row leech libtorrent "libtorrent 2.0.8"
 	row leech aria2 "aria2 1.36"
@@ -417,8 +426,8 @@ if has_part seed; then
 	echo
 	echo "Seeding $SIZE_MIB MiB to one libtorrent 2.0.8 leecher (CPU s and RSS are the leecher's)"
 	echo
-	echo "| seeder | MiB/s | wall s | leecher CPU s | leecher RSS MiB | seeder CPU s |"
-	echo "|---|---:|---:|---:|---:|---:|"
+	echo "| seeder | MiB/s | wall s | leecher CPU s | leecher RSS MiB | seeder CPU s | sync after s |"
+	echo "|---|---:|---:|---:|---:|---:|---:|"
 	row seed kp-torrent "kp-torrent"
 	row seed libtorrent "libtorrent 2.0.8"
 fi
