@@ -579,3 +579,64 @@ fn a_second_writer_to_a_file_waits_for_the_first() {
     s.read(0, 0, &mut buf).unwrap();
     assert_eq!(buf, vec![7; 1 << 12]);
 }
+
+/// Pages of the first `len` bytes of `file` that are dirty in the page cache (`cachestat`,
+/// Linux 6.5 and later; syscall 451 on every architecture), or `None` where the kernel lacks it.
+#[cfg(target_os = "linux")]
+fn dirty_pages(file: &File, len: u64) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // `struct cachestat_range` and `struct cachestat` of <linux/mman.h>.
+    #[repr(C)]
+    struct CacheRange {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct CacheStat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    let range = CacheRange { off: 0, len };
+    let mut stat = CacheStat::default();
+    // SAFETY: `cachestat` reads `range` and writes one `struct cachestat` into `stat`, both
+    // live for the call and laid out as the kernel's; `file` keeps the descriptor open.
+    let r = unsafe {
+        libc::syscall(
+            451,
+            file.as_raw_fd(),
+            &range as *const CacheRange,
+            &mut stat as *mut CacheStat,
+            0u32,
+        )
+    };
+    (r == 0).then_some(stat.dirty)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn writeback_starts_every_so_many_bytes_written() {
+    // The kernel alone would keep all of these pages dirty for 30 s (or until a tenth of memory
+    // is dirty); every WRITEBACK_EVERY bytes the writeback of what was written is started.
+    let dir = TestDir::new("writeback");
+    let len = WRITEBACK_EVERY + (2 << 20);
+    let layout = Layout::new("f", false, 1 << 20, [(path(&["f"]), len, false)]).unwrap();
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 2).unwrap();
+    s.allocate().unwrap();
+    let bytes = data(len as usize, 3);
+    for (p, piece) in bytes.chunks(1 << 20).enumerate() {
+        let blocks: Vec<&[u8]> = piece.chunks(16 << 10).collect();
+        s.write_run(p as u32, 0, &blocks).unwrap();
+    }
+    let file = File::open(dir.path().join("f")).unwrap();
+    let Some(dirty) = dirty_pages(&file, len) else {
+        eprintln!("skipping: this kernel has no cachestat");
+        return;
+    };
+    // What was written after the last start: at most the last 3 MiB.
+    assert!(dirty <= (3 << 20) / 4096, "{dirty} pages still dirty");
+    assert_eq!(read_all(&s), bytes);
+}
