@@ -580,10 +580,11 @@ fn a_second_writer_to_a_file_waits_for_the_first() {
     assert_eq!(buf, vec![7; 1 << 12]);
 }
 
-/// Pages of the first `len` bytes of `file` that are dirty in the page cache (`cachestat`,
-/// Linux 6.5 and later; syscall 451 on every architecture), or `None` where the kernel lacks it.
+/// Pages of the first `len` bytes of `file` in the page cache, and how many of them are dirty
+/// (`cachestat`, Linux 6.5 and later; syscall 451 on every architecture), or `None` where the
+/// kernel lacks it.
 #[cfg(target_os = "linux")]
-fn dirty_pages(file: &File, len: u64) -> Option<u64> {
+fn cache_stat(file: &File, len: u64) -> Option<(u64, u64)> {
     use std::os::fd::AsRawFd;
     // `struct cachestat_range` and `struct cachestat` of <linux/mman.h>.
     #[repr(C)]
@@ -613,7 +614,7 @@ fn dirty_pages(file: &File, len: u64) -> Option<u64> {
             0u32,
         )
     };
-    (r == 0).then_some(stat.dirty)
+    (r == 0).then_some((stat.cache, stat.dirty))
 }
 
 #[cfg(target_os = "linux")]
@@ -632,11 +633,51 @@ fn writeback_starts_every_so_many_bytes_written() {
         s.write_run(p as u32, 0, &blocks).unwrap();
     }
     let file = File::open(dir.path().join("f")).unwrap();
-    let Some(dirty) = dirty_pages(&file, len) else {
+    let Some((_, dirty)) = cache_stat(&file, len) else {
         eprintln!("skipping: this kernel has no cachestat");
         return;
     };
     // What was written after the last start: at most the last 3 MiB.
     assert!(dirty <= (3 << 20) / 4096, "{dirty} pages still dirty");
+    assert_eq!(read_all(&s), bytes);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn pages_written_back_are_dropped_from_the_page_cache_behind_the_download() {
+    // Write a little more than WRITEBACK_EVERY, wait until it is all on the device, write as
+    // much again: the next start of the writeback drops the first part, now clean, from the
+    // page cache (the kernel alone would keep it).
+    let dir = TestDir::new("drop-behind");
+    let half = WRITEBACK_EVERY + (2 << 20);
+    let layout = Layout::new("f", false, 1 << 20, [(path(&["f"]), 2 * half, false)]).unwrap();
+    let s = Storage::new(layout, Location::Download(dir.path().into()), 2).unwrap();
+    s.allocate().unwrap();
+    let bytes = data(2 * half as usize, 5);
+    let pieces: Vec<&[u8]> = bytes.chunks(1 << 20).collect();
+    let (first, second) = pieces.split_at(pieces.len() / 2);
+    let write = |from: usize, pieces: &[&[u8]]| {
+        for (i, piece) in pieces.iter().enumerate() {
+            let blocks: Vec<&[u8]> = piece.chunks(16 << 10).collect();
+            s.write_run((from + i) as u32, 0, &blocks).unwrap();
+        }
+    };
+    write(0, first);
+    s.flush().unwrap();
+    let file = File::open(dir.path().join("f")).unwrap();
+    let Some((cached_before, _)) = cache_stat(&file, half) else {
+        eprintln!("skipping: this kernel has no cachestat");
+        return;
+    };
+    assert!(
+        cached_before > 0,
+        "nothing of the first half was cached to begin with"
+    );
+    write(first.len(), second);
+    let (cached, _) = cache_stat(&file, half).unwrap();
+    assert!(
+        cached <= 16,
+        "{cached} of the first half's {cached_before} pages still cached"
+    );
     assert_eq!(read_all(&s), bytes);
 }
