@@ -434,6 +434,11 @@ impl FileCache {
         Some((entry.file.clone(), due))
     }
 
+    /// The open file `index`, if it is open, without counting it as used.
+    fn peek(&self, index: usize) -> Option<Arc<File>> {
+        self.open.get(&index).map(|c| c.file.clone())
+    }
+
     fn insert(&mut self, index: usize, file: Arc<File>, now: Instant) {
         while self.open.len() >= self.cap {
             let Some((_, oldest)) = self.by_use.pop_first() else {
@@ -871,7 +876,6 @@ impl Storage {
             return Err(StorageError::ReadOnly);
         }
         let len: usize = blocks.iter().map(|b| b.len()).sum();
-        self.written(len as u64);
         let start =
             self.layout
                 .block_offset(piece, begin, len)
@@ -880,6 +884,7 @@ impl Storage {
                     begin,
                     length: len,
                 })?;
+        self.written(len as u64);
         self.layout.for_each_span(start, len, |index, at, range| {
             if self.layout.files[index].padding {
                 return Ok(());
@@ -897,31 +902,7 @@ impl Storage {
 
     /// Writes `data` at `begin` in `piece`. Bytes that fall in padding files are dropped.
     pub fn write(&self, piece: u32, begin: u32, data: &[u8]) -> Result<(), StorageError> {
-        if !self.writable {
-            return Err(StorageError::ReadOnly);
-        }
-        self.written(data.len() as u64);
-        let start =
-            self.layout
-                .block_offset(piece, begin, data.len())
-                .ok_or(StorageError::OutOfRange {
-                    piece,
-                    begin,
-                    length: data.len(),
-                })?;
-        self.layout
-            .for_each_span(start, data.len(), |index, at, range| {
-                if self.layout.files[index].padding {
-                    return Ok(());
-                }
-                let path = &self.paths[index];
-                let file = self.live_file(index)?;
-                let _one_writer = lock(&self.writing[index]);
-                file.write_all_at(&data[range], at)
-                    .map_err(|e| StorageError::io(Action::Write, path, e))?;
-                lock(&self.dirty).insert(index);
-                Ok(())
-            })
+        self.write_run(piece, begin, &[data])
     }
 
     /// Counts `len` bytes about to be written; every [`WRITEBACK_EVERY`] bytes, drops what was
@@ -939,10 +920,7 @@ impl Storage {
         // writes it).
         let open: Vec<Arc<File>> = {
             let cache = lock(&self.cache);
-            dirty
-                .iter()
-                .filter_map(|i| cache.open.get(i).map(|c| c.file.clone()))
-                .collect()
+            dirty.iter().filter_map(|&i| cache.peek(i)).collect()
         };
         for file in open {
             write_back_and_drop_behind(&file);
@@ -992,7 +970,7 @@ impl Storage {
                 }
                 Err(e) => return Err(StorageError::io(Action::Stat, path, e)),
             };
-            let open = lock(&self.cache).open.get(&index).map(|c| c.file.clone());
+            let open = lock(&self.cache).peek(index);
             if let Some(open) = open {
                 let open = open
                     .metadata()
